@@ -1,0 +1,164 @@
+//! `POST /v1/embeddings`: OpenAI's request and response, plus the `prompt_name` extension.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::input::RequestInput;
+use super::{ApiError, ApiJson, AppState};
+use crate::model::{Model, l2_normalize};
+
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: RequestInput,
+    #[serde(default)]
+    pub encoding_format: Option<EncodingFormat>,
+    #[serde(default)]
+    pub dimensions: Option<usize>,
+    /// Extension: a key of the model's `prompts`, prepended to every input.
+    #[serde(default)]
+    pub prompt_name: Option<String>,
+    // `user` and any other field are accepted and ignored, as OpenAI clients send them.
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    #[default]
+    Float,
+    /// Little-endian f32 bytes, base64-encoded: what openai-python asks for by default.
+    Base64,
+}
+
+#[derive(Serialize)]
+struct EmbeddingResponse<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingObject>,
+    model: &'a str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingObject {
+    object: &'static str,
+    index: usize,
+    embedding: Vector,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Vector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<EmbeddingRequest>,
+) -> Result<Response, ApiError> {
+    if request.input.0.is_empty() {
+        return Err(ApiError::bad_request(
+            "input",
+            "input must not be an empty array",
+        ));
+    }
+    let model = state.cache.get(&request.model).await?;
+    if let Some(dimensions) = request.dimensions
+        && !(1..=model.dimension()).contains(&dimensions)
+    {
+        return Err(ApiError::bad_request(
+            "dimensions",
+            format!(
+                "dimensions must be between 1 and {} for model `{}`, got {dimensions}",
+                model.dimension(),
+                request.model
+            ),
+        ));
+    }
+    // Tokenization, inference and encoding are CPU work: off the async runtime.
+    let body = tokio::task::spawn_blocking(move || respond(&model, request))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("embedding task failed: {e}"),
+            )
+        })??;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+fn respond(model: &Model, request: EmbeddingRequest) -> Result<Vec<u8>, ApiError> {
+    let embeddings = model.embed(&request.input.0, request.prompt_name.as_deref())?;
+    let format = request.encoding_format.unwrap_or_default();
+    let data = embeddings
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut vector)| {
+            if let Some(dimensions) = request.dimensions {
+                vector.truncate(dimensions);
+                l2_normalize(&mut vector);
+            }
+            EmbeddingObject {
+                object: "embedding",
+                index,
+                embedding: encode(vector, format),
+            }
+        })
+        .collect();
+    let response = EmbeddingResponse {
+        object: "list",
+        data,
+        model: &request.model,
+        usage: Usage {
+            prompt_tokens: embeddings.tokens,
+            total_tokens: embeddings.tokens,
+        },
+    };
+    serde_json::to_vec(&response).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the response: {e}"),
+        )
+    })
+}
+
+fn encode(vector: Vec<f32>, format: EncodingFormat) -> Vector {
+    match format {
+        EncodingFormat::Float => Vector::Float(vector),
+        EncodingFormat::Base64 => {
+            let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+            Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_little_endian_f32() {
+        let Vector::Base64(text) = encode(vec![1.0, -2.5], EncodingFormat::Base64) else {
+            panic!("expected base64")
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap();
+        assert_eq!(
+            bytes,
+            [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat()
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! The one error type of the HTTP API, rendered as OpenAI's envelope
+//! `{"error":{"message","type","param","code"}}` so every OpenAI client can read it.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::cache::CacheError;
+use crate::model::EmbedError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+
+    pub fn bad_request(param: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message).param(param)
+    }
+
+    pub fn param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    pub fn code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Maps axum's JSON body rejections; `max_body_bytes` makes the 413 message actionable.
+    pub fn from_json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the request body must be JSON sent with `Content-Type: application/json`",
+            )
+            .code("unsupported_media_type"),
+            JsonRejection::JsonSyntaxError(e) => Self::new(
+                StatusCode::BAD_REQUEST,
+                format!("the request body is not valid JSON: {}", e.body_text()),
+            )
+            .code("invalid_json"),
+            JsonRejection::JsonDataError(e) => {
+                Self::new(StatusCode::BAD_REQUEST, e.body_text()).code("invalid_request")
+            }
+            rejection if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than this server's limit of {max_body_bytes} bytes \
+                     (server.max_body_bytes); send fewer inputs per request"
+                ),
+            )
+            .code("request_too_large"),
+            rejection => Self::new(rejection.status(), rejection.body_text()),
+        }
+    }
+}
+
+impl From<CacheError> for ApiError {
+    fn from(error: CacheError) -> Self {
+        match &error {
+            CacheError::NotFound(_) => Self::new(
+                StatusCode::NOT_FOUND,
+                format!("{error}; GET /v1/models lists the models this server can serve"),
+            )
+            .param("model")
+            .code("model_not_found"),
+            CacheError::Load { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+                    .code("model_load_failed")
+            }
+        }
+    }
+}
+
+impl From<EmbedError> for ApiError {
+    fn from(error: EmbedError) -> Self {
+        match error {
+            EmbedError::Invalid { param, message } => Self::bad_request(param, message),
+            other => Self::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+                .code("inference_failed"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = if self.status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
+        let body = json!({
+            "error": {
+                "message": self.message,
+                "type": kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+pub async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "unknown route {method} {}; this server answers POST /v1/embeddings, GET /v1/models \
+             and GET /v1/models/{{model}}",
+            uri.path()
+        ),
+    )
+    .code("not_found")
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not accept {method}", uri.path()),
+    )
+    .code("method_not_allowed")
+}

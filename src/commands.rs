@@ -1,0 +1,44 @@
+//! The `embed` and `pull` subcommands: the model path without a server.
+
+use std::io::Write;
+
+use anyhow::{Context, anyhow, bail};
+
+use crate::config::Config;
+use crate::model::{Input, ModelSource, source};
+use crate::server::start_cache;
+
+/// Embeds `texts` with the one model in `config` and prints one JSON array per line.
+pub async fn embed(config: Config, texts: Vec<String>) -> anyhow::Result<()> {
+    let cache = start_cache(&config).await?;
+    let spec = cache
+        .catalog()
+        .preloads()
+        .next()
+        .cloned()
+        .ok_or_else(|| anyhow!("no model given"))?;
+    let model = cache.load(spec).await?;
+    let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
+    let embeddings = tokio::task::spawn_blocking(move || model.embed(&inputs, None)).await??;
+    let mut out = std::io::stdout().lock();
+    for vector in &embeddings.vectors {
+        serde_json::to_writer(&mut out, vector)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Downloads a Hub model's files into the Hugging Face cache and prints the snapshot folder.
+pub async fn pull(source_id: &str, onnx_file: &str) -> anyhow::Result<()> {
+    let ModelSource::Hub { repo, revision } =
+        ModelSource::parse(source_id).map_err(|e| anyhow!(e))?
+    else {
+        bail!("`{source_id}` is a local folder; pull takes a Hub id `org/name[@revision]`");
+    };
+    let hub_repo = source::hub_repo(&repo, revision.as_deref());
+    let dir = source::download(&hub_repo, onnx_file, true)
+        .await
+        .with_context(|| format!("cannot pull `{source_id}`"))?;
+    println!("{}", dir.display());
+    Ok(())
+}

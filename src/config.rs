@@ -1,0 +1,353 @@
+//! The typed configuration: built-in defaults, then the TOML file, then command-line flags
+//! (and their `EMBEDSERVE_*` environment variables, which clap reads as flag values).
+//!
+//! Every value is checked once, here, so the rest of the server can trust it; an invalid
+//! file fails start-up with the key that is wrong and why.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::{Batching, PoolingMode};
+
+/// Largest request body accepted unless configured otherwise: room for LangChain's batches of
+/// 1000 token-id arrays, small enough that one client cannot exhaust memory.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub runtime: RuntimeConfig,
+    /// Mirrors laid out as `DIR/org/name/...`: every model in them is servable as `org/name`.
+    pub models_dirs: Vec<PathBuf>,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port; the server logs the one it got.
+    pub port: u16,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Path of `libonnxruntime.so`; `ORT_DYLIB_PATH` wins over it.
+    pub library: Option<PathBuf>,
+    /// Threads of the process-wide intra-op pool; all cores when unset.
+    pub intra_threads: Option<usize>,
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients send as `model`; defaults to the Hub id or the folder name.
+    pub name: Option<String>,
+    /// A local directory or a Hub id `org/name[@revision]`.
+    pub source: String,
+    /// ONNX file inside the model folder; `onnx/model.onnx` (else `model.onnx`) by default.
+    pub onnx_file: Option<String>,
+    pub pooling: Option<PoolingMode>,
+    pub normalize: Option<bool>,
+    pub max_seq_length: Option<usize>,
+    /// `dynamic` shares runs between inputs; `isolated` runs each input alone. By default
+    /// graphs that quantize activations per batch are isolated, others dynamic.
+    pub batching: Option<Batching>,
+    /// Other names that reach this model, e.g. `text-embedding-3-small`.
+    pub aliases: Vec<String>,
+    /// Load at start-up instead of on the first request.
+    pub preload: bool,
+}
+
+impl ModelConfig {
+    /// Parses a command-line `SPEC`: `SOURCE` or `NAME=SOURCE`. Models named on the command
+    /// line are preloaded: the operator asked for them by name.
+    pub fn from_spec(spec: &str) -> Result<Self, ConfigError> {
+        let (name, source) = match spec.split_once('=') {
+            Some((name, source)) => (Some(name.trim().to_string()), source.trim()),
+            None => (None, spec.trim()),
+        };
+        if source.is_empty() || name.as_deref() == Some("") {
+            return Err(ConfigError::invalid(
+                "--model",
+                format!("`{spec}` is not SOURCE or NAME=SOURCE"),
+            ));
+        }
+        Ok(Self {
+            name,
+            source: source.to_string(),
+            preload: true,
+            ..Self::default()
+        })
+    }
+
+    /// The name clients use when none is configured: the Hub id without its revision, or the
+    /// folder's own name.
+    pub fn effective_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let source = self.source.split('@').next().unwrap_or(&self.source);
+        if Path::new(source).is_dir() || source.starts_with(['.', '/', '~']) {
+            let trimmed = source.trim_end_matches('/');
+            return Path::new(trimmed)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| trimmed.to_string());
+        }
+        source.to_string()
+    }
+}
+
+/// What the command line adds on top of the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub models_dirs: Vec<PathBuf>,
+    pub models: Vec<String>,
+    pub max_body_bytes: Option<usize>,
+    pub ort_library: Option<PathBuf>,
+    pub intra_threads: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (or starts from the defaults), applies the overrides and validates.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply(overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        // Paths in a config file mean what they say from where the file lives, not from
+        // wherever the server happens to be started.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        config.models_dirs.iter_mut().for_each(rebase);
+        config.runtime.library.as_mut().map(rebase);
+        for model in &mut config.models {
+            if model.source.starts_with("./") || model.source.starts_with("../") {
+                model.source = base.join(&model.source).to_string_lossy().into_owned();
+            }
+        }
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: Overrides) -> Result<(), ConfigError> {
+        if let Some(host) = o.host {
+            self.server.host = host;
+        }
+        if let Some(port) = o.port {
+            self.server.port = port;
+        }
+        if let Some(bytes) = o.max_body_bytes {
+            self.server.max_body_bytes = bytes;
+        }
+        if let Some(library) = o.ort_library {
+            self.runtime.library = Some(library);
+        }
+        if let Some(threads) = o.intra_threads {
+            self.runtime.intra_threads = Some(threads);
+        }
+        self.models_dirs.extend(o.models_dirs);
+        for spec in &o.models {
+            self.models.push(ModelConfig::from_spec(spec)?);
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.host.trim().is_empty() {
+            return Err(ConfigError::invalid("server.host", "must not be empty"));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_body_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.runtime.intra_threads == Some(0) {
+            return Err(ConfigError::invalid(
+                "runtime.intra_threads",
+                "must be at least 1 (leave it unset to use every core)",
+            ));
+        }
+        let mut owners: HashMap<String, String> = HashMap::new();
+        for (i, model) in self.models.iter().enumerate() {
+            let key = format!("models[{i}]");
+            if model.source.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.source"),
+                    "is required: a local directory or a Hub id `org/name`",
+                ));
+            }
+            if model.max_seq_length == Some(0) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.max_seq_length"),
+                    "must be at least 1",
+                ));
+            }
+            let names = std::iter::once((format!("{key}.name"), model.effective_name())).chain(
+                model
+                    .aliases
+                    .iter()
+                    .enumerate()
+                    .map(|(j, a)| (format!("{key}.aliases[{j}]"), a.clone())),
+            );
+            for (name_key, name) in names {
+                if name.trim().is_empty() {
+                    return Err(ConfigError::invalid(name_key, "must not be empty"));
+                }
+                if let Some(owner) = owners.insert(name.clone(), name_key.clone()) {
+                    return Err(ConfigError::invalid(
+                        name_key,
+                        format!("`{name}` is already used by `{owner}`"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("embedserve.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), Overrides::default())
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[server]\nhots = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("hots"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = parse("[server]\nport = \"eighty\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected_with_both_keys() {
+        let err = parse(
+            "[[models]]\nsource = \"a/b\"\n[[models]]\nsource = \"c/d\"\naliases = [\"a/b\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("models[1].aliases[0]"), "{err}");
+        assert!(err.contains("models[0].name"), "{err}");
+    }
+
+    #[test]
+    fn unknown_pooling_mode_is_rejected() {
+        let err = parse("[[models]]\nsource = \"a/b\"\npooling = \"median\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("median"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let config = parse("models_dirs = [\"models\"]\n").unwrap();
+        assert!(config.models_dirs[0].is_absolute());
+        assert!(config.models_dirs[0].ends_with("models"));
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nport = 1234\nhost = \"0.0.0.0\"\n").unwrap();
+        let overrides = Overrides {
+            port: Some(0),
+            models: vec!["mini=org/model@v2".into()],
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&path), overrides).unwrap();
+        assert_eq!(config.server.port, 0);
+        assert_eq!(config.server.host, "0.0.0.0");
+        assert_eq!(config.models[0].effective_name(), "mini");
+        assert_eq!(config.models[0].source, "org/model@v2");
+        assert!(config.models[0].preload);
+    }
+
+    #[test]
+    fn spec_names_default_to_the_hub_id_or_folder() {
+        assert_eq!(
+            ModelConfig::from_spec("org/name@rev")
+                .unwrap()
+                .effective_name(),
+            "org/name"
+        );
+        assert_eq!(
+            ModelConfig::from_spec("./models/my-model/")
+                .unwrap()
+                .effective_name(),
+            "my-model"
+        );
+        assert!(ModelConfig::from_spec("name=").is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! embedserve: an OpenAI-compatible embedding server for sentence-transformers models
+//! exported to ONNX. A request goes `api` → `cache` (via `catalog`) → `model` → back to `api`.
+
+pub mod api;
+pub mod cache;
+pub mod catalog;
+pub mod commands;
+pub mod config;
+pub mod model;
+pub mod runtime;
+pub mod server;

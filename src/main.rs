@@ -1,0 +1,154 @@
+//! The command line. Everything it runs lives in the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use embedserve::config::{Config, Overrides};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "embedserve",
+    version,
+    about = "OpenAI-compatible embedding server for ONNX sentence-transformers models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve POST /v1/embeddings for the configured models.
+    Serve(ServeArgs),
+    /// Embed TEXTs with one model and print one JSON array per line; no server.
+    Embed(EmbedArgs),
+    /// Download a Hub model into the Hugging Face cache (HF_HOME) with a progress bar.
+    Pull(PullArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file (see config/embedserve.toml).
+    #[arg(long, env = "EMBEDSERVE_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "EMBEDSERVE_HOST")]
+    host: Option<String>,
+    /// 0 picks a free port and logs it.
+    #[arg(long, env = "EMBEDSERVE_PORT")]
+    port: Option<u16>,
+    #[command(flatten)]
+    models: ModelArgs,
+    /// Largest request body in bytes; larger requests get 413.
+    #[arg(long, env = "EMBEDSERVE_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// A folder mirroring the Hub (`DIR/org/name`): every model in it is servable as `org/name`.
+    #[arg(
+        long = "models-dir",
+        value_name = "DIR",
+        env = "EMBEDSERVE_MODELS_DIR",
+        value_delimiter = ':'
+    )]
+    models_dirs: Vec<PathBuf>,
+    /// `SOURCE` or `NAME=SOURCE`; SOURCE is a Hub id `org/name[@revision]` or a folder.
+    #[arg(
+        long = "model",
+        value_name = "SPEC",
+        env = "EMBEDSERVE_MODEL",
+        value_delimiter = ','
+    )]
+    models: Vec<String>,
+}
+
+#[derive(Args)]
+struct RuntimeArgs {
+    /// Path of libonnxruntime.so (ORT_DYLIB_PATH wins over it).
+    #[arg(long, env = "EMBEDSERVE_ORT_LIBRARY")]
+    ort_library: Option<PathBuf>,
+    /// Intra-op threads shared by all models; all cores by default.
+    #[arg(long, env = "EMBEDSERVE_INTRA_THREADS")]
+    intra_threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    #[arg(long, value_name = "SPEC")]
+    model: String,
+    #[arg(long = "models-dir", value_name = "DIR")]
+    models_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    #[arg(required = true)]
+    texts: Vec<String>,
+}
+
+#[derive(Args)]
+struct PullArgs {
+    /// Hub id `org/name[@revision]`.
+    source: String,
+    /// The ONNX graph to fetch.
+    #[arg(long, default_value = "onnx/model.onnx")]
+    onnx_file: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("EMBEDSERVE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,ort=warn")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let overrides = Overrides {
+                host: args.host,
+                port: args.port,
+                models_dirs: args.models.models_dirs,
+                models: args.models.models,
+                max_body_bytes: args.max_body_bytes,
+                ort_library: args.runtime.ort_library,
+                intra_threads: args.runtime.intra_threads,
+            };
+            embedserve::server::serve(Config::load(args.config.as_deref(), overrides)?).await
+        }
+        Command::Embed(args) => {
+            let overrides = Overrides {
+                models_dirs: args.models_dirs,
+                models: vec![args.model],
+                ort_library: args.runtime.ort_library,
+                intra_threads: args.runtime.intra_threads,
+                ..Overrides::default()
+            };
+            embedserve::commands::embed(Config::load(None, overrides)?, args.texts).await
+        }
+        Command::Pull(args) => embedserve::commands::pull(&args.source, &args.onnx_file).await,
+    }
+}

@@ -1,0 +1,390 @@
+//! A loaded model: its sentence-transformers configuration, tokenizer and ONNX session, and
+//! the one path that turns inputs into the vectors sentence-transformers computes.
+
+mod encoder;
+mod pooling;
+pub mod source;
+mod st_config;
+mod tokenize;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use encoder::OutputKind;
+pub use pooling::{Pooling, PoolingMode, l2_normalize};
+pub use source::{HubSettings, ModelSource};
+pub use tokenize::TokenSeq;
+
+use encoder::Encoder;
+use st_config::StConfig;
+use tokenize::TextTokenizer;
+
+use crate::runtime::Runtime;
+
+/// Most sequences per ONNX Runtime run, and most padded tokens (rows × longest row): large
+/// enough to amortise a run, small enough to keep activations in cache.
+const MAX_BATCH_SIZE: usize = 32;
+const MAX_BATCH_TOKENS: usize = 16_384;
+
+/// Why a model could not be loaded. Messages name the file and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Source(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl LoadError {
+    pub fn file(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
+        Self::File {
+            path: path.as_ref().to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why inputs could not be embedded.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The caller's fault; `param` names the request field.
+    #[error("{message}")]
+    Invalid {
+        param: &'static str,
+        message: String,
+    },
+    #[error("tokenization failed: {0}")]
+    Tokenizer(String),
+    #[error("inference failed: {0}")]
+    Inference(#[from] ort::Error),
+}
+
+/// One input of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Text(String),
+    /// Ids of the model's own vocabulary, used as they are.
+    Tokens(Vec<u32>),
+}
+
+/// How a model is to be loaded: where from, and the per-model overrides of its own files.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub source: ModelSource,
+    pub onnx_file: Option<String>,
+    pub pooling: Option<PoolingMode>,
+    pub normalize: Option<bool>,
+    pub max_seq_length: Option<usize>,
+    pub batching: Option<Batching>,
+}
+
+/// Whether inputs may share an ONNX Runtime run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Batching {
+    /// Inputs share runs: for graphs whose result for one row does not depend on the others.
+    Dynamic,
+    /// Every input runs alone: dynamically quantized graphs pick their activation scale per
+    /// run, so a vector would change with its batch-mates (cosine about 0.98 to 0.994).
+    Isolated,
+}
+
+impl ModelSpec {
+    pub fn new(name: impl Into<String>, source: ModelSource) -> Self {
+        Self {
+            name: name.into(),
+            source,
+            onnx_file: None,
+            pooling: None,
+            normalize: None,
+            max_seq_length: None,
+            batching: None,
+        }
+    }
+}
+
+pub struct Model {
+    name: String,
+    dir: PathBuf,
+    onnx_file: String,
+    dimension: usize,
+    max_seq_length: usize,
+    prompts: BTreeMap<String, String>,
+    /// Prompt lengths in tokens, for models that leave the prompt out of pooling.
+    excluded_prompt_lengths: BTreeMap<String, usize>,
+    default_prompt_name: Option<String>,
+    batching: Batching,
+    tokenizer: TextTokenizer,
+    encoder: Encoder,
+}
+
+impl Model {
+    /// Resolves the source (downloading if need be) and loads the model. Blocking work runs
+    /// on tokio's blocking pool.
+    pub async fn load(
+        spec: ModelSpec,
+        hub: &HubSettings,
+        runtime: std::sync::Arc<Runtime>,
+    ) -> Result<Self, LoadError> {
+        let onnx_hint = spec
+            .onnx_file
+            .clone()
+            .unwrap_or_else(|| "onnx/model.onnx".into());
+        let dir = hub.resolve(&spec.source, &onnx_hint).await?;
+        tokio::task::spawn_blocking(move || Self::load_dir(&spec, &dir, &runtime))
+            .await
+            .map_err(|e| LoadError::Source(format!("model loader stopped: {e}")))?
+    }
+
+    /// Loads a model from a local folder.
+    pub fn load_dir(spec: &ModelSpec, dir: &Path, runtime: &Runtime) -> Result<Self, LoadError> {
+        if !dir.is_dir() {
+            return Err(LoadError::file(dir, "not a directory"));
+        }
+        let onnx_file = match &spec.onnx_file {
+            Some(file) => file.clone(),
+            None => ["onnx/model.onnx", "model.onnx"]
+                .into_iter()
+                .find(|f| dir.join(f).is_file())
+                .unwrap_or("onnx/model.onnx")
+                .to_string(),
+        };
+        let onnx = dir.join(&onnx_file);
+        if !onnx.is_file() {
+            return Err(LoadError::file(
+                &onnx,
+                "missing (set `onnx_file` to choose another graph)",
+            ));
+        }
+        let st = StConfig::read(dir)?;
+        let max_seq_length = spec.max_seq_length.or(st.max_seq_length).ok_or_else(|| {
+            LoadError::Config(format!(
+                "{}: cannot tell the maximum sequence length (no sentence_bert_config.json, \
+                 tokenizer_config.json or config.json gives one); set `max_seq_length`",
+                dir.display()
+            ))
+        })?;
+        let normalize = spec.normalize.unwrap_or(st.normalize);
+        let pooling = spec.pooling.map(Pooling::single).or(st.pooling);
+
+        let tokenizer = TextTokenizer::load(
+            &dir.join("tokenizer.json"),
+            max_seq_length,
+            st.do_lower_case,
+        )?;
+        let encoder = Encoder::load(runtime, &onnx, pooling, normalize, tokenizer.pad_id)?;
+        if matches!(encoder.output_kind(), OutputKind::Tokens(_))
+            && !st.unsupported_modules.is_empty()
+        {
+            return Err(LoadError::file(
+                dir.join("modules.json"),
+                format!(
+                    "lists {:?} after pooling, which the ONNX graph does not include (it has no \
+                     `sentence_embedding` output)",
+                    st.unsupported_modules
+                ),
+            ));
+        }
+        let batching = spec.batching.unwrap_or_else(|| {
+            if encoder.quantizes_activations() {
+                Batching::Isolated
+            } else {
+                Batching::Dynamic
+            }
+        });
+        tracing::info!(
+            model = %spec.name,
+            "batching {:?}: {}",
+            batching,
+            match (spec.batching, batching) {
+                (Some(_), _) => "set in the configuration",
+                (None, Batching::Isolated) =>
+                    "the graph quantizes activations per run (DynamicQuantizeLinear), so batch-mates would change its vectors",
+                (None, Batching::Dynamic) => "the graph's rows are independent of each other",
+            }
+        );
+        let mut excluded_prompt_lengths = BTreeMap::new();
+        if !st.include_prompt {
+            for (name, prompt) in &st.prompts {
+                let length = tokenizer
+                    .prompt_length(prompt)
+                    .map_err(|e| LoadError::file(dir.join("tokenizer.json"), e.to_string()))?;
+                excluded_prompt_lengths.insert(name.clone(), length);
+            }
+        }
+
+        let mut model = Self {
+            name: spec.name.clone(),
+            dir: dir.to_path_buf(),
+            onnx_file,
+            dimension: 0,
+            max_seq_length,
+            prompts: st.prompts,
+            excluded_prompt_lengths,
+            default_prompt_name: st.default_prompt_name,
+            batching,
+            tokenizer,
+            encoder,
+        };
+        // One real run proves the graph works end to end and tells its output width.
+        let probe = model
+            .embed(&[Input::Text(String::new())], None)
+            .map_err(|e| LoadError::file(&onnx, format!("a test run failed: {e}")))?;
+        model.dimension = probe.vectors[0].len();
+        Ok(model)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn onnx_file(&self) -> &str {
+        &self.onnx_file
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    pub fn max_seq_length(&self) -> usize {
+        self.max_seq_length
+    }
+
+    pub fn prompts(&self) -> &BTreeMap<String, String> {
+        &self.prompts
+    }
+
+    /// Tokenizes `inputs` (with the named prompt, else the model's default prompt) and embeds
+    /// them, batching by length. Vectors come back in input order.
+    pub fn embed(
+        &self,
+        inputs: &[Input],
+        prompt_name: Option<&str>,
+    ) -> Result<Embeddings, EmbedError> {
+        let seqs = self.tokenize(inputs, prompt_name)?;
+        let vectors = self.embed_tokens(&seqs)?;
+        Ok(Embeddings {
+            vectors,
+            tokens: seqs.iter().map(TokenSeq::len).sum(),
+        })
+    }
+
+    pub fn tokenize(
+        &self,
+        inputs: &[Input],
+        prompt_name: Option<&str>,
+    ) -> Result<Vec<TokenSeq>, EmbedError> {
+        let prompt_name = prompt_name.or(self.default_prompt_name.as_deref());
+        let prompt = match prompt_name {
+            None => "",
+            Some(name) => self.prompts.get(name).ok_or_else(|| EmbedError::Invalid {
+                param: "prompt_name",
+                message: format!(
+                    "model `{}` has no prompt named `{name}`; its prompts are {:?}",
+                    self.name,
+                    self.prompts.keys().collect::<Vec<_>>()
+                ),
+            })?,
+        };
+        let pool_from = prompt_name
+            .and_then(|n| self.excluded_prompt_lengths.get(n).copied())
+            .unwrap_or(0);
+
+        let texts: Vec<String> = inputs
+            .iter()
+            .filter_map(|input| match input {
+                Input::Text(text) => Some(self.tokenizer.prepare(prompt, text)),
+                Input::Tokens(_) => None,
+            })
+            .collect();
+        let mut encoded = self
+            .tokenizer
+            .encode_batch(texts)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
+            .into_iter();
+
+        let vocab = self.tokenizer.vocab_size();
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| match input {
+                Input::Text(_) => Ok(TokenSeq {
+                    ids: encoded.next().unwrap_or_default(),
+                    pool_from,
+                }),
+                Input::Tokens(ids) => {
+                    if !prompt.is_empty() {
+                        return Err(EmbedError::Invalid {
+                            param: "prompt_name",
+                            message: "a prompt cannot be applied to token-id input; send text"
+                                .into(),
+                        });
+                    }
+                    if ids.is_empty() {
+                        return Err(EmbedError::Invalid {
+                            param: "input",
+                            message: format!("input[{i}] is an empty list of token ids"),
+                        });
+                    }
+                    if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                        return Err(EmbedError::Invalid {
+                            param: "input",
+                            message: format!(
+                                "input[{i}] holds token id {bad}, outside the vocabulary of `{}` \
+                                 (0..{vocab})",
+                                self.name
+                            ),
+                        });
+                    }
+                    let keep = ids.len().min(self.max_seq_length);
+                    Ok(TokenSeq {
+                        ids: ids[..keep].to_vec(),
+                        pool_from: 0,
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// Embeds token sequences in length-sorted batches so that padding stays small.
+    pub fn embed_tokens(&self, seqs: &[TokenSeq]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| seqs[i].len());
+        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
+        let max_rows = match self.batching {
+            Batching::Dynamic => MAX_BATCH_SIZE,
+            Batching::Isolated => 1,
+        };
+        let mut start = 0;
+        while start < order.len() {
+            // Sorted ascending, so the last row of a batch is its longest.
+            let mut end = start + 1;
+            while end < order.len()
+                && end - start < max_rows
+                && (end - start + 1) * seqs[order[end]].len() <= MAX_BATCH_TOKENS
+            {
+                end += 1;
+            }
+            let batch: Vec<&TokenSeq> = order[start..end].iter().map(|&i| &seqs[i]).collect();
+            for (&i, vector) in order[start..end].iter().zip(self.encoder.embed(&batch)?) {
+                vectors[i] = vector;
+            }
+            start = end;
+        }
+        Ok(vectors)
+    }
+}
+
+/// The vectors of one call, in input order, and the tokens they consumed.
+#[derive(Debug)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub tokens: usize,
+}

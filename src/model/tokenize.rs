@@ -1,0 +1,128 @@
+//! Text to token ids exactly as sentence-transformers prepares them: prompt prepended, the
+//! text stripped (and lower-cased when the model says so), truncated to `max_seq_length`
+//! with the special tokens counted, and never padded here (batches pad to their longest).
+
+use std::path::Path;
+
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use super::LoadError;
+
+/// The token ids of one input, unpadded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSeq {
+    pub ids: Vec<u32>,
+    /// Leading positions (a prompt) left out of pooling, for `include_prompt = false` models.
+    pub pool_from: usize,
+}
+
+impl TokenSeq {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+pub struct TextTokenizer {
+    tokenizer: Tokenizer,
+    do_lower_case: bool,
+    vocab_size: usize,
+    pub pad_id: u32,
+}
+
+impl TextTokenizer {
+    pub fn load(
+        path: &Path,
+        max_seq_length: usize,
+        do_lower_case: bool,
+    ) -> Result<Self, LoadError> {
+        let mut tokenizer =
+            Tokenizer::from_file(path).map_err(|e| LoadError::file(path, e.to_string()))?;
+        // Hub tokenizer.json files often carry fixed padding and a shorter truncation (128 for
+        // all-MiniLM-L6-v2); sentence-transformers ignores both, and so must we.
+        let pad_id = tokenizer
+            .get_padding()
+            .map(|p| p.pad_id)
+            .or_else(|| {
+                ["[PAD]", "<pad>", "<|endoftext|>"]
+                    .iter()
+                    .find_map(|t| tokenizer.token_to_id(t))
+            })
+            .unwrap_or(0);
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_seq_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| LoadError::file(path, format!("cannot set truncation: {e}")))?;
+        let vocab_size = tokenizer.get_vocab_size(true);
+        Ok(Self {
+            tokenizer,
+            do_lower_case,
+            vocab_size,
+            pad_id,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Prepares `prompt + text` as sentence-transformers' `Transformer.tokenize` does.
+    pub fn prepare(&self, prompt: &str, text: &str) -> String {
+        let joined;
+        let full = if prompt.is_empty() {
+            text
+        } else {
+            joined = format!("{prompt}{text}");
+            &joined
+        };
+        let stripped = python_strip(full);
+        if self.do_lower_case {
+            stripped.to_lowercase()
+        } else {
+            stripped.to_string()
+        }
+    }
+
+    /// Tokenizes prepared texts in parallel (the tokenizers crate's own thread pool).
+    pub fn encode_batch(&self, texts: Vec<String>) -> Result<Vec<Vec<u32>>, tokenizers::Error> {
+        let encodings = self.tokenizer.encode_batch_fast(texts, true)?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
+    }
+
+    /// How many leading tokens of a prompted input are the prompt: sentence-transformers counts
+    /// the tokenized prompt less its closing special token.
+    pub fn prompt_length(&self, prompt: &str) -> Result<usize, tokenizers::Error> {
+        let prepared = self.prepare("", prompt);
+        let encoding = self.tokenizer.encode_fast(prepared.as_str(), true)?;
+        Ok(encoding.get_ids().len().saturating_sub(1))
+    }
+}
+
+/// Python's `str.strip()`: Unicode whitespace plus the ASCII separators U+001C..U+001F,
+/// which Rust's `trim` keeps.
+fn python_strip(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_like_python() {
+        assert_eq!(python_strip("  a b \n\t"), "a b");
+        assert_eq!(python_strip("\u{1c}x\u{1f}"), "x");
+        assert_eq!(python_strip("\u{a0}x\u{3000}"), "x");
+    }
+}

@@ -1,0 +1,252 @@
+//! Shared by the integration tests: the real `embedserve` binary started on a free port, a
+//! blocking HTTP client, and the reference vectors of `../shared/models`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Bound on how long a server may take to load its models and start listening.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn models_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
+}
+
+pub fn model_dir(id: &str) -> PathBuf {
+    models_root().join(id)
+}
+
+pub fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_embedserve"))
+}
+
+/// Runs the binary to completion (for commands that exit on their own).
+pub fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    binary()
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run embedserve")
+}
+
+/// A running `embedserve serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    log: Arc<Mutex<Vec<String>>>,
+    client: reqwest::blocking::Client,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts the server on port 0 and waits for the line in which it logs its address.
+    pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        match Self::try_start(args, envs) {
+            Ok(server) => server,
+            Err(log) => panic!("embedserve did not start:\n{log}"),
+        }
+    }
+
+    /// Like `start`, but returns the server's log if it exits instead of listening.
+    pub fn try_start(args: &[&str], envs: &[(&str, &str)]) -> Result<Self, String> {
+        let mut child = binary()
+            .arg("serve")
+            .args(["--port", "0", "--host", "127.0.0.1"])
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("EMBEDSERVE_LOG", "info,ort=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn embedserve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            // Keeps draining after start-up so the server never blocks on a full pipe; the
+            // channel closes when the server's stderr does (it exited).
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let logged = |log: &Arc<Mutex<Vec<String>>>| log.lock().unwrap().join("\n");
+        match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(base) => Ok(Self {
+                child,
+                base,
+                log,
+                client: reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(300))
+                    .build()
+                    .unwrap(),
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(logged(&log))
+            }
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .expect("POST");
+        decode(response)
+    }
+
+    pub fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::blocking::Body>,
+    ) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .expect("POST");
+        decode(response)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        decode(self.client.get(self.url(path)).send().expect("GET"))
+    }
+
+    /// Embeds `input` and returns the float vectors, asserting success.
+    pub fn embed(&self, model: &str, input: Value, extra: Value) -> Vec<Vec<f32>> {
+        let mut body =
+            serde_json::json!({"model": model, "input": input, "encoding_format": "float"});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let (status, json) = self.post_json("/v1/embeddings", &body);
+        assert_eq!(status, 200, "{json}\n{}", self.logs());
+        vectors(&json)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn decode(response: reqwest::blocking::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().expect("body");
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, json)
+}
+
+/// The `data[].embedding` float arrays of a response, checking `index` order.
+pub fn vectors(json: &Value) -> Vec<Vec<f32>> {
+    let data = json["data"].as_array().expect("data array");
+    data.iter()
+        .enumerate()
+        .map(|(i, item)| {
+            assert_eq!(item["object"], "embedding");
+            assert_eq!(item["index"], i);
+            item["embedding"]
+                .as_array()
+                .expect("float embedding")
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Asserts an OpenAI error envelope with this status and `code`, returning the message.
+pub fn assert_error(
+    status: u16,
+    json: &Value,
+    want_status: u16,
+    want_code: Option<&str>,
+) -> String {
+    assert_eq!(status, want_status, "{json}");
+    let error = json["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no error envelope: {json}"));
+    let message = error["message"].as_str().expect("message").to_string();
+    assert!(!message.is_empty());
+    assert!(error["type"].is_string(), "{json}");
+    assert!(
+        error.contains_key("param") && error.contains_key("code"),
+        "{json}"
+    );
+    if let Some(code) = want_code {
+        assert_eq!(error["code"], code, "{json}");
+    }
+    message
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "dimensions differ");
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[derive(Deserialize)]
+pub struct Reference {
+    pub max_seq_length: usize,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Deserialize, Clone)]
+pub struct Case {
+    pub input: String,
+    pub embedding: Vec<f32>,
+    #[serde(default)]
+    pub prompt_name: Option<String>,
+}
+
+pub fn reference(id: &str) -> Reference {
+    let text =
+        std::fs::read_to_string(model_dir(id).join("reference.json")).expect("reference.json");
+    serde_json::from_str(&text).expect("reference.json")
+}
+
+/// Writes `text` as a config file in a fresh temporary folder.
+pub fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("embedserve.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
