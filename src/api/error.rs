@@ -60,7 +60,15 @@ impl ApiError {
             )
             .code("invalid_json"),
             JsonRejection::JsonDataError(e) => {
-                Self::new(StatusCode::BAD_REQUEST, e.body_text()).code("invalid_request")
+                let text = e.body_text();
+                let message = text
+                    .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                    .unwrap_or(&text);
+                let error = Self::new(StatusCode::BAD_REQUEST, message).code("invalid_request");
+                match field_of(message) {
+                    Some(field) => error.param(field),
+                    None => error,
+                }
             }
             rejection if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -73,6 +81,24 @@ impl ApiError {
             rejection => Self::new(rejection.status(), rejection.body_text()),
         }
     }
+}
+
+/// The request field a serde message is about: `input[0]: ...` or ``missing field `model` ``.
+fn field_of(message: &str) -> Option<&'static str> {
+    const FIELDS: [&str; 5] = [
+        "model",
+        "input",
+        "encoding_format",
+        "dimensions",
+        "prompt_name",
+    ];
+    let path_root = message.split([':', '[', '.']).next().unwrap_or_default();
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    FIELDS
+        .into_iter()
+        .find(|field| path_root == *field || missing == Some(*field))
 }
 
 impl From<CacheError> for ApiError {

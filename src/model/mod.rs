@@ -197,8 +197,11 @@ impl Model {
         });
         tracing::info!(
             model = %spec.name,
-            "batching {:?}: {}",
-            batching,
+            "batching {}: {}",
+            match batching {
+                Batching::Dynamic => "dynamic",
+                Batching::Isolated => "isolated",
+            },
             match (spec.batching, batching) {
                 (Some(_), _) => "set in the configuration",
                 (None, Batching::Isolated) =>

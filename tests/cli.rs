@@ -1,0 +1,173 @@
+//! The command line: `embed` without a server, and start-up and load failures that say
+//! what is wrong and what to do.
+
+mod common;
+
+use std::path::Path;
+
+use common::{
+    Server, assert_error, config_file, cosine, model_dir, models_root, reference, run_cli,
+};
+use serde_json::json;
+
+#[test]
+fn embed_prints_one_reference_vector_per_line() {
+    let reference = reference("tiny/bert-mean");
+    let cases = &reference.cases[..3];
+    let root = models_root();
+    let mut args = vec![
+        "embed",
+        "--model",
+        "tiny/bert-mean",
+        "--models-dir",
+        root.to_str().unwrap(),
+    ];
+    args.extend(cases.iter().map(|c| c.input.as_str()));
+    let output = run_cli(&args, &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Vec<f32>> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), cases.len());
+    for (line, case) in lines.iter().zip(cases) {
+        assert!(cosine(line, &case.embedding) >= 0.99999, "{}", case.input);
+    }
+}
+
+#[test]
+fn a_missing_runtime_names_the_fix() {
+    let output = run_cli(
+        &["serve", "--port", "0"],
+        &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/nonexistent/libonnxruntime.so"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("scripts/fetch-onnxruntime"), "{stderr}");
+}
+
+#[test]
+fn a_file_that_is_not_onnx_runtime_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("libonnxruntime.so");
+    std::fs::write(&fake, b"not a library").unwrap();
+    let output = run_cli(
+        &["serve", "--port", "0"],
+        &[("ORT_DYLIB_PATH", fake.to_str().unwrap())],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot load ONNX Runtime"), "{stderr}");
+}
+
+#[test]
+fn invalid_config_fails_at_startup_naming_the_key() {
+    for (text, key) in [
+        ("[server]\nport = \"eighty\"\n", "port"),
+        ("[server]\nhots = \"0.0.0.0\"\n", "hots"),
+        (
+            "[[models]]\nsource = \"a/b\"\n[[models]]\nsource = \"c/d\"\nname = \"a/b\"\n",
+            "models[1].name",
+        ),
+        ("[runtime]\nintra_threads = 0\n", "runtime.intra_threads"),
+        (
+            "[[models]]\nsource = \"not a source\"\n",
+            "models[0].source",
+        ),
+    ] {
+        let (_dir, path) = config_file(text);
+        let output = run_cli(&["serve", "--config", path.to_str().unwrap()], &[]);
+        assert!(!output.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{text}: {stderr}");
+    }
+    let output = run_cli(&["serve", "--config", "/nonexistent/embedserve.toml"], &[]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/embedserve.toml"));
+}
+
+#[test]
+fn a_preloaded_model_that_cannot_load_stops_startup() {
+    let log = Server::try_start(&["--model", "/nonexistent/model-dir"], &[])
+        .err()
+        .expect("must not start");
+    assert!(log.contains("/nonexistent/model-dir"), "{log}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_model_fails_cleanly_while_others_keep_serving() {
+    let mirror = tempfile::tempdir().unwrap();
+    let broken = mirror.path().join("broken/bert");
+    copy_dir(&model_dir("tiny/bert-mean"), &broken);
+    std::fs::write(broken.join("onnx/model.onnx"), b"this is not a protobuf").unwrap();
+    let server = Server::start(&[
+        "--models-dir",
+        mirror.path().to_str().unwrap(),
+        "--models-dir",
+        models_root().to_str().unwrap(),
+    ]);
+    for _ in 0..2 {
+        let (status, body) = server.post_json(
+            "/v1/embeddings",
+            &json!({"model": "broken/bert", "input": "x"}),
+        );
+        let message = assert_error(status, &body, 500, Some("model_load_failed"));
+        assert!(
+            message.contains("broken/bert") && message.contains("onnx/model.onnx"),
+            "{message}"
+        );
+        let (status, body) = server.post_json(
+            "/v1/embeddings",
+            &json!({"model": "tiny/bert-mean", "input": "x"}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    // Not cached as loaded: each request tried again.
+    assert_eq!(
+        server.logs().matches("cannot load broken/bert").count(),
+        2,
+        "{}",
+        server.logs()
+    );
+}
+
+#[test]
+fn aliases_reach_one_loaded_model() {
+    let (_dir, path) = config_file(&format!(
+        "[[models]]\nname = \"mini\"\nsource = {:?}\naliases = [\"text-embedding-3-small\"]\n",
+        model_dir("tiny/bert-mean").to_str().unwrap()
+    ));
+    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    let a = server.embed("mini", json!("Hello"), json!({}));
+    let b = server.embed("text-embedding-3-small", json!("Hello"), json!({}));
+    assert_eq!(a, b);
+    assert_eq!(
+        server
+            .logs()
+            .matches("loading mini for the first time")
+            .count(),
+        1,
+        "{}",
+        server.logs()
+    );
+}
