@@ -1,17 +1,20 @@
-//! Loaded models by name. A model loads on its first request, once however many requests ask
-//! for it at the same time, and a failed load is not remembered, so a later request retries.
+//! Loaded models by name, bounded: a model loads on its first request (once, however many
+//! requests ask at the same time), stays while it is among the most recently used, and is
+//! evicted when the cache holds too many models or too much memory, or the model sat idle.
 //!
-//! Every loaded model stays loaded for now; bounding the cache (LRU eviction, pins, memory
-//! budget) plugs in here without changing callers, who only ever hold an `Arc<Model>`.
+//! Requests hold an `Arc<Model>`, so eviction only drops the cache's reference: work in
+//! flight finishes on the evicted model, and its memory is freed when the last request ends.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use lru::LruCache;
 use tokio::sync::OnceCell;
 
-use crate::catalog::Catalog;
-use crate::model::{LoadError, Model, ModelSpec};
+use crate::catalog::{Catalog, Servable};
+use crate::config::CacheConfig;
+use crate::model::{LoadError, Model};
 use crate::runtime::Runtime;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,24 +25,66 @@ pub enum CacheError {
     Load {
         name: String,
         #[source]
-        source: LoadError,
+        source: Arc<LoadError>,
     },
 }
 
 type Slot = Arc<OnceCell<Arc<Model>>>;
 
+struct Entry {
+    slot: Slot,
+    pinned: bool,
+    idle_timeout: Option<Duration>,
+    /// Resident memory the load added, in bytes.
+    memory: u64,
+    last_used: Instant,
+}
+
+impl Entry {
+    fn model(&self) -> Option<&Arc<Model>> {
+        self.slot.get()
+    }
+}
+
+struct Failure {
+    at: Instant,
+    error: Arc<LoadError>,
+}
+
+struct Inner {
+    /// Loaded and loading models, most recently used first.
+    entries: LruCache<String, Entry>,
+    failures: HashMap<String, Failure>,
+}
+
+/// A model's state as `/v1/models` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelState {
+    pub loaded: bool,
+    pub pinned: bool,
+    pub memory_bytes: u64,
+}
+
 pub struct ModelCache {
     catalog: Catalog,
     runtime: Arc<Runtime>,
-    slots: Mutex<HashMap<String, Slot>>,
+    limits: CacheConfig,
+    inner: Mutex<Inner>,
+    /// Loads run one at a time so that each one's memory can be measured on its own.
+    load_lock: Arc<Mutex<()>>,
 }
 
 impl ModelCache {
-    pub fn new(catalog: Catalog, runtime: Arc<Runtime>) -> Self {
+    pub fn new(catalog: Catalog, runtime: Arc<Runtime>, limits: CacheConfig) -> Self {
         Self {
             catalog,
             runtime,
-            slots: Mutex::new(HashMap::new()),
+            limits,
+            inner: Mutex::new(Inner {
+                entries: LruCache::unbounded(),
+                failures: HashMap::new(),
+            }),
+            load_lock: Arc::new(Mutex::new(())),
         }
     }
 
@@ -47,54 +92,300 @@ impl ModelCache {
         &self.catalog
     }
 
-    /// The loaded model that `name` refers to, loading it if need be.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The model `name` refers to, loading it if need be. A hit touches no file and takes
+    /// the lock only to look up and mark the entry as just used.
     pub async fn get(&self, name: &str) -> Result<Arc<Model>, CacheError> {
-        let spec = self
+        let key = self.catalog.canonical(name);
+        if let Some(model) = self.hit(key) {
+            return Ok(model);
+        }
+        let servable = self
             .catalog
             .lookup(name)
             .ok_or_else(|| CacheError::NotFound(name.to_string()))?;
-        self.load(spec).await
+        self.load(servable).await
     }
 
-    /// The model if it is loaded already; never loads.
-    pub fn loaded(&self, name: &str) -> Option<Arc<Model>> {
-        let spec = self.catalog.lookup(name)?;
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.get(&spec.name)?.get().cloned()
+    fn hit(&self, key: &str) -> Option<Arc<Model>> {
+        let mut inner = self.lock();
+        let entry = inner.entries.get_mut(key)?;
+        let model = entry.model()?.clone();
+        entry.last_used = Instant::now();
+        tracing::debug!(model = key, "cache hit");
+        Some(model)
     }
 
-    pub async fn load(&self, spec: ModelSpec) -> Result<Arc<Model>, CacheError> {
-        // The lock only guards the map; the load itself runs outside it, so loading one model
-        // never blocks requests to another.
+    /// Loads `servable` unless it is loaded, then makes room by evicting.
+    pub async fn load(&self, servable: Servable) -> Result<Arc<Model>, CacheError> {
+        let name = servable.spec.name.clone();
         let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(spec.name.clone()).or_default().clone()
+            let mut inner = self.lock();
+            let entry = inner.entries.get_or_insert_mut(name.clone(), || Entry {
+                slot: Slot::default(),
+                pinned: servable.pin,
+                idle_timeout: servable.idle_timeout,
+                memory: 0,
+                last_used: Instant::now(),
+            });
+            entry.last_used = Instant::now();
+            entry.slot.clone()
         };
-        if let Some(model) = slot.get() {
-            tracing::debug!(model = %spec.name, "cache hit");
-            return Ok(model.clone());
+        let mut loaded_here = false;
+        let result = slot
+            .get_or_try_init(|| {
+                loaded_here = true;
+                self.load_model(servable)
+            })
+            .await
+            .cloned();
+        match result {
+            Ok(model) => {
+                if loaded_here {
+                    self.enforce_limits(&name);
+                }
+                Ok(model)
+            }
+            Err(source) => {
+                let mut inner = self.lock();
+                if inner
+                    .entries
+                    .peek(&name)
+                    .is_some_and(|e| Arc::ptr_eq(&e.slot, &slot) && e.model().is_none())
+                {
+                    inner.entries.pop(&name);
+                }
+                Err(CacheError::Load { name, source })
+            }
         }
-        let name = spec.name.clone();
-        slot.get_or_try_init(|| async {
-            tracing::info!(model = %name, source = %spec.source, "loading {name} for the first time");
-            let started = Instant::now();
-            let model = Model::load(spec, self.catalog.hub(), self.runtime.clone()).await?;
-            tracing::info!(
-                model = %name,
-                dir = %model.dir().display(),
-                onnx = model.onnx_file(),
-                dimension = model.dimension(),
-                max_seq_length = model.max_seq_length(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "loaded {name}"
-            );
-            Ok(Arc::new(model))
+    }
+
+    /// The one load of a model (single flight: callers wait on the same slot). A recent
+    /// failure is answered from memory, so a broken model cannot make every request pay
+    /// for a failed load.
+    async fn load_model(&self, servable: Servable) -> Result<Arc<Model>, Arc<LoadError>> {
+        let name = servable.spec.name.clone();
+        if let Some(failure) = self.lock().failures.get(&name)
+            && failure.at.elapsed() < self.limits.load_failure_backoff
+        {
+            return Err(failure.error.clone());
+        }
+        tracing::info!(model = %name, source = %servable.spec.source, "loading {name} for the first time");
+        let started = Instant::now();
+        match self.load_from_source(servable).await {
+            Ok((model, memory)) => {
+                tracing::info!(
+                    model = %name,
+                    dir = %model.dir().display(),
+                    onnx = model.onnx_file(),
+                    dimension = model.dimension(),
+                    max_seq_length = model.max_seq_length(),
+                    memory_mib = memory / (1 << 20),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "loaded {name}"
+                );
+                let mut inner = self.lock();
+                inner.failures.remove(&name);
+                if let Some(entry) = inner.entries.peek_mut(&name) {
+                    entry.memory = memory;
+                }
+                Ok(Arc::new(model))
+            }
+            Err(error) => {
+                tracing::error!(model = %name, error = %error, "cannot load {name}");
+                let error = Arc::new(error);
+                self.lock().failures.insert(
+                    name,
+                    Failure {
+                        at: Instant::now(),
+                        error: error.clone(),
+                    },
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// Fetches the files if need be, then loads off the async runtime, measuring the
+    /// resident memory the load added.
+    async fn load_from_source(&self, servable: Servable) -> Result<(Model, u64), LoadError> {
+        let spec = servable.spec;
+        let dir = self
+            .catalog
+            .hub()
+            .resolve(&spec.source, spec.onnx_hint())
+            .await?;
+        let runtime = self.runtime.clone();
+        let load_lock = self.load_lock.clone();
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = load_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let before = resident_bytes();
+            let model = Model::load_dir(&spec, &dir, &runtime)?;
+            Ok((model, resident_bytes().saturating_sub(before)))
         })
         .await
-        .cloned()
-        .map_err(|source: LoadError| {
-            tracing::error!(model = %name, error = %source, "cannot load {name}");
-            CacheError::Load { name, source }
-        })
+        .map_err(|e| LoadError::Source(format!("model loader stopped: {e}")))?
     }
+
+    /// Evicts least recently used, unpinned, loaded models (never `keep`) until the cache is
+    /// within its count and memory bounds.
+    fn enforce_limits(&self, keep: &str) {
+        let mut evicted = Vec::new();
+        {
+            let mut inner = self.lock();
+            loop {
+                let loaded = inner.entries.iter().filter(|(_, e)| e.model().is_some());
+                let (count, memory) = loaded.fold((0, 0), |(n, m), (_, e)| (n + 1, m + e.memory));
+                let reason = if count > self.limits.max_loaded_models {
+                    format!(
+                        "{count} models loaded, max_loaded_models is {}",
+                        self.limits.max_loaded_models
+                    )
+                } else if let Some(budget) = self.limits.max_model_memory.filter(|b| memory > *b) {
+                    format!(
+                        "models use {} MiB, max_model_memory is {} MiB",
+                        memory >> 20,
+                        budget >> 20
+                    )
+                } else {
+                    break;
+                };
+                let victim = inner
+                    .entries
+                    .iter()
+                    .rev()
+                    .find(|(k, e)| !e.pinned && e.model().is_some() && k.as_str() != keep)
+                    .map(|(k, _)| k.clone());
+                let Some(victim) = victim else {
+                    tracing::warn!("{reason}, but every other loaded model is pinned");
+                    break;
+                };
+                if let Some(entry) = inner.entries.pop(&victim) {
+                    evicted.push((victim, entry, format!("least recently used; {reason}")));
+                }
+            }
+        }
+        for (name, entry, reason) in evicted {
+            release(&name, entry, &reason);
+        }
+    }
+
+    /// Unloads every model idle for longer than its timeout. Returns how many it unloaded.
+    pub fn evict_idle(&self) -> usize {
+        let now = Instant::now();
+        let idle: Vec<(String, Entry, String)> = {
+            let mut inner = self.lock();
+            let expired: Vec<(String, Duration)> = inner
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.pinned && e.model().is_some())
+                .filter_map(|(k, e)| {
+                    let timeout = e.idle_timeout.or(self.limits.idle_timeout)?;
+                    (now.duration_since(e.last_used) >= timeout).then(|| (k.clone(), timeout))
+                })
+                .collect();
+            expired
+                .into_iter()
+                .filter_map(|(k, timeout)| {
+                    let entry = inner.entries.pop(&k)?;
+                    Some((
+                        k,
+                        entry,
+                        format!("unused for {}", humantime::format_duration(timeout)),
+                    ))
+                })
+                .collect()
+        };
+        let count = idle.len();
+        for (name, entry, reason) in idle {
+            release(&name, entry, &reason);
+        }
+        count
+    }
+
+    /// How often `evict_idle` should run, if any model can time out.
+    pub fn idle_check_interval(&self) -> Option<Duration> {
+        let per_model = self.catalog.configured_idle_timeouts();
+        let shortest = self
+            .limits
+            .idle_timeout
+            .into_iter()
+            .chain(per_model)
+            .min()?;
+        Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(30)))
+    }
+
+    /// Explicitly unloads `name` (pinned or not). `Ok(false)` when it was not loaded.
+    pub fn unload(&self, name: &str) -> Result<bool, CacheError> {
+        let key = self.catalog.canonical(name).to_string();
+        let entry = self.lock().entries.pop(&key);
+        match entry {
+            Some(entry) if entry.model().is_some() => {
+                release(&key, entry, "unloaded on request");
+                Ok(true)
+            }
+            _ if self.catalog.lookup(name).is_some() => Ok(false),
+            _ => Err(CacheError::NotFound(name.to_string())),
+        }
+    }
+
+    /// Loaded state of `name`, without loading it.
+    pub fn state(&self, name: &str) -> ModelState {
+        let key = self.catalog.canonical(name);
+        let inner = self.lock();
+        let pinned_in_catalog = || self.catalog.lookup(name).is_some_and(|s| s.pin);
+        match inner.entries.peek(key) {
+            Some(entry) => ModelState {
+                loaded: entry.model().is_some(),
+                pinned: entry.pinned,
+                memory_bytes: entry.memory,
+            },
+            None => ModelState {
+                pinned: pinned_in_catalog(),
+                ..ModelState::default()
+            },
+        }
+    }
+
+    /// Names of loaded models, most recently used first.
+    pub fn loaded_names(&self) -> Vec<String> {
+        let inner = self.lock();
+        inner
+            .entries
+            .iter()
+            .filter(|(_, e)| e.model().is_some())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+/// Drops the cache's reference to an evicted model. Requests still using it keep it alive;
+/// the session's memory is freed when the last of them finishes.
+fn release(name: &str, entry: Entry, reason: &str) {
+    let in_flight = entry.model().map_or(0, |m| Arc::strong_count(m) - 1);
+    tracing::info!(
+        model = name,
+        in_flight,
+        "evicted {name}: {reason}; requests still using it: {in_flight}"
+    );
+    // Releasing an ONNX Runtime session frees a lot of memory: not on an async worker.
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn_blocking(move || drop(entry))),
+        Err(_) => drop(entry),
+    }
+}
+
+/// The process's resident memory in bytes (0 where /proc is unavailable).
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
 }

@@ -1,25 +1,41 @@
 //! Which names a client may send as `model`, and what each one loads: configured models and
-//! their aliases first, then every `org/name` found in a models directory.
+//! their aliases first, then every `org/name` found in a models directory, then (only when
+//! allowed) any Hub id.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::model::source::{is_hub_id, looks_like_model};
 use crate::model::{HubSettings, ModelSource, ModelSpec};
 
+/// A model the server may load, with how the cache must treat it.
+#[derive(Debug, Clone)]
+pub struct Servable {
+    pub spec: ModelSpec,
+    pub pin: bool,
+    pub preload: bool,
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Servable {
+    fn found(name: &str, source: ModelSource) -> Self {
+        Self {
+            spec: ModelSpec::new(name, source),
+            pin: false,
+            preload: false,
+            idle_timeout: None,
+        }
+    }
+}
+
 pub struct Catalog {
-    /// Configured models in file order, each with its `preload` flag.
-    configured: Vec<(ModelSpec, bool)>,
+    /// Configured models in file order.
+    configured: Vec<Servable>,
     /// Every configured name and alias, to its index in `configured`.
     names: HashMap<String, usize>,
     hub: HubSettings,
-}
-
-/// A servable model as `/v1/models` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub id: String,
-    pub source: String,
+    allow_hub_downloads: bool,
 }
 
 impl Catalog {
@@ -42,7 +58,12 @@ impl Catalog {
             for alias in &model.aliases {
                 names.insert(alias.clone(), i);
             }
-            configured.push((spec, model.preload));
+            configured.push(Servable {
+                spec,
+                pin: model.pin,
+                preload: model.preload,
+                idle_timeout: model.idle_timeout,
+            });
         }
         Ok(Self {
             configured,
@@ -50,6 +71,7 @@ impl Catalog {
             hub: HubSettings {
                 models_dirs: config.models_dirs.clone(),
             },
+            allow_hub_downloads: config.cache.allow_hub_downloads,
         })
     }
 
@@ -57,34 +79,48 @@ impl Catalog {
         &self.hub
     }
 
-    /// The spec that `name` loads; aliases resolve to their model's canonical name, so a
-    /// model reached by two names is loaded once.
-    pub fn lookup(&self, name: &str) -> Option<ModelSpec> {
-        if let Some(&i) = self.names.get(name) {
-            return Some(self.configured[i].0.clone());
+    /// The name a model is cached under: aliases map to their model's name, so a model
+    /// reached by two names loads once. Touches no file.
+    pub fn canonical<'a>(&'a self, name: &'a str) -> &'a str {
+        match self.names.get(name) {
+            Some(&i) => &self.configured[i].spec.name,
+            None => name,
         }
-        self.hub
-            .find_in_models_dirs(name)
-            .map(|dir| ModelSpec::new(name, ModelSource::Dir(dir)))
+    }
+
+    /// What `name` loads, if it is servable. May look at the models directories.
+    pub fn lookup(&self, name: &str) -> Option<Servable> {
+        if let Some(&i) = self.names.get(name) {
+            return Some(self.configured[i].clone());
+        }
+        if let Some(dir) = self.hub.find_in_models_dirs(name) {
+            return Some(Servable::found(name, ModelSource::Dir(dir)));
+        }
+        match ModelSource::parse(name) {
+            Ok(source @ ModelSource::Hub { .. }) if self.allow_hub_downloads => {
+                Some(Servable::found(name, source))
+            }
+            _ => None,
+        }
+    }
+
+    /// Idle timeouts set on configured models.
+    pub fn configured_idle_timeouts(&self) -> impl Iterator<Item = Duration> + '_ {
+        self.configured.iter().filter_map(|s| s.idle_timeout)
     }
 
     /// Models to load before serving.
-    pub fn preloads(&self) -> impl Iterator<Item = &ModelSpec> {
-        self.configured
-            .iter()
-            .filter(|(_, preload)| *preload)
-            .map(|(spec, _)| spec)
+    pub fn preloads(&self) -> impl Iterator<Item = &Servable> {
+        self.configured.iter().filter(|s| s.preload)
     }
 
-    /// Every servable name: configured models, then the models directories' contents, sorted.
-    pub fn entries(&self) -> Vec<Entry> {
-        let mut entries: Vec<Entry> = self
+    /// Every servable name that can be listed: configured models, then the models
+    /// directories' contents, sorted. (Hub ids allowed on request are not enumerable.)
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
             .configured
             .iter()
-            .map(|(spec, _)| Entry {
-                id: spec.name.clone(),
-                source: spec.source.to_string(),
-            })
+            .map(|s| s.spec.name.clone())
             .collect();
         let mut found = Vec::new();
         for dir in &self.hub.models_dirs {
@@ -101,20 +137,14 @@ impl Catalog {
                         org.file_name().to_string_lossy(),
                         model.file_name().to_string_lossy()
                     );
-                    if is_hub_id(&id)
-                        && !self.names.contains_key(&id)
-                        && !found.iter().any(|e: &Entry| e.id == id)
-                    {
-                        found.push(Entry {
-                            id,
-                            source: model.path().display().to_string(),
-                        });
+                    if is_hub_id(&id) && !self.names.contains_key(&id) && !found.contains(&id) {
+                        found.push(id);
                     }
                 }
             }
         }
-        found.sort_by(|a, b| a.id.cmp(&b.id));
-        entries.extend(found);
-        entries
+        found.sort();
+        names.extend(found);
+        names
     }
 }

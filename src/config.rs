@@ -6,8 +6,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::model::{Batching, PoolingMode};
 
@@ -20,6 +21,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub struct Config {
     pub server: ServerConfig,
     pub runtime: RuntimeConfig,
+    pub cache: CacheConfig,
     /// Mirrors laid out as `DIR/org/name/...`: every model in them is servable as `org/name`.
     pub models_dirs: Vec<PathBuf>,
     pub models: Vec<ModelConfig>,
@@ -53,6 +55,38 @@ pub struct RuntimeConfig {
     pub intra_threads: Option<usize>,
 }
 
+/// Bounds of the model cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most models loaded at once; the least recently used unpinned one goes first.
+    pub max_loaded_models: usize,
+    /// Most memory that loaded models may add to the process, e.g. "2GiB".
+    #[serde(deserialize_with = "byte_size")]
+    pub max_model_memory: Option<u64>,
+    /// Unload a model nobody used for this long, e.g. "30m".
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Let requests load any Hub id (downloading it). Off: an unauthenticated client must not
+    /// be able to fill the disk.
+    pub allow_hub_downloads: bool,
+    /// After a failed load, answer with that failure for this long before trying again.
+    #[serde(deserialize_with = "duration_required")]
+    pub load_failure_backoff: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_loaded_models: 4,
+            max_model_memory: None,
+            idle_timeout: None,
+            allow_hub_downloads: false,
+            load_failure_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
 /// One `[[models]]` entry.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -73,6 +107,11 @@ pub struct ModelConfig {
     pub aliases: Vec<String>,
     /// Load at start-up instead of on the first request.
     pub preload: bool,
+    /// Never evict this model to make room for another.
+    pub pin: bool,
+    /// Overrides `cache.idle_timeout` for this model.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
 }
 
 impl ModelConfig {
@@ -125,6 +164,8 @@ pub struct Overrides {
     pub max_body_bytes: Option<usize>,
     pub ort_library: Option<PathBuf>,
     pub intra_threads: Option<usize>,
+    pub max_loaded_models: Option<usize>,
+    pub allow_hub_downloads: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +245,10 @@ impl Config {
         if let Some(threads) = o.intra_threads {
             self.runtime.intra_threads = Some(threads);
         }
+        if let Some(max) = o.max_loaded_models {
+            self.cache.max_loaded_models = max;
+        }
+        self.cache.allow_hub_downloads |= o.allow_hub_downloads;
         self.models_dirs.extend(o.models_dirs);
         for spec in &o.models {
             self.models.push(ModelConfig::from_spec(spec)?);
@@ -225,6 +270,22 @@ impl Config {
             return Err(ConfigError::invalid(
                 "runtime.intra_threads",
                 "must be at least 1 (leave it unset to use every core)",
+            ));
+        }
+        if self.cache.max_loaded_models == 0 {
+            return Err(ConfigError::invalid(
+                "cache.max_loaded_models",
+                "must be at least 1",
+            ));
+        }
+        let pinned = self.models.iter().filter(|m| m.pin).count();
+        if pinned > self.cache.max_loaded_models {
+            return Err(ConfigError::invalid(
+                "cache.max_loaded_models",
+                format!(
+                    "{pinned} models are pinned but at most {} may be loaded",
+                    self.cache.max_loaded_models
+                ),
             ));
         }
         let mut owners: HashMap<String, String> = HashMap::new();
@@ -265,6 +326,55 @@ impl Config {
     }
 }
 
+/// "30s", "10m", "1h 30m" (humantime's syntax).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like \"30s\" or \"10m\": {e}"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_required(d).map(Some)
+}
+
+fn duration_required<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// "512MiB", "2GiB", "1.5GB" or a plain number of bytes.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size like \"512MiB\" or \"2GiB\""
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like \"512MiB\" or \"2GiB\""))?;
+    Ok((value * factor as f64) as u64)
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_byte_size(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +409,33 @@ mod tests {
         .to_string();
         assert!(err.contains("models[1].aliases[0]"), "{err}");
         assert!(err.contains("models[0].name"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_byte_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_byte_size("1.5 GB"), Ok(1_500_000_000));
+        assert_eq!(parse_byte_size("4096"), Ok(4096));
+        assert!(parse_byte_size("lots").is_err());
+        let config =
+            parse("[cache]\nidle_timeout = \"10m\"\nmax_model_memory = \"512MiB\"\n").unwrap();
+        assert_eq!(config.cache.idle_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(config.cache.max_model_memory, Some(512 << 20));
+        let err = parse("[cache]\nidle_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("idle_timeout") && err.contains("soon"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn more_pins_than_room_is_rejected() {
+        let err = parse("[cache]\nmax_loaded_models = 1\n[[models]]\nsource = \"a/b\"\npin = true\n[[models]]\nsource = \"c/d\"\npin = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.max_loaded_models"), "{err}");
     }
 
     #[test]

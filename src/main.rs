@@ -41,6 +41,13 @@ struct ServeArgs {
     port: Option<u16>,
     #[command(flatten)]
     models: ModelArgs,
+    /// Most models loaded at once; the least recently used unpinned one is evicted first.
+    #[arg(long, env = "EMBEDSERVE_MAX_LOADED_MODELS")]
+    max_loaded_models: Option<usize>,
+    /// Let requests load any Hub id, downloading it (off: only configured models and models
+    /// directories).
+    #[arg(long, env = "EMBEDSERVE_ALLOW_HUB_DOWNLOADS")]
+    allow_hub_downloads: bool,
     /// Largest request body in bytes; larger requests get 413.
     #[arg(long, env = "EMBEDSERVE_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -136,6 +143,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 max_body_bytes: args.max_body_bytes,
                 ort_library: args.runtime.ort_library,
                 intra_threads: args.runtime.intra_threads,
+                max_loaded_models: args.max_loaded_models,
+                allow_hub_downloads: args.allow_hub_downloads,
             };
             embedserve::server::serve(Config::load(args.config.as_deref(), overrides)?).await
         }

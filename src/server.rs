@@ -21,12 +21,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let preloads: Vec<_> = cache.catalog().preloads().cloned().collect();
-    for spec in preloads {
-        let name = spec.name.clone();
+    for servable in preloads {
+        let name = servable.spec.name.clone();
         cache
-            .load(spec)
+            .load(servable)
             .await
             .with_context(|| format!("cannot preload `{name}`"))?;
+    }
+    if let Some(every) = cache.idle_check_interval() {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                cache.evict_idle();
+            }
+        });
     }
     let state = Arc::new(AppState {
         cache,
@@ -50,7 +60,11 @@ pub async fn start_cache(config: &Config) -> anyhow::Result<ModelCache> {
     let runtime = tokio::task::spawn_blocking(move || Runtime::init(&runtime_config)).await??;
     let catalog =
         Catalog::from_config(config).map_err(|e| anyhow!("invalid configuration: {e}"))?;
-    Ok(ModelCache::new(catalog, Arc::new(runtime)))
+    Ok(ModelCache::new(
+        catalog,
+        Arc::new(runtime),
+        config.cache.clone(),
+    ))
 }
 
 async fn shutdown_signal() {

@@ -114,38 +114,72 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn a_corrupt_model_fails_cleanly_while_others_keep_serving() {
+/// A models directory holding `broken/bert`: tiny/bert-mean with a corrupt ONNX file.
+fn broken_mirror() -> tempfile::TempDir {
     let mirror = tempfile::tempdir().unwrap();
     let broken = mirror.path().join("broken/bert");
     copy_dir(&model_dir("tiny/bert-mean"), &broken);
     std::fs::write(broken.join("onnx/model.onnx"), b"this is not a protobuf").unwrap();
+    mirror
+}
+
+fn assert_broken_fails_and_healthy_serves(server: &Server) {
+    let (status, body) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "broken/bert", "input": "x"}),
+    );
+    let message = assert_error(status, &body, 500, Some("model_load_failed"));
+    assert!(
+        message.contains("broken/bert") && message.contains("onnx/model.onnx"),
+        "{message}"
+    );
+    let (status, body) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "tiny/bert-mean", "input": "x"}),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_corrupt_model_fails_cleanly_and_is_retried_after_the_backoff() {
+    let mirror = broken_mirror();
+    let (_dir, config) = config_file("[cache]\nload_failure_backoff = \"0s\"\n");
     let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
         "--models-dir",
         mirror.path().to_str().unwrap(),
         "--models-dir",
         models_root().to_str().unwrap(),
     ]);
     for _ in 0..2 {
-        let (status, body) = server.post_json(
-            "/v1/embeddings",
-            &json!({"model": "broken/bert", "input": "x"}),
-        );
-        let message = assert_error(status, &body, 500, Some("model_load_failed"));
-        assert!(
-            message.contains("broken/bert") && message.contains("onnx/model.onnx"),
-            "{message}"
-        );
-        let (status, body) = server.post_json(
-            "/v1/embeddings",
-            &json!({"model": "tiny/bert-mean", "input": "x"}),
-        );
-        assert_eq!(status, 200, "{body}");
+        assert_broken_fails_and_healthy_serves(&server);
     }
-    // Not cached as loaded: each request tried again.
+    // Not cached as loaded: with no back-off, each request tried again.
     assert_eq!(
         server.logs().matches("cannot load broken/bert").count(),
         2,
+        "{}",
+        server.logs()
+    );
+    assert!(!server.loaded().contains(&"broken/bert".to_string()));
+}
+
+#[test]
+fn within_the_backoff_a_failed_load_is_not_repeated() {
+    let mirror = broken_mirror();
+    let server = Server::start(&[
+        "--models-dir",
+        mirror.path().to_str().unwrap(),
+        "--models-dir",
+        models_root().to_str().unwrap(),
+    ]);
+    for _ in 0..3 {
+        assert_broken_fails_and_healthy_serves(&server);
+    }
+    assert_eq!(
+        server.logs().matches("cannot load broken/bert").count(),
+        1,
         "{}",
         server.logs()
     );

@@ -244,3 +244,25 @@ fn an_unknown_repository_fails_with_the_hub_answer() {
         "{stderr}"
     );
 }
+
+#[test]
+fn requests_cannot_download_unless_allowed() {
+    let (endpoint, hub) = start_fake_hub();
+    let home = tempfile::tempdir().unwrap();
+    let envs = [
+        ("HF_ENDPOINT", endpoint.as_str()),
+        ("HF_HOME", home.path().to_str().unwrap()),
+    ];
+    let server = Server::start_with_env(&[], &envs);
+    let (status, body) = server.post_json("/v1/embeddings", &json!({"model": REPO, "input": "x"}));
+    common::assert_error(status, &body, 404, Some("model_not_found"));
+    assert!(
+        hub.fetched.lock().unwrap().is_empty(),
+        "nothing was downloaded"
+    );
+    drop(server);
+
+    let server = Server::start_with_env(&["--allow-hub-downloads"], &envs);
+    assert_matches_reference(&server, REPO);
+    assert_eq!(server.loaded(), [REPO], "listed once loaded");
+}

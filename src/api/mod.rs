@@ -37,6 +37,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         // Hub ids contain a slash: `{*id}` takes the rest of the path.
         .route("/v1/models/{*id}", get(models::retrieve))
         .route("/models/{*id}", get(models::retrieve))
+        .route(
+            "/admin/models/{*id}",
+            post(models::admin_post).delete(models::admin_delete),
+        )
         .fallback(error::unknown_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -104,6 +104,11 @@ impl ModelSpec {
             batching: None,
         }
     }
+
+    /// The ONNX file to fetch from the Hub: the configured one, else the Hub layout's default.
+    pub fn onnx_hint(&self) -> &str {
+        self.onnx_file.as_deref().unwrap_or("onnx/model.onnx")
+    }
 }
 
 pub struct Model {
@@ -122,23 +127,6 @@ pub struct Model {
 }
 
 impl Model {
-    /// Resolves the source (downloading if need be) and loads the model. Blocking work runs
-    /// on tokio's blocking pool.
-    pub async fn load(
-        spec: ModelSpec,
-        hub: &HubSettings,
-        runtime: std::sync::Arc<Runtime>,
-    ) -> Result<Self, LoadError> {
-        let onnx_hint = spec
-            .onnx_file
-            .clone()
-            .unwrap_or_else(|| "onnx/model.onnx".into());
-        let dir = hub.resolve(&spec.source, &onnx_hint).await?;
-        tokio::task::spawn_blocking(move || Self::load_dir(&spec, &dir, &runtime))
-            .await
-            .map_err(|e| LoadError::Source(format!("model loader stopped: {e}")))?
-    }
-
     /// Loads a model from a local folder.
     pub fn load_dir(spec: &ModelSpec, dir: &Path, runtime: &Runtime) -> Result<Self, LoadError> {
         if !dir.is_dir() {
@@ -384,6 +372,29 @@ impl Model {
         Ok(vectors)
     }
 }
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        tracing::info!(model = %self.name, "unloaded {}: its memory is released", self.name);
+        return_freed_memory();
+    }
+}
+
+/// Hands memory that the allocator keeps after a model is freed back to the OS, so that
+/// resident memory (and the cache's memory budget) reflects the models really loaded.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_freed_memory() {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+    // SAFETY: glibc's malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_freed_memory() {}
 
 /// The vectors of one call, in input order, and the tokens they consumed.
 #[derive(Debug)]

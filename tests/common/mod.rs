@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -41,8 +41,15 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> Output {
 pub struct Server {
     child: Child,
     pub base: String,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Arc<Log>,
     client: reqwest::blocking::Client,
+}
+
+/// The server's stderr lines, with a condition variable to wait for a line to appear.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
 }
 
 impl Server {
@@ -72,7 +79,7 @@ impl Server {
             .spawn()
             .expect("spawn embedserve");
         let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Log::default());
         let (tx, rx) = mpsc::channel();
         let sink = log.clone();
         std::thread::spawn(move || {
@@ -82,10 +89,11 @@ impl Server {
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let _ = tx.send(rest.trim().to_string());
                 }
-                sink.lock().unwrap().push(line);
+                sink.lines.lock().unwrap().push(line);
+                sink.grew.notify_all();
             }
         });
-        let logged = |log: &Arc<Mutex<Vec<String>>>| log.lock().unwrap().join("\n");
+        let logged = |log: &Arc<Log>| log.lines.lock().unwrap().join("\n");
         match rx.recv_timeout(STARTUP_TIMEOUT) {
             Ok(base) => Ok(Self {
                 child,
@@ -105,7 +113,60 @@ impl Server {
     }
 
     pub fn logs(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    /// Blocks until the server has logged `count` lines containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut lines = self.log.lines.lock().unwrap();
+        while lines.iter().filter(|l| l.contains(needle)).count() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no log line {needle:?} in:\n{}",
+                lines.join("\n")
+            );
+            lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// `(loaded, pinned)` of every model `/v1/models` lists.
+    pub fn model_states(&self) -> Vec<(String, bool, bool)> {
+        let (status, json) = self.get("/v1/models");
+        assert_eq!(status, 200, "{json}");
+        json["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().to_string(),
+                    m["loaded"].as_bool().unwrap(),
+                    m["pinned"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Names of loaded models, sorted.
+    pub fn loaded(&self) -> Vec<String> {
+        let mut loaded: Vec<String> = self
+            .model_states()
+            .into_iter()
+            .filter(|(_, loaded, _)| *loaded)
+            .map(|(id, _, _)| id)
+            .collect();
+        loaded.sort();
+        loaded
+    }
+
+    pub fn post_empty(&self, path: &str) -> (u16, Value) {
+        decode(self.client.post(self.url(path)).send().expect("POST"))
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        decode(self.client.delete(self.url(path)).send().expect("DELETE"))
     }
 
     pub fn url(&self, path: &str) -> String {

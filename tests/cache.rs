@@ -1,0 +1,231 @@
+//! The LRU model cache over real HTTP: load on first use, single flight, eviction in LRU
+//! order, pins, preload, idle timeout, memory budget, admin load/unload, and eviction that
+//! never cuts off a request in flight.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use common::{Server, config_file, cosine, model_dir, models_root, reference};
+use serde_json::json;
+
+const TINY: [&str; 4] = [
+    "tiny/bert-mean",
+    "tiny/bert-cls",
+    "tiny/decoder-lasttoken",
+    "tiny/bert-pooled",
+];
+const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+fn root() -> String {
+    models_root().to_str().unwrap().to_string()
+}
+
+/// Embeds the reference case "Hello" with `model` and checks it against sentence-transformers.
+fn assert_correct(server: &Server, model: &str, reference_id: &str) {
+    let reference = reference(reference_id);
+    let case = reference
+        .cases
+        .iter()
+        .find(|c| c.input == "Hello" && c.prompt_name.is_none())
+        .unwrap();
+    let got = server.embed(model, json!(case.input), json!({}));
+    let c = cosine(&got[0], &case.embedding);
+    assert!(c >= 0.99999, "{model}: cosine {c}");
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn cycling_four_models_through_two_slots_evicts_in_lru_order() {
+    let server = Server::start(&["--models-dir", &root(), "--max-loaded-models", "2"]);
+    assert!(
+        server.loaded().is_empty(),
+        "nothing loads before it is asked for"
+    );
+    let [a, b, c, d] = TINY;
+    for round in 0..2 {
+        for (model, previous) in [(a, d), (b, a), (c, b), (d, c)] {
+            assert_correct(&server, model, model);
+            let want = if round == 0 && model == a {
+                sorted(&[a])
+            } else {
+                sorted(&[model, previous])
+            };
+            assert_eq!(server.loaded(), want, "after {model} in round {round}");
+        }
+    }
+    // Every request refreshes recency: a hit on `c` makes `d` the least recently used.
+    assert_correct(&server, c, c);
+    assert_correct(&server, a, a);
+    assert_eq!(server.loaded(), sorted(&[c, a]));
+    // Each use after an eviction was a real reload.
+    assert_eq!(
+        server
+            .logs()
+            .matches("loading tiny/bert-mean for the first time")
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn a_pinned_preloaded_model_is_never_evicted() {
+    let (_dir, config) = config_file(&format!(
+        "models_dirs = [{:?}]\n[cache]\nmax_loaded_models = 2\n[[models]]\nname = \"pinned\"\nsource = {:?}\npin = true\npreload = true\n",
+        root(),
+        model_dir("tiny/bert-mean").to_str().unwrap(),
+    ));
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    assert!(
+        server
+            .model_states()
+            .contains(&("pinned".into(), true, true)),
+        "preloaded and pinned"
+    );
+    for _ in 0..2 {
+        for model in &TINY[1..] {
+            assert_correct(&server, model, model);
+            assert!(server.loaded().contains(&"pinned".to_string()));
+            assert_eq!(server.loaded().len(), 2);
+        }
+    }
+    assert_correct(&server, "pinned", "tiny/bert-mean");
+    assert_eq!(
+        server
+            .logs()
+            .matches("loading pinned for the first time")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn concurrent_first_requests_share_one_load() {
+    let server = Arc::new(Server::start(&["--models-dir", &root()]));
+    let start = Arc::new(Barrier::new(32));
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let (server, start) = (server.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                server.embed("tiny/bert-cls", json!("Hello"), json!({}))
+            })
+        })
+        .collect();
+    let vectors: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(vectors.iter().all(|v| v == &vectors[0]));
+    assert_correct(&server, "tiny/bert-cls", "tiny/bert-cls");
+    let logs = server.logs();
+    assert_eq!(
+        logs.matches("loading tiny/bert-cls for the first time")
+            .count(),
+        1,
+        "{logs}"
+    );
+}
+
+#[test]
+fn eviction_does_not_cut_off_a_request_in_flight() {
+    let server = Arc::new(Server::start(&[
+        "--models-dir",
+        &root(),
+        "--max-loaded-models",
+        "1",
+    ]));
+    let reference = reference(MINILM);
+    let long = reference
+        .cases
+        .iter()
+        .max_by_key(|c| c.input.len())
+        .unwrap()
+        .clone();
+    let inputs = vec![long.input.clone(); 100];
+    let in_flight = {
+        let server = server.clone();
+        std::thread::spawn(move || server.embed(MINILM, json!(inputs), json!({})))
+    };
+    // The request holds the model from the moment its load completes.
+    server.wait_for_log(&format!("loaded {MINILM}"), 1);
+    assert_correct(&server, TINY[0], TINY[0]);
+    assert_eq!(
+        server.loaded(),
+        [TINY[0]],
+        "MiniLM was evicted to make room"
+    );
+    let logs = server.logs();
+    assert!(
+        logs.contains(&format!("evicted {MINILM}: least recently used"))
+            && logs.contains("requests still using it: 1"),
+        "{logs}"
+    );
+    let vectors = in_flight.join().unwrap();
+    assert_eq!(vectors.len(), 100);
+    for vector in &vectors {
+        assert!(cosine(vector, &long.embedding) >= 0.99999);
+    }
+    // Its memory is released once that request is done.
+    server.wait_for_log(&format!("unloaded {MINILM}"), 1);
+}
+
+#[test]
+fn idle_models_are_unloaded() {
+    let (_dir, config) = config_file("[cache]\nidle_timeout = \"300ms\"\n");
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--models-dir",
+        &root(),
+    ]);
+    assert_correct(&server, TINY[0], TINY[0]);
+    server.wait_for_log("evicted tiny/bert-mean: unused for 300ms", 1);
+    assert!(server.loaded().is_empty());
+    assert_correct(&server, TINY[0], TINY[0]);
+}
+
+#[test]
+fn the_memory_budget_evicts_by_measured_size() {
+    let (_dir, config) =
+        config_file("[cache]\nmax_model_memory = \"40MiB\"\nmax_loaded_models = 8\n");
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--models-dir",
+        &root(),
+    ]);
+    assert_correct(&server, MINILM, MINILM);
+    let (_, json) = server.get(&format!("/v1/models/{MINILM}"));
+    let memory = json["memory_bytes"].as_u64().unwrap();
+    assert!(memory > 40 << 20, "MiniLM's load added {memory} bytes");
+    assert_correct(&server, TINY[0], TINY[0]);
+    assert_eq!(server.loaded(), [TINY[0]]);
+    assert!(
+        server.logs().contains("max_model_memory is 40 MiB"),
+        "{}",
+        server.logs()
+    );
+}
+
+#[test]
+fn admin_routes_load_and_unload() {
+    let server = Server::start(&["--models-dir", &root()]);
+    let (status, json) = server.post_empty("/admin/models/tiny/bert-cls/load");
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["loaded"], true);
+    assert_eq!(server.loaded(), ["tiny/bert-cls"]);
+    let (status, json) = server.delete("/admin/models/tiny/bert-cls");
+    assert_eq!((status, &json["unloaded"]), (200, &json!(true)), "{json}");
+    assert!(server.loaded().is_empty());
+    let (status, json) = server.delete("/admin/models/tiny/bert-cls");
+    assert_eq!((status, &json["unloaded"]), (200, &json!(false)), "{json}");
+    let (status, json) = server.delete("/admin/models/no/such");
+    common::assert_error(status, &json, 404, Some("model_not_found"));
+    let (status, json) = server.post_empty("/admin/models/no/such/load");
+    common::assert_error(status, &json, 404, Some("model_not_found"));
+    let (status, json) = server.post_empty("/admin/models/tiny/bert-cls/reload");
+    common::assert_error(status, &json, 404, Some("not_found"));
+}
