@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::batcher::BatchLimits;
 use crate::config::Config;
 use crate::model::source::{is_hub_id, looks_like_model};
 use crate::model::{HubSettings, ModelSource, ModelSpec};
@@ -19,9 +20,12 @@ pub struct Servable {
 }
 
 impl Servable {
-    fn found(name: &str, source: ModelSource) -> Self {
+    fn found(name: &str, source: ModelSource, limits: BatchLimits) -> Self {
         Self {
-            spec: ModelSpec::new(name, source),
+            spec: ModelSpec {
+                limits,
+                ..ModelSpec::new(name, source)
+            },
             pin: false,
             preload: false,
             idle_timeout: None,
@@ -36,6 +40,8 @@ pub struct Catalog {
     names: HashMap<String, usize>,
     hub: HubSettings,
     allow_hub_downloads: bool,
+    /// Batching for models that are not configured.
+    default_limits: BatchLimits,
 }
 
 impl Catalog {
@@ -52,6 +58,7 @@ impl Catalog {
                 normalize: model.normalize,
                 max_seq_length: model.max_seq_length,
                 batching: model.batching,
+                limits: config.batcher.for_model(model),
                 ..ModelSpec::new(name.clone(), source)
             };
             names.insert(name, i);
@@ -72,6 +79,7 @@ impl Catalog {
                 models_dirs: config.models_dirs.clone(),
             },
             allow_hub_downloads: config.cache.allow_hub_downloads,
+            default_limits: config.batcher.limits(),
         })
     }
 
@@ -94,11 +102,15 @@ impl Catalog {
             return Some(self.configured[i].clone());
         }
         if let Some(dir) = self.hub.find_in_models_dirs(name) {
-            return Some(Servable::found(name, ModelSource::Dir(dir)));
+            return Some(Servable::found(
+                name,
+                ModelSource::Dir(dir),
+                self.default_limits,
+            ));
         }
         match ModelSource::parse(name) {
             Ok(source @ ModelSource::Hub { .. }) if self.allow_hub_downloads => {
-                Some(Servable::found(name, source))
+                Some(Servable::found(name, source, self.default_limits))
             }
             _ => None,
         }

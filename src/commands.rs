@@ -19,7 +19,8 @@ pub async fn embed(config: Config, texts: Vec<String>) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("no model given"))?;
     let model = cache.load(spec).await?;
     let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
-    let embeddings = tokio::task::spawn_blocking(move || model.embed(&inputs, None)).await??;
+    let embeddings =
+        tokio::task::spawn_blocking(move || model.embed_blocking(&inputs, None)).await??;
     let mut out = std::io::stdout().lock();
     for vector in &embeddings.vectors {
         serde_json::to_writer(&mut out, vector)?;

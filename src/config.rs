@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::batcher::BatchLimits;
 use crate::model::{Batching, PoolingMode};
 
 /// Largest request body accepted unless configured otherwise: room for LangChain's batches of
@@ -22,6 +23,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub runtime: RuntimeConfig,
     pub cache: CacheConfig,
+    pub batcher: BatcherConfig,
     /// Mirrors laid out as `DIR/org/name/...`: every model in them is servable as `org/name`.
     pub models_dirs: Vec<PathBuf>,
     pub models: Vec<ModelConfig>,
@@ -53,6 +55,8 @@ pub struct RuntimeConfig {
     pub library: Option<PathBuf>,
     /// Threads of the process-wide intra-op pool; all cores when unset.
     pub intra_threads: Option<usize>,
+    /// Let idle intra-op threads spin waiting for work instead of sleeping.
+    pub spinning: bool,
 }
 
 /// Bounds of the model cache.
@@ -87,6 +91,46 @@ impl Default for CacheConfig {
     }
 }
 
+/// Server-wide batching defaults; each `[[models]]` entry may override them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatcherConfig {
+    pub max_batch_size: usize,
+    pub max_batch_tokens: usize,
+    pub max_queued_inputs: usize,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        // 32 rows amortise a run on CPU; 16384 padded tokens is 32 rows of 512, so long
+        // inputs batch less but activations stay bounded; the queue holds two full requests.
+        Self {
+            max_batch_size: 32,
+            max_batch_tokens: 16_384,
+            max_queued_inputs: 4096,
+        }
+    }
+}
+
+impl BatcherConfig {
+    pub fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_batch_size: self.max_batch_size,
+            max_batch_tokens: self.max_batch_tokens,
+            max_queued_inputs: self.max_queued_inputs,
+        }
+    }
+
+    /// These defaults with a model's overrides.
+    pub fn for_model(&self, model: &ModelConfig) -> BatchLimits {
+        BatchLimits {
+            max_batch_size: model.max_batch_size.unwrap_or(self.max_batch_size),
+            max_batch_tokens: model.max_batch_tokens.unwrap_or(self.max_batch_tokens),
+            max_queued_inputs: model.max_queued_inputs.unwrap_or(self.max_queued_inputs),
+        }
+    }
+}
+
 /// One `[[models]]` entry.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -103,6 +147,9 @@ pub struct ModelConfig {
     /// `dynamic` shares runs between inputs; `isolated` runs each input alone. By default
     /// graphs that quantize activations per batch are isolated, others dynamic.
     pub batching: Option<Batching>,
+    pub max_batch_size: Option<usize>,
+    pub max_batch_tokens: Option<usize>,
+    pub max_queued_inputs: Option<usize>,
     /// Other names that reach this model, e.g. `text-embedding-3-small`.
     pub aliases: Vec<String>,
     /// Load at start-up instead of on the first request.
@@ -166,6 +213,9 @@ pub struct Overrides {
     pub intra_threads: Option<usize>,
     pub max_loaded_models: Option<usize>,
     pub allow_hub_downloads: bool,
+    pub max_batch_size: Option<usize>,
+    pub max_batch_tokens: Option<usize>,
+    pub max_queued_inputs: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +299,15 @@ impl Config {
             self.cache.max_loaded_models = max;
         }
         self.cache.allow_hub_downloads |= o.allow_hub_downloads;
+        if let Some(n) = o.max_batch_size {
+            self.batcher.max_batch_size = n;
+        }
+        if let Some(n) = o.max_batch_tokens {
+            self.batcher.max_batch_tokens = n;
+        }
+        if let Some(n) = o.max_queued_inputs {
+            self.batcher.max_queued_inputs = n;
+        }
         self.models_dirs.extend(o.models_dirs);
         for spec in &o.models {
             self.models.push(ModelConfig::from_spec(spec)?);
@@ -277,6 +336,34 @@ impl Config {
                 "cache.max_loaded_models",
                 "must be at least 1",
             ));
+        }
+        let positive = [
+            ("batcher.max_batch_size", Some(self.batcher.max_batch_size)),
+            (
+                "batcher.max_batch_tokens",
+                Some(self.batcher.max_batch_tokens),
+            ),
+            (
+                "batcher.max_queued_inputs",
+                Some(self.batcher.max_queued_inputs),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(self.models.iter().enumerate().flat_map(|(i, m)| {
+            [
+                (format!("models[{i}].max_batch_size"), m.max_batch_size),
+                (format!("models[{i}].max_batch_tokens"), m.max_batch_tokens),
+                (
+                    format!("models[{i}].max_queued_inputs"),
+                    m.max_queued_inputs,
+                ),
+            ]
+        }));
+        for (key, value) in positive {
+            if value == Some(0) {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
         }
         let pinned = self.models.iter().filter(|m| m.pin).count();
         if pinned > self.cache.max_loaded_models {

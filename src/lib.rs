@@ -1,7 +1,8 @@
 //! embedserve: an OpenAI-compatible embedding server for sentence-transformers models
-//! exported to ONNX. A request goes `api` → `cache` (via `catalog`) → `model` → back to `api`.
+//! exported to ONNX. A request goes `api` → `cache` (via `catalog`) → `model` (tokenize) → `batcher` → back to `api`.
 
 pub mod api;
+pub mod batcher;
 pub mod cache;
 pub mod catalog;
 pub mod commands;

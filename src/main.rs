@@ -48,6 +48,15 @@ struct ServeArgs {
     /// directories).
     #[arg(long, env = "EMBEDSERVE_ALLOW_HUB_DOWNLOADS")]
     allow_hub_downloads: bool,
+    /// Most inputs per ONNX Runtime run (per-model default).
+    #[arg(long, env = "EMBEDSERVE_MAX_BATCH_SIZE")]
+    max_batch_size: Option<usize>,
+    /// Most padded tokens (rows × longest row) per run (per-model default).
+    #[arg(long, env = "EMBEDSERVE_MAX_BATCH_TOKENS")]
+    max_batch_tokens: Option<usize>,
+    /// Most inputs waiting per model; beyond it requests get 429 (per-model default).
+    #[arg(long, env = "EMBEDSERVE_MAX_QUEUED_INPUTS")]
+    max_queued_inputs: Option<usize>,
     /// Largest request body in bytes; larger requests get 413.
     #[arg(long, env = "EMBEDSERVE_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -145,6 +154,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 intra_threads: args.runtime.intra_threads,
                 max_loaded_models: args.max_loaded_models,
                 allow_hub_downloads: args.allow_hub_downloads,
+                max_batch_size: args.max_batch_size,
+                max_batch_tokens: args.max_batch_tokens,
+                max_queued_inputs: args.max_queued_inputs,
             };
             embedserve::server::serve(Config::load(args.config.as_deref(), overrides)?).await
         }

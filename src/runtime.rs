@@ -42,13 +42,19 @@ impl Runtime {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let pool = GlobalThreadPoolOptions::default()
             .with_intra_threads(threads)?
-            .with_inter_threads(1)?;
+            .with_inter_threads(1)?
+            .with_spin_control(config.spinning)?;
         let environment = builder
             .with_name("embedserve")
             .with_telemetry(false)
             .with_global_thread_pool(pool)
             .build()?;
-        tracing::info!(library = %library.display(), intra_threads = threads, "ONNX Runtime ready");
+        tracing::info!(
+            library = %library.display(),
+            intra_threads = threads,
+            spinning = config.spinning,
+            "ONNX Runtime ready"
+        );
         Ok(Self {
             environment,
             library,

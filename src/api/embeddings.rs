@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::input::RequestInput;
 use super::{ApiError, ApiJson, AppState};
-use crate::model::{Model, l2_normalize};
+use crate::model::{EmbedError, l2_normalize};
 
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingRequest {
@@ -86,23 +86,40 @@ pub async fn create(
             ),
         ));
     }
-    // Tokenization, inference and encoding are CPU work: off the async runtime.
-    let body = tokio::task::spawn_blocking(move || respond(&model, request))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("embedding task failed: {e}"),
-            )
-        })??;
+    // Tokenizing and encoding are CPU work: on the blocking pool, never an async worker.
+    // Inference runs on the model's batcher thread, shared with other requests.
+    let (model, seqs, request) = blocking(move || {
+        let seqs = model.tokenize(&request.input.0, request.prompt_name.as_deref());
+        (model, seqs, request)
+    })
+    .await?;
+    let seqs = seqs?;
+    let tokens = seqs.iter().map(|s| s.len()).sum();
+    // Dropping `pending` (the client went away) withdraws the inputs that have not run.
+    let pending = model.submit(seqs).map_err(EmbedError::from)?;
+    let vectors = pending.wait().await.map_err(EmbedError::from)?;
+    let body = blocking(move || respond(vectors, tokens, &request)).await??;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-fn respond(model: &Model, request: EmbeddingRequest) -> Result<Vec<u8>, ApiError> {
-    let embeddings = model.embed(&request.input.0, request.prompt_name.as_deref())?;
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("embedding task failed: {e}"),
+        )
+    })
+}
+
+fn respond(
+    vectors: Vec<Vec<f32>>,
+    tokens: usize,
+    request: &EmbeddingRequest,
+) -> Result<Vec<u8>, ApiError> {
     let format = request.encoding_format.unwrap_or_default();
-    let data = embeddings
-        .vectors
+    let data = vectors
         .into_iter()
         .enumerate()
         .map(|(index, mut vector)| {
@@ -122,8 +139,8 @@ fn respond(model: &Model, request: EmbeddingRequest) -> Result<Vec<u8>, ApiError
         data,
         model: &request.model,
         usage: Usage {
-            prompt_tokens: embeddings.tokens,
-            total_tokens: embeddings.tokens,
+            prompt_tokens: tokens,
+            total_tokens: tokens,
         },
     };
     serde_json::to_vec(&response).map_err(|e| {

@@ -3,10 +3,11 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::batcher::BatchError;
 use crate::cache::CacheError;
 use crate::model::EmbedError;
 
@@ -16,6 +17,8 @@ pub struct ApiError {
     message: String,
     param: Option<&'static str>,
     code: Option<&'static str>,
+    /// Seconds for the `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -25,6 +28,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -122,6 +126,12 @@ impl From<EmbedError> for ApiError {
     fn from(error: EmbedError) -> Self {
         match error {
             EmbedError::Invalid { param, message } => Self::bad_request(param, message),
+            EmbedError::Batch(full @ BatchError::QueueFull { .. }) => {
+                let mut error =
+                    Self::new(StatusCode::TOO_MANY_REQUESTS, full.to_string()).code("queue_full");
+                error.retry_after = Some(1);
+                error
+            }
             other => Self::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
                 .code("inference_failed"),
         }
@@ -143,7 +153,13 @@ impl IntoResponse for ApiError {
                 "code": self.code,
             }
         });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

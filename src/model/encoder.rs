@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::path::Path;
-use std::sync::Mutex;
 
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
 use ort::session::{Session, SessionInputValue};
@@ -33,8 +32,9 @@ pub enum OutputKind {
 }
 
 pub struct Encoder {
-    /// `Session::run` takes `&mut self`: one run at a time per session.
-    session: Mutex<(Session, RunOptions<HasSelectedOutputs>)>,
+    /// `Session::run` takes `&mut self`: the encoder belongs to the one thread that runs it.
+    session: Session,
+    run_options: RunOptions<HasSelectedOutputs>,
     feeds: Vec<(String, Feed)>,
     output: String,
     kind: OutputKind,
@@ -124,7 +124,8 @@ impl Encoder {
             .with_outputs(OutputSelector::no_default().with(output));
 
         Ok(Self {
-            session: Mutex::new((session, run_options)),
+            session,
+            run_options,
             feeds,
             output: output.to_string(),
             kind,
@@ -145,7 +146,7 @@ impl Encoder {
     }
 
     /// Runs one batch and returns one vector per sequence, in the order given.
-    pub fn embed(&self, batch: &[&TokenSeq]) -> Result<Vec<Vec<f32>>, ort::Error> {
+    pub fn embed(&mut self, batch: &[&TokenSeq]) -> Result<Vec<Vec<f32>>, ort::Error> {
         let rows = batch.len();
         let cols = batch.iter().map(|s| s.len()).max().unwrap_or(0);
         let shape = [rows, cols];
@@ -184,12 +185,7 @@ impl Encoder {
             ));
         }
 
-        let mut guard = self
-            .session
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (session, run_options) = &mut *guard;
-        let outputs = session.run_with_options(inputs, run_options)?;
+        let outputs = self.session.run_with_options(inputs, &self.run_options)?;
         let (out_shape, values) = outputs[self.output.as_str()].try_extract_tensor::<f32>()?;
         let width = *out_shape.last().unwrap_or(&0) as usize;
 

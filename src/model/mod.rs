@@ -10,21 +10,16 @@ mod tokenize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use encoder::OutputKind;
+pub use encoder::{Encoder, OutputKind};
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
 pub use source::{HubSettings, ModelSource};
 pub use tokenize::TokenSeq;
 
-use encoder::Encoder;
 use st_config::StConfig;
 use tokenize::TextTokenizer;
 
+use crate::batcher::{BatchError, BatchLimits, Batcher, Pending};
 use crate::runtime::Runtime;
-
-/// Most sequences per ONNX Runtime run, and most padded tokens (rows × longest row): large
-/// enough to amortise a run, small enough to keep activations in cache.
-const MAX_BATCH_SIZE: usize = 32;
-const MAX_BATCH_TOKENS: usize = 16_384;
 
 /// Why a model could not be loaded. Messages name the file and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +52,8 @@ pub enum EmbedError {
     },
     #[error("tokenization failed: {0}")]
     Tokenizer(String),
-    #[error("inference failed: {0}")]
-    Inference(#[from] ort::Error),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
 }
 
 /// One input of a request.
@@ -79,6 +74,7 @@ pub struct ModelSpec {
     pub normalize: Option<bool>,
     pub max_seq_length: Option<usize>,
     pub batching: Option<Batching>,
+    pub limits: BatchLimits,
 }
 
 /// Whether inputs may share an ONNX Runtime run.
@@ -102,6 +98,7 @@ impl ModelSpec {
             normalize: None,
             max_seq_length: None,
             batching: None,
+            limits: crate::config::BatcherConfig::default().limits(),
         }
     }
 
@@ -121,9 +118,8 @@ pub struct Model {
     /// Prompt lengths in tokens, for models that leave the prompt out of pooling.
     excluded_prompt_lengths: BTreeMap<String, usize>,
     default_prompt_name: Option<String>,
-    batching: Batching,
     tokenizer: TextTokenizer,
-    encoder: Encoder,
+    batcher: Batcher,
 }
 
 impl Model {
@@ -197,6 +193,15 @@ impl Model {
                 (None, Batching::Dynamic) => "the graph's rows are independent of each other",
             }
         );
+        let limits = match batching {
+            Batching::Dynamic => spec.limits,
+            Batching::Isolated => BatchLimits {
+                max_batch_size: 1,
+                ..spec.limits
+            },
+        };
+        let batcher = Batcher::start(&spec.name, encoder, limits)
+            .map_err(|e| LoadError::Source(format!("cannot start the batcher thread: {e}")))?;
         let mut excluded_prompt_lengths = BTreeMap::new();
         if !st.include_prompt {
             for (name, prompt) in &st.prompts {
@@ -216,13 +221,12 @@ impl Model {
             prompts: st.prompts,
             excluded_prompt_lengths,
             default_prompt_name: st.default_prompt_name,
-            batching,
             tokenizer,
-            encoder,
+            batcher,
         };
         // One real run proves the graph works end to end and tells its output width.
         let probe = model
-            .embed(&[Input::Text(String::new())], None)
+            .embed_blocking(&[Input::Text(String::new())], None)
             .map_err(|e| LoadError::file(&onnx, format!("a test run failed: {e}")))?;
         model.dimension = probe.vectors[0].len();
         Ok(model)
@@ -252,21 +256,28 @@ impl Model {
         &self.prompts
     }
 
-    /// Tokenizes `inputs` (with the named prompt, else the model's default prompt) and embeds
-    /// them, batching by length. Vectors come back in input order.
-    pub fn embed(
+    pub fn batch_limits(&self) -> BatchLimits {
+        self.batcher.limits()
+    }
+
+    /// Queues token sequences for inference; the vectors come back in the same order.
+    pub fn submit(&self, seqs: Vec<TokenSeq>) -> Result<Pending, BatchError> {
+        self.batcher.submit(seqs)
+    }
+
+    /// Tokenizes and embeds, blocking the calling thread (never an async worker).
+    pub fn embed_blocking(
         &self,
         inputs: &[Input],
         prompt_name: Option<&str>,
     ) -> Result<Embeddings, EmbedError> {
         let seqs = self.tokenize(inputs, prompt_name)?;
-        let vectors = self.embed_tokens(&seqs)?;
-        Ok(Embeddings {
-            vectors,
-            tokens: seqs.iter().map(TokenSeq::len).sum(),
-        })
+        let tokens = seqs.iter().map(TokenSeq::len).sum();
+        let vectors = self.submit(seqs)?.wait_blocking()?;
+        Ok(Embeddings { vectors, tokens })
     }
 
+    /// Tokenizes `inputs` with the named prompt, else the model's default prompt.
     pub fn tokenize(
         &self,
         inputs: &[Input],
@@ -342,34 +353,6 @@ impl Model {
                 }
             })
             .collect()
-    }
-
-    /// Embeds token sequences in length-sorted batches so that padding stays small.
-    pub fn embed_tokens(&self, seqs: &[TokenSeq]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let mut order: Vec<usize> = (0..seqs.len()).collect();
-        order.sort_by_key(|&i| seqs[i].len());
-        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
-        let max_rows = match self.batching {
-            Batching::Dynamic => MAX_BATCH_SIZE,
-            Batching::Isolated => 1,
-        };
-        let mut start = 0;
-        while start < order.len() {
-            // Sorted ascending, so the last row of a batch is its longest.
-            let mut end = start + 1;
-            while end < order.len()
-                && end - start < max_rows
-                && (end - start + 1) * seqs[order[end]].len() <= MAX_BATCH_TOKENS
-            {
-                end += 1;
-            }
-            let batch: Vec<&TokenSeq> = order[start..end].iter().map(|&i| &seqs[i]).collect();
-            for (&i, vector) in order[start..end].iter().zip(self.encoder.embed(&batch)?) {
-                vectors[i] = vector;
-            }
-            start = end;
-        }
-        Ok(vectors)
     }
 }
 

@@ -8,6 +8,9 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use super::LoadError;
 
+/// Requests with fewer texts are tokenized on one thread.
+const PARALLEL_FROM: usize = 16;
+
 /// The token ids of one input, unpadded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSeq {
@@ -91,13 +94,19 @@ impl TextTokenizer {
         }
     }
 
-    /// Tokenizes prepared texts in parallel (the tokenizers crate's own thread pool).
+    /// Tokenizes prepared texts: many in parallel (the tokenizers crate's thread pool), a few
+    /// on the calling thread, where handing them to the pool would cost more than it saves
+    /// and its threads would compete with inference for the cores.
     pub fn encode_batch(&self, texts: Vec<String>) -> Result<Vec<Vec<u32>>, tokenizers::Error> {
+        let ids = |e: tokenizers::Encoding| e.get_ids().to_vec();
+        if texts.len() < PARALLEL_FROM {
+            return texts
+                .into_iter()
+                .map(|text| self.tokenizer.encode_fast(text, true).map(ids))
+                .collect();
+        }
         let encodings = self.tokenizer.encode_batch_fast(texts, true)?;
-        Ok(encodings
-            .into_iter()
-            .map(|e| e.get_ids().to_vec())
-            .collect())
+        Ok(encodings.into_iter().map(ids).collect())
     }
 
     /// How many leading tokens of a prompted input are the prompt: sentence-transformers counts

@@ -1,0 +1,244 @@
+//! The per-model micro-batcher over real HTTP: concurrent requests share runs, order is kept
+//! across runs, cancelled inputs never run, a full queue answers 429, and vectors do not
+//! depend on what else is in flight.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Barrier};
+
+use common::{Server, assert_error, config_file, cosine, model_dir, reference};
+use serde_json::json;
+
+const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+const DEBUG_BATCHES: (&str, &str) = ("EMBEDSERVE_LOG", "info,ort=warn,embedserve::batcher=debug");
+
+/// `(rows, requests)` of every batch the server logged, in order.
+fn batches(server: &Server) -> Vec<(usize, usize)> {
+    let field = |line: &str, name: &str| -> usize {
+        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        line[start..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    server
+        .logs()
+        .lines()
+        .filter(|l| l.contains("running batch"))
+        .map(|l| (field(l, "rows"), field(l, "requests")))
+        .collect()
+}
+
+fn long_input() -> String {
+    let reference = reference(MINILM);
+    reference
+        .cases
+        .iter()
+        .max_by_key(|c| c.input.len())
+        .unwrap()
+        .input
+        .clone()
+}
+
+fn minilm_server(extra: &[&str]) -> Arc<Server> {
+    let dir = model_dir(MINILM);
+    let spec = format!("{MINILM}={}", dir.to_str().unwrap());
+    let mut args = vec!["--model", spec.as_str()];
+    args.extend_from_slice(extra);
+    Arc::new(Server::start_with_env(&args, &[DEBUG_BATCHES]))
+}
+
+/// Starts a request of `count` long inputs on another thread and returns once its first
+/// batch is running.
+fn keep_busy(server: &Arc<Server>, count: usize) -> std::thread::JoinHandle<Vec<Vec<f32>>> {
+    let busy = {
+        let server = server.clone();
+        let inputs = vec![long_input(); count];
+        std::thread::spawn(move || server.embed(MINILM, json!(inputs), json!({})))
+    };
+    server.wait_for_log("rows=32", 1);
+    busy
+}
+
+#[test]
+fn concurrent_requests_share_a_run() {
+    let server = minilm_server(&[]);
+    let texts: Vec<String> = (0..8)
+        .map(|i| format!("short sentence number {i}"))
+        .collect();
+    let alone: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| server.embed(MINILM, json!(t), json!({})).remove(0))
+        .collect();
+    assert!(batches(&server).iter().all(|&(_, requests)| requests == 1));
+
+    let busy = keep_busy(&server, 64);
+    let start = Arc::new(Barrier::new(texts.len()));
+    let clients: Vec<_> = texts
+        .iter()
+        .map(|text| {
+            let (server, start, text) = (server.clone(), start.clone(), text.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                server.embed(MINILM, json!(text), json!({})).remove(0)
+            })
+        })
+        .collect();
+    for (client, want) in clients.into_iter().zip(&alone) {
+        assert!(cosine(&client.join().unwrap(), want) >= 0.999999);
+    }
+    busy.join().unwrap();
+    let shared = batches(&server)
+        .into_iter()
+        .filter(|&(_, requests)| requests > 1)
+        .count();
+    assert!(
+        shared > 0,
+        "no run held inputs of several requests: {:?}",
+        batches(&server)
+    );
+}
+
+#[test]
+fn a_request_split_over_many_runs_keeps_its_order() {
+    let server = Server::start_with_env(
+        &["--models-dir", common::models_root().to_str().unwrap()],
+        &[DEBUG_BATCHES],
+    );
+    let model = "tiny/bert-mean";
+    let inputs: Vec<String> = (0..300)
+        .map(|i| format!("input {i}: {}", "word ".repeat(i % 37)))
+        .collect();
+    let together = server.embed(model, json!(inputs), json!({}));
+    let runs = batches(&server).len();
+    assert!(runs >= 10, "300 inputs in only {runs} runs");
+    for (input, vector) in inputs.iter().zip(&together) {
+        let alone = server.embed(model, json!(input), json!({})).remove(0);
+        assert!(cosine(&alone, vector) >= 0.999999, "{input}");
+    }
+}
+
+#[test]
+fn a_cancelled_request_does_not_run() {
+    let server = minilm_server(&[]);
+    let body = json!({"model": MINILM, "input": vec![long_input(); 200]}).to_string();
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        client,
+        "POST /v1/embeddings HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Its first batch runs; then the client hangs up.
+    server.wait_for_log("rows=32", 1);
+    drop(client);
+    server.wait_for_log("dropped inputs of cancelled requests", 1);
+    // A later request is served, and the cancelled one ran far fewer than its 200 inputs.
+    server.embed(MINILM, json!("after"), json!({}));
+    let long_rows: usize = batches(&server)
+        .iter()
+        .map(|&(rows, _)| rows)
+        .filter(|&rows| rows > 1)
+        .sum();
+    assert!(
+        long_rows < 200,
+        "{long_rows} inputs of the cancelled request ran"
+    );
+}
+
+#[test]
+fn a_full_queue_answers_429_at_once() {
+    let server = minilm_server(&["--max-queued-inputs", "40"]);
+    let busy = keep_busy(&server, 64);
+    // 32 inputs wait behind the running batch: 10 more do not fit, 8 do.
+    let (status, body) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": MINILM, "input": vec!["x"; 10]}),
+    );
+    let message = assert_error(status, &body, 429, Some("queue_full"));
+    assert!(message.contains("max_queued_inputs is 40"), "{message}");
+    let response = reqwest::blocking::Client::new()
+        .post(server.url("/v1/embeddings"))
+        .json(&json!({"model": MINILM, "input": vec!["x"; 10]}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let fits = server.embed(MINILM, json!(vec!["x"; 8]), json!({}));
+    assert_eq!(fits.len(), 8);
+    assert_eq!(busy.join().unwrap().len(), 64);
+}
+
+/// Embeds every reference case alone, then from 8 clients at once in shuffled mixes, and
+/// checks that no vector moved.
+fn assert_stable_under_load(server: Arc<Server>, model: &'static str) {
+    let cases: Vec<String> = reference(MINILM)
+        .cases
+        .iter()
+        .map(|c| c.input.clone())
+        .collect();
+    let alone: Vec<Vec<f32>> = cases
+        .iter()
+        .map(|c| server.embed(model, json!(c), json!({})).remove(0))
+        .collect();
+    let start = Arc::new(Barrier::new(8));
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            let (server, start, cases, alone) =
+                (server.clone(), start.clone(), cases.clone(), alone.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                for round in 0..3 {
+                    let picks: Vec<usize> = (0..5)
+                        .map(|k| (client * 7 + round * 3 + k * 5) % cases.len())
+                        .collect();
+                    let inputs: Vec<&str> = picks.iter().map(|&i| cases[i].as_str()).collect();
+                    let got = server.embed(model, json!(inputs), json!({}));
+                    for (&i, vector) in picks.iter().zip(&got) {
+                        let c = cosine(vector, &alone[i]);
+                        assert!(
+                            c >= 0.999999,
+                            "{model}: case {i} moved under load: cosine {c}"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+}
+
+#[test]
+fn fp32_vectors_do_not_depend_on_batch_mates() {
+    let server = minilm_server(&[]);
+    assert_stable_under_load(server.clone(), MINILM);
+    assert!(
+        batches(&server).iter().any(|&(rows, _)| rows > 5),
+        "load produced shared runs"
+    );
+}
+
+#[test]
+fn an_isolated_int8_model_gives_identical_vectors_under_load() {
+    let (_dir, config) = config_file(&format!(
+        "[[models]]\nname = \"int8\"\nsource = {:?}\nonnx_file = \"onnx/model_qint8.onnx\"\npreload = true\n",
+        model_dir(MINILM).to_str().unwrap()
+    ));
+    let server = Arc::new(Server::start_with_env(
+        &["--config", config.to_str().unwrap()],
+        &[DEBUG_BATCHES],
+    ));
+    assert!(
+        server.logs().contains("batching isolated"),
+        "{}",
+        server.logs()
+    );
+    assert_stable_under_load(server.clone(), "int8");
+    assert!(batches(&server).iter().all(|&(rows, _)| rows == 1));
+}
