@@ -108,16 +108,12 @@ pub struct Pending {
 
 impl Pending {
     pub async fn wait(mut self) -> Vectors {
-        (&mut self.reply)
-            .await
-            .unwrap_or(Err(BatchError::Stopped))
+        (&mut self.reply).await.unwrap_or(Err(BatchError::Stopped))
     }
 
     pub fn wait_blocking(mut self) -> Vectors {
         let reply = std::mem::replace(&mut self.reply, oneshot::channel().1);
-        reply
-            .blocking_recv()
-            .unwrap_or(Err(BatchError::Stopped))
+        reply.blocking_recv().unwrap_or(Err(BatchError::Stopped))
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::batcher::BatchLimits;
 use crate::config::Config;
 use crate::model::source::{is_hub_id, looks_like_model};
-use crate::model::{HubSettings, ModelSource, ModelSpec};
+use crate::model::{HubSettings, ModelSource, ModelSpec, TokenInput};
 
 /// A model the server may load, with how the cache must treat it.
 #[derive(Debug, Clone)]
@@ -20,10 +20,16 @@ pub struct Servable {
 }
 
 impl Servable {
-    fn found(name: &str, source: ModelSource, limits: BatchLimits) -> Self {
+    fn found(
+        name: &str,
+        source: ModelSource,
+        limits: BatchLimits,
+        token_input: TokenInput,
+    ) -> Self {
         Self {
             spec: ModelSpec {
                 limits,
+                token_input,
                 ..ModelSpec::new(name, source)
             },
             pin: false,
@@ -40,8 +46,9 @@ pub struct Catalog {
     names: HashMap<String, usize>,
     hub: HubSettings,
     allow_hub_downloads: bool,
-    /// Batching for models that are not configured.
+    /// Batching and token-id reading for models that are not configured.
     default_limits: BatchLimits,
+    default_token_input: TokenInput,
 }
 
 impl Catalog {
@@ -59,6 +66,8 @@ impl Catalog {
                 max_seq_length: model.max_seq_length,
                 batching: model.batching,
                 limits: config.batcher.for_model(model),
+                token_input: model.token_input.unwrap_or(config.server.token_input),
+                truncate: model.truncate.unwrap_or(true),
                 ..ModelSpec::new(name.clone(), source)
             };
             names.insert(name, i);
@@ -80,6 +89,7 @@ impl Catalog {
             },
             allow_hub_downloads: config.cache.allow_hub_downloads,
             default_limits: config.batcher.limits(),
+            default_token_input: config.server.token_input,
         })
     }
 
@@ -106,12 +116,13 @@ impl Catalog {
                 name,
                 ModelSource::Dir(dir),
                 self.default_limits,
+                self.default_token_input,
             ));
         }
         match ModelSource::parse(name) {
-            Ok(source @ ModelSource::Hub { .. }) if self.allow_hub_downloads => {
-                Some(Servable::found(name, source, self.default_limits))
-            }
+            Ok(source @ ModelSource::Hub { .. }) if self.allow_hub_downloads => Some(
+                Servable::found(name, source, self.default_limits, self.default_token_input),
+            ),
             _ => None,
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::batcher::BatchLimits;
-use crate::model::{Batching, PoolingMode};
+use crate::model::{Batching, PoolingMode, TokenInput};
 
 /// Largest request body accepted unless configured otherwise: room for LangChain's batches of
 /// 1000 token-id arrays, small enough that one client cannot exhaust memory.
@@ -36,6 +36,12 @@ pub struct ServerConfig {
     /// 0 picks a free port; the server logs the one it got.
     pub port: u16,
     pub max_body_bytes: usize,
+    /// Most inputs in one request (OpenAI's limit is 2048).
+    pub max_inputs_per_request: usize,
+    /// Most tokens (as embedded, after truncation) in one request (OpenAI's is 300,000).
+    pub max_tokens_per_request: usize,
+    /// How token-id input is read unless a model says otherwise.
+    pub token_input: TokenInput,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +50,9 @@ impl Default for ServerConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_inputs_per_request: 2048,
+            max_tokens_per_request: 300_000,
+            token_input: TokenInput::default(),
         }
     }
 }
@@ -150,6 +159,10 @@ pub struct ModelConfig {
     pub max_batch_size: Option<usize>,
     pub max_batch_tokens: Option<usize>,
     pub max_queued_inputs: Option<usize>,
+    /// How this model reads token-id input; `server.token_input` by default.
+    pub token_input: Option<TokenInput>,
+    /// Truncate inputs longer than `max_seq_length` (default), or refuse them with a 400.
+    pub truncate: Option<bool>,
     /// Other names that reach this model, e.g. `text-embedding-3-small`.
     pub aliases: Vec<String>,
     /// Load at start-up instead of on the first request.
@@ -338,6 +351,14 @@ impl Config {
             ));
         }
         let positive = [
+            (
+                "server.max_inputs_per_request",
+                Some(self.server.max_inputs_per_request),
+            ),
+            (
+                "server.max_tokens_per_request",
+                Some(self.server.max_tokens_per_request),
+            ),
             ("batcher.max_batch_size", Some(self.batcher.max_batch_size)),
             (
                 "batcher.max_batch_tokens",

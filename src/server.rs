@@ -38,9 +38,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    // The cl100k_base vocabulary takes a moment to load: not on the first request's time.
+    tokio::task::spawn_blocking(crate::model::warm_up_tiktoken);
     let state = Arc::new(AppState {
         cache,
         max_body_bytes: config.server.max_body_bytes,
+        limits: api::RequestLimits {
+            max_inputs_per_request: config.server.max_inputs_per_request,
+            max_tokens_per_request: config.server.max_tokens_per_request,
+        },
         started_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

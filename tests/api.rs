@@ -60,8 +60,50 @@ fn dimensions_truncate_and_renormalize() {
 }
 
 #[test]
-fn token_ids_of_the_model_vocabulary_give_the_text_vectors() {
+fn token_ids_are_read_as_cl100k_and_give_the_text_vectors() {
     let server = server();
+    let cl100k = tiktoken_rs::cl100k_base_singleton();
+    let texts = [TEXTS[0], "Café au lait, naïve résumé — 東京 🚀"];
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| cl100k.encode_ordinary(t)).collect();
+    let from_text = server.embed(MINILM, json!(texts), json!({}));
+    let single = server.embed(MINILM, json!(ids[0]), json!({}));
+    assert_eq!(single.len(), 1, "a flat id array is one input");
+    assert!(cosine(&single[0], &from_text[0]) > 0.999999);
+    let batch = server.embed(MINILM, json!(ids), json!({}));
+    for (got, want) in batch.iter().zip(&from_text) {
+        assert!(cosine(got, want) > 0.999999);
+    }
+    // Prompts apply to decoded text as to typed text.
+    let prompted = server.embed(
+        "tiny/bert-cls",
+        json!([ids[0]]),
+        json!({"prompt_name": "query"}),
+    );
+    let typed = server.embed(
+        "tiny/bert-cls",
+        json!([texts[0]]),
+        json!({"prompt_name": "query"}),
+    );
+    assert_eq!(prompted, typed);
+
+    let (status, json) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": MINILM, "input": [[9906, 200000]]}),
+    );
+    let message = assert_error(status, &json, 400, None);
+    assert!(
+        message.contains("200000") && message.contains("cl100k_base"),
+        "{message}"
+    );
+}
+
+#[test]
+fn native_token_ids_are_the_model_vocabulary() {
+    let (_dir, config) = common::config_file(&format!(
+        "models_dirs = [{:?}]\n[server]\ntoken_input = \"native\"\n",
+        models_root().to_str().unwrap()
+    ));
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
     let mut tokenizer =
         tokenizers::Tokenizer::from_file(common::model_dir(MINILM).join("tokenizer.json")).unwrap();
     // The file pads every sequence to 128; a client sends the unpadded ids.
@@ -71,22 +113,102 @@ fn token_ids_of_the_model_vocabulary_give_the_text_vectors() {
         .map(|t| tokenizer.encode(*t, true).unwrap().get_ids().to_vec())
         .collect();
     let from_text = server.embed(MINILM, json!(TEXTS[..2]), json!({}));
-
-    let single = server.embed(MINILM, json!(ids[0]), json!({}));
-    assert_eq!(single.len(), 1, "a flat id array is one input");
-    assert!(cosine(&single[0], &from_text[0]) > 0.999999);
-
     let batch = server.embed(MINILM, json!(ids), json!({}));
     for (got, want) in batch.iter().zip(&from_text) {
         assert!(cosine(got, want) > 0.999999);
     }
+    for (body, needle) in [
+        (
+            json!({"model": MINILM, "input": [[101, 30522, 102]]}),
+            "30522",
+        ),
+        (
+            json!({"model": "tiny/bert-cls", "input": [1, 2], "prompt_name": "query"}),
+            "prompt",
+        ),
+    ] {
+        let (status, json) = server.post_json("/v1/embeddings", &body);
+        let message = assert_error(status, &json, 400, None);
+        assert!(message.contains(needle), "{message}");
+    }
+}
 
+#[test]
+fn token_ids_can_be_refused_per_model() {
+    let (_dir, config) = common::config_file(&format!(
+        "[[models]]\nname = \"text-only\"\nsource = {:?}\ntoken_input = \"reject\"\n",
+        common::model_dir("tiny/bert-mean").to_str().unwrap()
+    ));
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
     let (status, json) = server.post_json(
         "/v1/embeddings",
-        &json!({"model": MINILM, "input": [[101, 30522, 102]]}),
+        &json!({"model": "text-only", "input": [1, 2, 3]}),
     );
     let message = assert_error(status, &json, 400, None);
-    assert!(message.contains("30522"), "{message}");
+    assert!(message.contains("text only"), "{message}");
+    assert_eq!(server.embed("text-only", json!("fine"), json!({})).len(), 1);
+}
+
+#[test]
+fn request_limits_and_truncation() {
+    let (_dir, config) = common::config_file(&format!(
+        "models_dirs = [{:?}]\n[server]\nmax_tokens_per_request = 20\n[[models]]\nname = \"strict\"\nsource = {:?}\ntruncate = false\n",
+        models_root().to_str().unwrap(),
+        common::model_dir("tiny/bert-mean").to_str().unwrap()
+    ));
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let (status, json) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": MINILM, "input": vec!["a"; 2049]}),
+    );
+    let message = assert_error(status, &json, 400, None);
+    assert!(
+        message.contains("2049") && message.contains("2048"),
+        "{message}"
+    );
+    // Seven inputs of three tokens: 21 tokens, one over the configured 20.
+    let (status, json) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": MINILM, "input": vec!["a"; 7]}),
+    );
+    let message = assert_error(status, &json, 400, None);
+    assert!(
+        message.contains("21 tokens") && message.contains("20"),
+        "{message}"
+    );
+    assert_eq!(
+        server.embed(MINILM, json!(vec!["a"; 6]), json!({})).len(),
+        6
+    );
+
+    let long = "word ".repeat(100);
+    let (status, json) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "strict", "input": ["short", long]}),
+    );
+    let message = assert_error(status, &json, 400, None);
+    assert!(
+        message.contains("input[1]") && message.contains("64 tokens"),
+        "{message}"
+    );
+    let (status, _) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "strict", "input": [long], "truncate": true}),
+    );
+    assert_eq!(
+        status, 400,
+        "over the 20-token request limit even when truncated"
+    );
+    let (status, json) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "tiny/bert-mean", "input": "word word", "truncate": false}),
+    );
+    assert_eq!(status, 200, "{json}");
+    let (status, json) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "tiny/bert-mean", "input": long, "truncate": false}),
+    );
+    assert_error(status, &json, 400, None);
 }
 
 #[test]
@@ -194,12 +316,6 @@ fn request_errors_use_the_openai_envelope() {
             json!({"model": "tiny/bert-cls", "input": "x", "prompt_name": "nope"}),
             400,
             "query",
-            None,
-        ),
-        (
-            json!({"model": "tiny/bert-cls", "input": [1, 2], "prompt_name": "query"}),
-            400,
-            "token-id",
             None,
         ),
     ];

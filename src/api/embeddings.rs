@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::input::RequestInput;
 use super::{ApiError, ApiJson, AppState};
-use crate::model::{EmbedError, l2_normalize};
+use crate::model::{EmbedError, TokenizeOptions, l2_normalize};
 
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingRequest {
@@ -23,6 +23,9 @@ pub struct EmbeddingRequest {
     /// Extension: a key of the model's `prompts`, prepended to every input.
     #[serde(default)]
     pub prompt_name: Option<String>,
+    /// Extension: `false` refuses over-long inputs instead of truncating them.
+    #[serde(default)]
+    pub truncate: Option<bool>,
     // `user` and any other field are accepted and ignored, as OpenAI clients send them.
 }
 
@@ -67,10 +70,20 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
-    if request.input.0.is_empty() {
+    let count = request.input.0.len();
+    if count == 0 {
         return Err(ApiError::bad_request(
             "input",
             "input must not be an empty array",
+        ));
+    }
+    if count > state.limits.max_inputs_per_request {
+        return Err(ApiError::bad_request(
+            "input",
+            format!(
+                "{count} inputs in one request; at most {} are allowed (server.max_inputs_per_request)",
+                state.limits.max_inputs_per_request
+            ),
         ));
     }
     let model = state.cache.get(&request.model).await?;
@@ -89,12 +102,26 @@ pub async fn create(
     // Tokenizing and encoding are CPU work: on the blocking pool, never an async worker.
     // Inference runs on the model's batcher thread, shared with other requests.
     let (model, seqs, request) = blocking(move || {
-        let seqs = model.tokenize(&request.input.0, request.prompt_name.as_deref());
+        let options = TokenizeOptions {
+            prompt_name: request.prompt_name.as_deref(),
+            truncate: request.truncate,
+        };
+        let seqs = model.tokenize(&request.input.0, &options);
         (model, seqs, request)
     })
     .await?;
     let seqs = seqs?;
-    let tokens = seqs.iter().map(|s| s.len()).sum();
+    let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+    if tokens > state.limits.max_tokens_per_request {
+        return Err(ApiError::bad_request(
+            "input",
+            format!(
+                "the inputs hold {tokens} tokens; at most {} are allowed per request \
+                 (server.max_tokens_per_request): split them over several requests",
+                state.limits.max_tokens_per_request
+            ),
+        ));
+    }
     // Dropping `pending` (the client went away) withdraws the inputs that have not run.
     let pending = model.submit(seqs).map_err(EmbedError::from)?;
     let vectors = pending.wait().await.map_err(EmbedError::from)?;

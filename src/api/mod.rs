@@ -23,8 +23,16 @@ use crate::cache::ModelCache;
 pub struct AppState {
     pub cache: Arc<ModelCache>,
     pub max_body_bytes: usize,
+    pub limits: RequestLimits,
     /// Unix time the server started: the `created` of every model object.
     pub started_at: u64,
+}
+
+/// Per-request bounds, like OpenAI's.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_inputs_per_request: usize,
+    pub max_tokens_per_request: usize,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

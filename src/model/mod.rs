@@ -2,6 +2,7 @@
 //! the one path that turns inputs into the vectors sentence-transformers computes.
 
 mod encoder;
+mod inputs;
 mod pooling;
 pub mod source;
 mod st_config;
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use encoder::{Encoder, OutputKind};
+pub use inputs::{TokenInput, TokenizeOptions, warm_up_tiktoken};
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
 pub use source::{HubSettings, ModelSource};
 pub use tokenize::TokenSeq;
@@ -75,6 +77,9 @@ pub struct ModelSpec {
     pub max_seq_length: Option<usize>,
     pub batching: Option<Batching>,
     pub limits: BatchLimits,
+    pub token_input: TokenInput,
+    /// Truncate over-long inputs (else refuse them) unless a request says otherwise.
+    pub truncate: bool,
 }
 
 /// Whether inputs may share an ONNX Runtime run.
@@ -99,6 +104,8 @@ impl ModelSpec {
             max_seq_length: None,
             batching: None,
             limits: crate::config::BatcherConfig::default().limits(),
+            token_input: TokenInput::default(),
+            truncate: true,
         }
     }
 
@@ -118,6 +125,8 @@ pub struct Model {
     /// Prompt lengths in tokens, for models that leave the prompt out of pooling.
     excluded_prompt_lengths: BTreeMap<String, usize>,
     default_prompt_name: Option<String>,
+    token_input: TokenInput,
+    truncate: bool,
     tokenizer: TextTokenizer,
     batcher: Batcher,
 }
@@ -221,6 +230,8 @@ impl Model {
             prompts: st.prompts,
             excluded_prompt_lengths,
             default_prompt_name: st.default_prompt_name,
+            token_input: spec.token_input,
+            truncate: spec.truncate,
             tokenizer,
             batcher,
         };
@@ -271,88 +282,14 @@ impl Model {
         inputs: &[Input],
         prompt_name: Option<&str>,
     ) -> Result<Embeddings, EmbedError> {
-        let seqs = self.tokenize(inputs, prompt_name)?;
+        let options = TokenizeOptions {
+            prompt_name,
+            truncate: None,
+        };
+        let seqs = self.tokenize(inputs, &options)?;
         let tokens = seqs.iter().map(TokenSeq::len).sum();
         let vectors = self.submit(seqs)?.wait_blocking()?;
         Ok(Embeddings { vectors, tokens })
-    }
-
-    /// Tokenizes `inputs` with the named prompt, else the model's default prompt.
-    pub fn tokenize(
-        &self,
-        inputs: &[Input],
-        prompt_name: Option<&str>,
-    ) -> Result<Vec<TokenSeq>, EmbedError> {
-        let prompt_name = prompt_name.or(self.default_prompt_name.as_deref());
-        let prompt = match prompt_name {
-            None => "",
-            Some(name) => self.prompts.get(name).ok_or_else(|| EmbedError::Invalid {
-                param: "prompt_name",
-                message: format!(
-                    "model `{}` has no prompt named `{name}`; its prompts are {:?}",
-                    self.name,
-                    self.prompts.keys().collect::<Vec<_>>()
-                ),
-            })?,
-        };
-        let pool_from = prompt_name
-            .and_then(|n| self.excluded_prompt_lengths.get(n).copied())
-            .unwrap_or(0);
-
-        let texts: Vec<String> = inputs
-            .iter()
-            .filter_map(|input| match input {
-                Input::Text(text) => Some(self.tokenizer.prepare(prompt, text)),
-                Input::Tokens(_) => None,
-            })
-            .collect();
-        let mut encoded = self
-            .tokenizer
-            .encode_batch(texts)
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
-            .into_iter();
-
-        let vocab = self.tokenizer.vocab_size();
-        inputs
-            .iter()
-            .enumerate()
-            .map(|(i, input)| match input {
-                Input::Text(_) => Ok(TokenSeq {
-                    ids: encoded.next().unwrap_or_default(),
-                    pool_from,
-                }),
-                Input::Tokens(ids) => {
-                    if !prompt.is_empty() {
-                        return Err(EmbedError::Invalid {
-                            param: "prompt_name",
-                            message: "a prompt cannot be applied to token-id input; send text"
-                                .into(),
-                        });
-                    }
-                    if ids.is_empty() {
-                        return Err(EmbedError::Invalid {
-                            param: "input",
-                            message: format!("input[{i}] is an empty list of token ids"),
-                        });
-                    }
-                    if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-                        return Err(EmbedError::Invalid {
-                            param: "input",
-                            message: format!(
-                                "input[{i}] holds token id {bad}, outside the vocabulary of `{}` \
-                                 (0..{vocab})",
-                                self.name
-                            ),
-                        });
-                    }
-                    let keep = ids.len().min(self.max_seq_length);
-                    Ok(TokenSeq {
-                        ids: ids[..keep].to_vec(),
-                        pool_from: 0,
-                    })
-                }
-            })
-            .collect()
     }
 }
 

@@ -8,6 +8,13 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use super::LoadError;
 
+/// Token ids of one text, and whether truncation cut it.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub truncated: bool,
+}
+
 /// Requests with fewer texts are tokenized on one thread.
 const PARALLEL_FROM: usize = 16;
 
@@ -97,8 +104,11 @@ impl TextTokenizer {
     /// Tokenizes prepared texts: many in parallel (the tokenizers crate's thread pool), a few
     /// on the calling thread, where handing them to the pool would cost more than it saves
     /// and its threads would compete with inference for the cores.
-    pub fn encode_batch(&self, texts: Vec<String>) -> Result<Vec<Vec<u32>>, tokenizers::Error> {
-        let ids = |e: tokenizers::Encoding| e.get_ids().to_vec();
+    pub fn encode_batch(&self, texts: Vec<String>) -> Result<Vec<Encoded>, tokenizers::Error> {
+        let ids = |e: tokenizers::Encoding| Encoded {
+            truncated: !e.get_overflowing().is_empty(),
+            ids: e.get_ids().to_vec(),
+        };
         if texts.len() < PARALLEL_FROM {
             return texts
                 .into_iter()

@@ -1,0 +1,173 @@
+//! From a request's inputs to token sequences: the prompt, token-id input (OpenAI clients
+//! send tiktoken `cl100k_base` ids; models have their own vocabulary), and truncation.
+
+use serde::Deserialize;
+
+use super::{EmbedError, Input, Model, TokenSeq};
+
+/// How an array of token ids is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenInput {
+    /// As `cl100k_base` ids (what LangChain's `OpenAIEmbeddings` and OpenAI itself use):
+    /// decoded to text, then tokenized by the model, so they give the text's vectors.
+    #[default]
+    Tiktoken,
+    /// As ids of the model's own vocabulary, used as they are.
+    Native,
+    /// Refused: only text is accepted.
+    Reject,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TokenizeOptions<'a> {
+    /// A key of the model's prompts; the model's default prompt applies when `None`.
+    pub prompt_name: Option<&'a str>,
+    /// Whether over-long inputs are truncated (else refused); the model's setting when `None`.
+    pub truncate: Option<bool>,
+}
+
+fn invalid(param: &'static str, message: String) -> EmbedError {
+    EmbedError::Invalid { param, message }
+}
+
+impl Model {
+    pub fn tokenize(
+        &self,
+        inputs: &[Input],
+        options: &TokenizeOptions,
+    ) -> Result<Vec<TokenSeq>, EmbedError> {
+        let prompt_name = options.prompt_name.or(self.default_prompt_name.as_deref());
+        let prompt = match prompt_name {
+            None => "",
+            Some(name) => self.prompts.get(name).ok_or_else(|| {
+                invalid(
+                    "prompt_name",
+                    format!(
+                        "model `{}` has no prompt named `{name}`; its prompts are {:?}",
+                        self.name,
+                        self.prompts.keys().collect::<Vec<_>>()
+                    ),
+                )
+            })?,
+        };
+        let pool_from = prompt_name
+            .and_then(|n| self.excluded_prompt_lengths.get(n).copied())
+            .unwrap_or(0);
+        let truncate = options.truncate.unwrap_or(self.truncate);
+
+        // Text (typed, or decoded from tiktoken ids) is tokenized in one batch.
+        let mut texts = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            match input {
+                Input::Text(text) => texts.push(self.tokenizer.prepare(prompt, text)),
+                Input::Tokens(ids) => {
+                    if ids.is_empty() {
+                        return Err(invalid(
+                            "input",
+                            format!("input[{i}] is an empty list of token ids"),
+                        ));
+                    }
+                    match self.token_input {
+                        TokenInput::Tiktoken => {
+                            texts.push(self.tokenizer.prepare(prompt, &decode_cl100k(i, ids)?))
+                        }
+                        TokenInput::Native if !prompt.is_empty() => {
+                            return Err(invalid(
+                                "prompt_name",
+                                format!(
+                                    "model `{}` reads token ids as its own vocabulary, where a prompt \
+                                     cannot be applied; send text",
+                                    self.name
+                                ),
+                            ));
+                        }
+                        TokenInput::Native => {}
+                        TokenInput::Reject => {
+                            return Err(invalid(
+                                "input",
+                                format!("model `{}` accepts text only, not token ids", self.name),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let mut encoded = self
+            .tokenizer
+            .encode_batch(texts)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
+            .into_iter();
+
+        let too_long = |i: usize| {
+            invalid(
+                "input",
+                format!(
+                    "input[{i}] is longer than the {} tokens model `{}` takes, and truncation is off",
+                    self.max_seq_length, self.name
+                ),
+            )
+        };
+        let vocab = self.tokenizer.vocab_size();
+        let mut seqs = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            let seq = match input {
+                Input::Tokens(ids) if self.token_input == TokenInput::Native => {
+                    if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                        return Err(invalid(
+                            "input",
+                            format!(
+                                "input[{i}] holds token id {bad}, outside the vocabulary of `{}` (0..{vocab})",
+                                self.name
+                            ),
+                        ));
+                    }
+                    if ids.len() > self.max_seq_length && !truncate {
+                        return Err(too_long(i));
+                    }
+                    let keep = ids.len().min(self.max_seq_length);
+                    TokenSeq {
+                        ids: ids[..keep].to_vec(),
+                        pool_from: 0,
+                    }
+                }
+                _ => {
+                    let encoding = encoded.next().unwrap_or_default();
+                    if encoding.truncated && !truncate {
+                        return Err(too_long(i));
+                    }
+                    TokenSeq {
+                        ids: encoding.ids,
+                        pool_from,
+                    }
+                }
+            };
+            seqs.push(seq);
+        }
+        Ok(seqs)
+    }
+}
+
+/// The text behind `cl100k_base` ids. A chunk cut mid-character decodes with U+FFFD, as
+/// tiktoken's own `decode` does.
+fn decode_cl100k(index: usize, ids: &[u32]) -> Result<String, EmbedError> {
+    let bytes = tiktoken_rs::cl100k_base_singleton()
+        .decode_bytes(ids)
+        .map_err(|e| {
+            invalid(
+                "input",
+                format!(
+                    "input[{index}] holds token id {}, which is not a cl100k_base token (token \
+                     arrays are read as OpenAI's cl100k_base ids)",
+                    e.token
+                ),
+            )
+        })?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Loads the `cl100k_base` vocabulary now, so the first request with token ids does not pay
+/// for it.
+pub fn warm_up_tiktoken() {
+    let _ = tiktoken_rs::cl100k_base_singleton();
+}
