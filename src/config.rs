@@ -344,12 +344,6 @@ impl Config {
                 "must be at least 1 (leave it unset to use every core)",
             ));
         }
-        if self.cache.max_loaded_models == 0 {
-            return Err(ConfigError::invalid(
-                "cache.max_loaded_models",
-                "must be at least 1",
-            ));
-        }
         let positive = [
             (
                 "server.max_inputs_per_request",

@@ -27,7 +27,6 @@ pub enum RuntimeError {
 /// The process's ONNX Runtime. Sessions built from it share its thread pool.
 pub struct Runtime {
     environment: Environment,
-    library: PathBuf,
 }
 
 impl Runtime {
@@ -55,14 +54,7 @@ impl Runtime {
             spinning = config.spinning,
             "ONNX Runtime ready"
         );
-        Ok(Self {
-            environment,
-            library,
-        })
-    }
-
-    pub fn library(&self) -> &Path {
-        &self.library
+        Ok(Self { environment })
     }
 
     /// A session builder with the server's defaults: full graph optimisation, the shared pool.

@@ -46,10 +46,6 @@ impl ApiError {
         self
     }
 
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
     /// Maps axum's JSON body rejections; `max_body_bytes` makes the 413 message actionable.
     pub fn from_json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> Self {
         match rejection {

@@ -263,14 +263,6 @@ impl Model {
         self.max_seq_length
     }
 
-    pub fn prompts(&self) -> &BTreeMap<String, String> {
-        &self.prompts
-    }
-
-    pub fn batch_limits(&self) -> BatchLimits {
-        self.batcher.limits()
-    }
-
     /// Queues token sequences for inference; the vectors come back in the same order.
     pub fn submit(&self, seqs: Vec<TokenSeq>) -> Result<Pending, BatchError> {
         self.batcher.submit(seqs)

@@ -209,33 +209,23 @@ mod tests {
     #[test]
     fn falls_back_to_tokenizer_then_model_config_for_length() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("config.json"),
-            r#"{"max_position_embeddings": 512}"#,
-        )
-        .unwrap();
+        let length_with = |file: &str, json: &str| {
+            std::fs::write(dir.path().join(file), json).unwrap();
+            StConfig::read(dir.path()).unwrap().max_seq_length
+        };
         assert_eq!(
-            StConfig::read(dir.path()).unwrap().max_seq_length,
+            length_with("config.json", r#"{"max_position_embeddings": 512}"#),
             Some(512)
         );
-        std::fs::write(
-            dir.path().join("tokenizer_config.json"),
-            r#"{"model_max_length": 1000000000000000019884624838656}"#,
-        )
-        .unwrap();
+        // transformers' "no limit" sentinel is not a length.
+        let sentinel = r#"{"model_max_length": 1000000000000000019884624838656}"#;
+        assert_eq!(length_with("tokenizer_config.json", sentinel), Some(512));
         assert_eq!(
-            StConfig::read(dir.path()).unwrap().max_seq_length,
-            Some(512)
-        );
-        std::fs::write(
-            dir.path().join("tokenizer_config.json"),
-            r#"{"model_max_length": 128}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            StConfig::read(dir.path()).unwrap().max_seq_length,
+            length_with("tokenizer_config.json", r#"{"model_max_length": 128}"#),
             Some(128)
         );
+        let bert = r#"{"max_seq_length": 64}"#;
+        assert_eq!(length_with("sentence_bert_config.json", bert), Some(64));
     }
 
     #[test]
