@@ -8,12 +8,14 @@
 //! measures both ends (concurrency 1 and 64) against the bare session.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::metrics::METRICS;
 use crate::model::{Encoder, TokenSeq};
 
 /// Bounds of the batches and the queue of one model.
@@ -43,7 +45,17 @@ pub enum BatchError {
     Stopped,
 }
 
-pub type Vectors = Result<Vec<Vec<f32>>, BatchError>;
+/// A request's vectors, in input order, and where its time went.
+#[derive(Debug)]
+pub struct Completed {
+    pub vectors: Vec<Vec<f32>>,
+    /// From submission until its first input ran.
+    pub queued: Duration,
+    /// Summed duration of the runs that held its inputs.
+    pub inference: Duration,
+}
+
+pub type Vectors = Result<Completed, BatchError>;
 
 /// One request's inputs in flight: filled in by the worker as its batches complete.
 struct Request {
@@ -51,15 +63,39 @@ struct Request {
     remaining: AtomicUsize,
     cancelled: AtomicBool,
     reply: Mutex<Option<oneshot::Sender<Vectors>>>,
+    submitted: Instant,
+    first_run: OnceLock<Instant>,
+    inference_nanos: AtomicU64,
 }
 
 impl Request {
+    fn new(inputs: usize, reply: Option<oneshot::Sender<Vectors>>) -> Self {
+        Self {
+            vectors: Mutex::new(vec![Vec::new(); inputs]),
+            remaining: AtomicUsize::new(inputs),
+            cancelled: AtomicBool::new(false),
+            reply: Mutex::new(reply),
+            submitted: Instant::now(),
+            first_run: OnceLock::new(),
+            inference_nanos: AtomicU64::new(0),
+        }
+    }
+
     fn complete(&self, index: usize, vector: Vec<f32>) {
         self.vectors.lock().unwrap_or_else(|p| p.into_inner())[index] = vector;
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             let vectors =
                 std::mem::take(&mut *self.vectors.lock().unwrap_or_else(|p| p.into_inner()));
-            self.send(Ok(vectors));
+            let queued = self
+                .first_run
+                .get()
+                .map_or(Duration::ZERO, |t| t.duration_since(self.submitted));
+            let inference = Duration::from_nanos(self.inference_nanos.load(Ordering::Acquire));
+            self.send(Ok(Completed {
+                vectors,
+                queued,
+                inference,
+            }));
         }
     }
 
@@ -91,6 +127,13 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn report_depth(&self, depth: usize) {
+        METRICS
+            .queue_depth
+            .with_label_values(&[self.model.as_str()])
+            .set(depth as i64);
     }
 }
 
@@ -150,14 +193,13 @@ impl Batcher {
     /// runs on an idle model.
     pub fn submit(&self, seqs: Vec<TokenSeq>) -> Result<Pending, BatchError> {
         let (reply_tx, reply) = oneshot::channel();
-        let request = Arc::new(Request {
-            vectors: Mutex::new(vec![Vec::new(); seqs.len()]),
-            remaining: AtomicUsize::new(seqs.len()),
-            cancelled: AtomicBool::new(false),
-            reply: Mutex::new(Some(reply_tx)),
-        });
+        let request = Arc::new(Request::new(seqs.len(), Some(reply_tx)));
         if seqs.is_empty() {
-            request.send(Ok(Vec::new()));
+            request.send(Ok(Completed {
+                vectors: Vec::new(),
+                queued: Duration::ZERO,
+                inference: Duration::ZERO,
+            }));
         } else {
             let mut queue = self.shared.lock();
             let queued = queue.items.len();
@@ -214,7 +256,9 @@ fn run_worker(shared: &Shared, encoder: &mut Encoder) {
                 }
                 queue = shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
-            take_batch(&mut queue.items, &shared.limits)
+            let batch = take_batch(&mut queue.items, &shared.limits);
+            shared.report_depth(queue.items.len());
+            batch
         };
         run_batch(shared, encoder, batch);
     }
@@ -251,12 +295,9 @@ fn take_batch(items: &mut VecDeque<Item>, limits: &BatchLimits) -> Vec<Item> {
 fn run_batch(shared: &Shared, encoder: &mut Encoder, batch: Vec<Item>) {
     let seqs: Vec<&TokenSeq> = batch.iter().map(|item| &item.seq).collect();
     let columns = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut requests: Vec<*const Request> = batch
-        .iter()
-        .map(|item| Arc::as_ptr(&item.request))
-        .collect();
-    requests.sort_unstable();
-    requests.dedup();
+    let mut requests: Vec<&Arc<Request>> = batch.iter().map(|item| &item.request).collect();
+    requests.sort_unstable_by_key(|r| Arc::as_ptr(r));
+    requests.dedup_by_key(|r| Arc::as_ptr(r));
     tracing::debug!(
         model = %shared.model,
         rows = batch.len(),
@@ -264,8 +305,37 @@ fn run_batch(shared: &Shared, encoder: &mut Encoder, batch: Vec<Item>) {
         requests = requests.len(),
         "running batch"
     );
-    match encoder.embed(&seqs) {
+    let model = [shared.model.as_str()];
+    METRICS
+        .batch_size
+        .with_label_values(&model)
+        .observe(batch.len() as f64);
+    METRICS
+        .batch_tokens
+        .with_label_values(&model)
+        .observe((batch.len() * columns) as f64);
+    let started = Instant::now();
+    for request in &requests {
+        request.first_run.get_or_init(|| started);
+    }
+    let result = encoder.embed(&seqs);
+    let elapsed = started.elapsed();
+    METRICS
+        .inference_seconds
+        .with_label_values(&model)
+        .observe(elapsed.as_secs_f64());
+    for request in requests {
+        request
+            .inference_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::AcqRel);
+    }
+    match result {
         Ok(vectors) => {
+            let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+            METRICS
+                .tokens
+                .with_label_values(&model)
+                .inc_by(tokens as u64);
             for (item, vector) in batch.into_iter().zip(vectors) {
                 item.request.complete(item.index, vector);
             }
@@ -285,12 +355,7 @@ mod tests {
     use super::*;
 
     fn items(lengths: &[usize]) -> VecDeque<Item> {
-        let request = Arc::new(Request {
-            vectors: Mutex::new(Vec::new()),
-            remaining: AtomicUsize::new(0),
-            cancelled: AtomicBool::new(false),
-            reply: Mutex::new(None),
-        });
+        let request = Arc::new(Request::new(0, None));
         lengths
             .iter()
             .enumerate()

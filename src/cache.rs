@@ -14,6 +14,7 @@ use tokio::sync::OnceCell;
 
 use crate::catalog::{Catalog, Servable};
 use crate::config::CacheConfig;
+use crate::metrics::METRICS;
 use crate::model::{LoadError, Model};
 use crate::runtime::Runtime;
 
@@ -101,8 +102,10 @@ impl ModelCache {
     pub async fn get(&self, name: &str) -> Result<Arc<Model>, CacheError> {
         let key = self.catalog.canonical(name);
         if let Some(model) = self.hit(key) {
+            METRICS.cache_hits.inc();
             return Ok(model);
         }
+        METRICS.cache_misses.inc();
         let servable = self
             .catalog
             .lookup(name)
@@ -177,6 +180,15 @@ impl ModelCache {
         let started = Instant::now();
         match self.load_from_source(servable).await {
             Ok((model, memory)) => {
+                METRICS
+                    .model_loads
+                    .with_label_values(&[name.as_str(), "ok"])
+                    .inc();
+                METRICS
+                    .model_load_seconds
+                    .with_label_values(&[name.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                METRICS.models_loaded.inc();
                 tracing::info!(
                     model = %name,
                     dir = %model.dir().display(),
@@ -195,6 +207,10 @@ impl ModelCache {
                 Ok(Arc::new(model))
             }
             Err(error) => {
+                METRICS
+                    .model_loads
+                    .with_label_values(&[name.as_str(), "error"])
+                    .inc();
                 tracing::error!(model = %name, error = %error, "cannot load {name}");
                 let error = Arc::new(error);
                 self.lock().failures.insert(
@@ -239,16 +255,17 @@ impl ModelCache {
             loop {
                 let loaded = inner.entries.iter().filter(|(_, e)| e.model().is_some());
                 let (count, memory) = loaded.fold((0, 0), |(n, m), (_, e)| (n + 1, m + e.memory));
-                let reason = if count > self.limits.max_loaded_models {
-                    format!(
-                        "{count} models loaded, max_loaded_models is {}",
-                        self.limits.max_loaded_models
+                let (kind, reason) = if count > self.limits.max_loaded_models {
+                    let max = self.limits.max_loaded_models;
+                    (
+                        "lru",
+                        format!("{count} models loaded, max_loaded_models is {max}"),
                     )
                 } else if let Some(budget) = self.limits.max_model_memory.filter(|b| memory > *b) {
-                    format!(
-                        "models use {} MiB, max_model_memory is {} MiB",
-                        memory >> 20,
-                        budget >> 20
+                    let (used, budget) = (memory >> 20, budget >> 20);
+                    (
+                        "memory",
+                        format!("models use {used} MiB, max_model_memory is {budget} MiB"),
                     )
                 } else {
                     break;
@@ -264,12 +281,17 @@ impl ModelCache {
                     break;
                 };
                 if let Some(entry) = inner.entries.pop(&victim) {
-                    evicted.push((victim, entry, format!("least recently used; {reason}")));
+                    evicted.push((
+                        victim,
+                        entry,
+                        kind,
+                        format!("least recently used; {reason}"),
+                    ));
                 }
             }
         }
-        for (name, entry, reason) in evicted {
-            release(&name, entry, &reason);
+        for (name, entry, kind, reason) in evicted {
+            release(&name, entry, kind, &reason);
         }
     }
 
@@ -301,7 +323,7 @@ impl ModelCache {
         };
         let count = idle.len();
         for (name, entry, reason) in idle {
-            release(&name, entry, &reason);
+            release(&name, entry, "idle", &reason);
         }
         count
     }
@@ -324,7 +346,7 @@ impl ModelCache {
         let entry = self.lock().entries.pop(&key);
         match entry {
             Some(entry) if entry.model().is_some() => {
-                release(&key, entry, "unloaded on request");
+                release(&key, entry, "admin", "unloaded on request");
                 Ok(true)
             }
             _ if self.catalog.lookup(name).is_some() => Ok(false),
@@ -364,8 +386,10 @@ impl ModelCache {
 
 /// Drops the cache's reference to an evicted model. Requests still using it keep it alive;
 /// the session's memory is freed when the last of them finishes.
-fn release(name: &str, entry: Entry, reason: &str) {
+fn release(name: &str, entry: Entry, kind: &str, reason: &str) {
     let in_flight = entry.model().map_or(0, |m| Arc::strong_count(m) - 1);
+    METRICS.evictions.with_label_values(&[name, kind]).inc();
+    METRICS.models_loaded.dec();
     tracing::info!(
         model = name,
         in_flight,

@@ -42,6 +42,20 @@ pub struct ServerConfig {
     pub max_tokens_per_request: usize,
     /// How token-id input is read unless a model says otherwise.
     pub token_input: TokenInput,
+    /// Bearer keys accepted on the API routes; none means no authentication.
+    pub api_keys: Vec<String>,
+    /// A file with more keys, one per line.
+    pub api_key_file: Option<PathBuf>,
+    /// Require a key for /metrics too (health and readiness always stay open).
+    pub protect_metrics: bool,
+    /// Origins allowed by CORS; `["*"]` allows any. Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// A request still running after this long gets 408 and its work is dropped.
+    #[serde(deserialize_with = "duration_required")]
+    pub request_timeout: Duration,
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
+    #[serde(deserialize_with = "duration_required")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +67,12 @@ impl Default for ServerConfig {
             max_inputs_per_request: 2048,
             max_tokens_per_request: 300_000,
             token_input: TokenInput::default(),
+            api_keys: Vec::new(),
+            api_key_file: None,
+            protect_metrics: false,
+            cors_origins: Vec::new(),
+            request_timeout: Duration::from_secs(300),
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -229,6 +249,8 @@ pub struct Overrides {
     pub max_batch_size: Option<usize>,
     pub max_batch_tokens: Option<usize>,
     pub max_queued_inputs: Option<usize>,
+    pub api_keys: Vec<String>,
+    pub api_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -284,6 +306,7 @@ impl Config {
         };
         config.models_dirs.iter_mut().for_each(rebase);
         config.runtime.library.as_mut().map(rebase);
+        config.server.api_key_file.as_mut().map(rebase);
         for model in &mut config.models {
             if model.source.starts_with("./") || model.source.starts_with("../") {
                 model.source = base.join(&model.source).to_string_lossy().into_owned();
@@ -321,6 +344,24 @@ impl Config {
         if let Some(n) = o.max_queued_inputs {
             self.batcher.max_queued_inputs = n;
         }
+        self.server.api_keys.extend(o.api_keys);
+        if let Some(file) = o.api_key_file {
+            self.server.api_key_file = Some(file);
+        }
+        if let Some(file) = self.server.api_key_file.take() {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                ConfigError::invalid(
+                    "server.api_key_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            self.server.api_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
         self.models_dirs.extend(o.models_dirs);
         for spec in &o.models {
             self.models.push(ModelConfig::from_spec(spec)?);
@@ -342,6 +383,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "runtime.intra_threads",
                 "must be at least 1 (leave it unset to use every core)",
+            ));
+        }
+        if self.server.api_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                "server.api_keys",
+                "an API key must not be empty",
             ));
         }
         let positive = [

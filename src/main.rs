@@ -15,8 +15,23 @@ use tracing_subscriber::EnvFilter;
     about = "OpenAI-compatible embedding server for ONNX sentence-transformers models"
 )]
 struct Cli {
+    /// Log lines as human-readable text or as JSON objects.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "EMBEDSERVE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +72,18 @@ struct ServeArgs {
     /// Most inputs waiting per model; beyond it requests get 429 (per-model default).
     #[arg(long, env = "EMBEDSERVE_MAX_QUEUED_INPUTS")]
     max_queued_inputs: Option<usize>,
+    /// An API key clients must send as `Authorization: Bearer KEY` (repeatable).
+    #[arg(
+        long = "api-key",
+        value_name = "KEY",
+        env = "EMBEDSERVE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
+    /// A file of API keys, one per line.
+    #[arg(long, value_name = "PATH", env = "EMBEDSERVE_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
     /// Largest request body in bytes; larger requests get 413.
     #[arg(long, env = "EMBEDSERVE_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -117,14 +144,16 @@ struct PullArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("EMBEDSERVE_LOG")
                 .unwrap_or_else(|_| EnvFilter::new("info,ort=warn")),
         )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -157,6 +186,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 max_batch_size: args.max_batch_size,
                 max_batch_tokens: args.max_batch_tokens,
                 max_queued_inputs: args.max_queued_inputs,
+                api_keys: args.api_keys,
+                api_key_file: args.api_key_file,
             };
             embedserve::server::serve(Config::load(args.config.as_deref(), overrides)?).await
         }

@@ -1,62 +1,91 @@
-//! Starting the HTTP server: runtime, catalog, cache, preloads, then the listener.
+//! Starting and stopping the HTTP server: runtime and cache, the listener, preloads behind
+//! the readiness check, the idle-model reaper, and graceful shutdown with a deadline.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Readiness};
 use crate::cache::ModelCache;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::runtime::Runtime;
 
-/// Serves until SIGINT or SIGTERM.
+/// Serves until SIGINT or SIGTERM, then lets requests in flight finish (within
+/// `server.shutdown_timeout`). A preloaded model that cannot load stops the server.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let cache = Arc::new(start_cache(&config).await?);
-    // Bind before preloading: a taken port should fail at once, not after a long load.
     let (host, port) = (config.server.host.as_str(), config.server.port);
     let listener = TcpListener::bind((host, port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let preloads: Vec<_> = cache.catalog().preloads().cloned().collect();
-    for servable in preloads {
-        let name = servable.spec.name.clone();
-        cache
-            .load(servable)
-            .await
-            .with_context(|| format!("cannot preload `{name}`"))?;
-    }
-    if let Some(every) = cache.idle_check_interval() {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                ticks.tick().await;
-                cache.evict_idle();
-            }
-        });
-    }
-    // The cl100k_base vocabulary takes a moment to load: not on the first request's time.
-    tokio::task::spawn_blocking(crate::model::warm_up_tiktoken);
+    let ready = Arc::new(Readiness::not_ready(format!(
+        "loading {} preloaded models",
+        preloads.len()
+    )));
     let state = Arc::new(AppState {
-        cache,
+        cache: cache.clone(),
         max_body_bytes: config.server.max_body_bytes,
         limits: api::RequestLimits {
             max_inputs_per_request: config.server.max_inputs_per_request,
             max_tokens_per_request: config.server.max_tokens_per_request,
         },
+        ready: ready.clone(),
+        api_keys: config.server.api_keys.clone(),
+        protect_metrics: config.server.protect_metrics,
+        cors_origins: config.server.cors_origins.clone(),
+        request_timeout: config.server.request_timeout,
         started_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     });
+    // The cl100k_base vocabulary takes a moment to load: not on the first request's time.
+    tokio::task::spawn_blocking(crate::model::warm_up_tiktoken);
+    spawn_idle_reaper(&cache);
+
     let address = listener.local_addr()?;
     tracing::info!("embedserve listening on http://{address}");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server stopped with an error")
+    let preloading = async {
+        for servable in preloads {
+            let name = servable.spec.name.clone();
+            ready.set_not_ready(format!("loading preloaded model `{name}`"));
+            cache
+                .load(servable)
+                .await
+                .with_context(|| format!("cannot preload `{name}`"))?;
+        }
+        ready.set_ready();
+        tracing::info!("embedserve ready");
+        anyhow::Ok(())
+    };
+
+    let stopping = Arc::new(Notify::new());
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown({
+        let (stopping, ready) = (stopping.clone(), ready.clone());
+        async move {
+            shutdown_signal().await;
+            ready.set_not_ready("shutting down");
+            stopping.notify_one();
+        }
+    });
+    let deadline = async {
+        stopping.notified().await;
+        tokio::time::sleep(config.server.shutdown_timeout).await;
+    };
+    tokio::select! {
+        served = server.into_future() => served.context("server stopped with an error")?,
+        () = deadline => tracing::warn!(
+            "requests still running after {}: stopping anyway",
+            humantime::format_duration(config.server.shutdown_timeout)
+        ),
+        Err(error) = preloading => return Err(error),
+    }
+    tracing::info!("embedserve stopped");
+    Ok(())
 }
 
 /// ONNX Runtime (initialised off the async runtime: it loads a shared library) and an empty
@@ -71,6 +100,19 @@ pub async fn start_cache(config: &Config) -> anyhow::Result<ModelCache> {
         Arc::new(runtime),
         config.cache.clone(),
     ))
+}
+
+fn spawn_idle_reaper(cache: &Arc<ModelCache>) {
+    if let Some(every) = cache.idle_check_interval() {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                cache.evict_idle();
+            }
+        });
+    }
 }
 
 async fn shutdown_signal() {
@@ -93,5 +135,5 @@ async fn shutdown_signal() {
         _ = interrupt => {},
         _ = terminate => {},
     }
-    tracing::info!("shutting down: finishing requests in flight");
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
 }

@@ -9,6 +9,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::input::RequestInput;
+use super::middleware::ModelLabel;
 use super::{ApiError, ApiJson, AppState};
 use crate::model::{EmbedError, TokenizeOptions, l2_normalize};
 
@@ -69,8 +70,26 @@ struct Usage {
 pub async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<EmbeddingRequest>,
+) -> Response {
+    let mut label = None;
+    let mut response = embed(&state, request, &mut label)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    if let Some(model) = label {
+        response.extensions_mut().insert(ModelLabel(model));
+    }
+    response
+}
+
+/// The request's work; `label` gets the model's name once the model is known to exist.
+async fn embed(
+    state: &AppState,
+    request: EmbeddingRequest,
+    label: &mut Option<String>,
 ) -> Result<Response, ApiError> {
+    let span = tracing::Span::current();
     let count = request.input.0.len();
+    span.record("inputs", count);
     if count == 0 {
         return Err(ApiError::bad_request(
             "input",
@@ -87,6 +106,8 @@ pub async fn create(
         ));
     }
     let model = state.cache.get(&request.model).await?;
+    span.record("model", model.name());
+    *label = Some(model.name().to_string());
     if let Some(dimensions) = request.dimensions
         && !(1..=model.dimension()).contains(&dimensions)
     {
@@ -112,6 +133,7 @@ pub async fn create(
     .await?;
     let seqs = seqs?;
     let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+    span.record("tokens", tokens);
     if tokens > state.limits.max_tokens_per_request {
         return Err(ApiError::bad_request(
             "input",
@@ -124,8 +146,10 @@ pub async fn create(
     }
     // Dropping `pending` (the client went away) withdraws the inputs that have not run.
     let pending = model.submit(seqs).map_err(EmbedError::from)?;
-    let vectors = pending.wait().await.map_err(EmbedError::from)?;
-    let body = blocking(move || respond(vectors, tokens, &request)).await??;
+    let completed = pending.wait().await.map_err(EmbedError::from)?;
+    span.record("queue_ms", completed.queued.as_secs_f64() * 1000.0);
+    span.record("inference_ms", completed.inference.as_secs_f64() * 1000.0);
+    let body = blocking(move || respond(completed.vectors, tokens, &request)).await??;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

@@ -3,7 +3,9 @@
 mod embeddings;
 mod error;
 mod input;
+mod middleware;
 mod models;
+mod ops;
 
 use std::sync::Arc;
 
@@ -14,9 +16,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use ops::Readiness;
 
 use crate::cache::ModelCache;
 
@@ -24,6 +30,11 @@ pub struct AppState {
     pub cache: Arc<ModelCache>,
     pub max_body_bytes: usize,
     pub limits: RequestLimits,
+    pub ready: Arc<Readiness>,
+    pub api_keys: Vec<String>,
+    pub protect_metrics: bool,
+    pub cors_origins: Vec<String>,
+    pub request_timeout: std::time::Duration,
     /// Unix time the server started: the `created` of every model object.
     pub started_at: u64,
 }
@@ -36,8 +47,9 @@ pub struct RequestLimits {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let max_body_bytes = state.max_body_bytes;
-    Router::new()
+    let authenticated =
+        axum::middleware::from_fn_with_state(state.clone(), middleware::require_api_key);
+    let api = Router::new()
         .route("/v1/embeddings", post(embeddings::create))
         .route("/embeddings", post(embeddings::create))
         .route("/v1/models", get(models::list))
@@ -49,10 +61,53 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/models/{*id}",
             post(models::admin_post).delete(models::admin_delete),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::timeout,
+        ))
+        .route_layer(authenticated.clone());
+    let mut metrics = Router::new().route("/metrics", get(ops::metrics));
+    if state.protect_metrics {
+        metrics = metrics.route_layer(authenticated);
+    }
+    let open = Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready));
+
+    let max_body_bytes = state.max_body_bytes;
+    let cors = cors(&state.cors_origins);
+    Router::new()
+        .merge(api)
+        .merge(metrics)
+        .merge(open)
+        .route_layer(axum::middleware::from_fn(middleware::track))
         .fallback(error::unknown_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(TraceLayer::new_for_http())
+        .layer(CompressionLayer::new())
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+                let id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!(
+                    "request",
+                    id,
+                    method = %request.method(),
+                    path = request.uri().path(),
+                    model = tracing::field::Empty,
+                    inputs = tracing::field::Empty,
+                    tokens = tracing::field::Empty,
+                    queue_ms = tracing::field::Empty,
+                    inference_ms = tracing::field::Empty,
+                )
+            }),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -61,6 +116,23 @@ pub fn router(state: Arc<AppState>) -> Router {
             .into_response()
         }))
         .with_state(state)
+}
+
+/// CORS for the configured origins: none (no headers), `*`, or a list.
+fn cors(origins: &[String]) -> CorsLayer {
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers([axum::http::HeaderName::from_static("x-request-id")])
 }
 
 /// `axum::Json` whose rejections are OpenAI envelopes with actionable messages.

@@ -280,7 +280,7 @@ impl Model {
         };
         let seqs = self.tokenize(inputs, &options)?;
         let tokens = seqs.iter().map(TokenSeq::len).sum();
-        let vectors = self.submit(seqs)?.wait_blocking()?;
+        let vectors = self.submit(seqs)?.wait_blocking()?.vectors;
         Ok(Embeddings { vectors, tokens })
     }
 }

@@ -27,11 +27,16 @@ class Server:
         )
         self.log = []
         self.base = None
+        ready = False
         for line in self.process.stderr:
             self.log.append(line)
             if "listening on " in line:
                 self.base = line.split("listening on ", 1)[1].split()[0]
+            if "embedserve ready" in line:
+                ready = True
                 break
+        if not ready:
+            self.base = None
         if self.base is None:
             raise RuntimeError("embedserve did not start:\n" + "".join(self.log))
         # Keep draining so the server never blocks on a full pipe.

@@ -2,6 +2,8 @@
 //! blocking HTTP client, and the reference vectors of `../shared/models`.
 #![allow(dead_code)]
 
+pub mod fake_hub;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -65,8 +67,19 @@ impl Server {
         }
     }
 
-    /// Like `start`, but returns the server's log if it exits instead of listening.
+    /// Like `start`, but returns the server's log if it exits before it is ready.
     pub fn try_start(args: &[&str], envs: &[(&str, &str)]) -> Result<Self, String> {
+        Self::launch(args, envs, "embedserve ready")
+    }
+
+    /// Starts the server and returns as soon as it listens, before its preloads are done.
+    pub fn start_listening(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::launch(args, envs, "listening on ")
+            .unwrap_or_else(|log| panic!("embedserve did not start:\n{log}"))
+    }
+
+    /// Spawns `embedserve serve` on a free port and waits for a log line containing `until`.
+    fn launch(args: &[&str], envs: &[(&str, &str)], until: &'static str) -> Result<Self, String> {
         let mut child = binary()
             .arg("serve")
             .args(["--port", "0", "--host", "127.0.0.1"])
@@ -85,9 +98,17 @@ impl Server {
         std::thread::spawn(move || {
             // Keeps draining after start-up so the server never blocks on a full pipe; the
             // channel closes when the server's stderr does (it exited).
+            let mut base = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.trim().to_string());
+                    // Text or JSON logs: the address ends at whitespace or a quote.
+                    let end = rest
+                        .find(|c: char| c.is_whitespace() || c == '"')
+                        .unwrap_or(rest.len());
+                    base = Some(rest[..end].to_string());
+                }
+                if line.contains(until) {
+                    let _ = tx.send(base.clone().unwrap_or_default());
                 }
                 sink.lines.lock().unwrap().push(line);
                 sink.grew.notify_all();
@@ -213,6 +234,19 @@ impl Server {
         let (status, json) = self.post_json("/v1/embeddings", &body);
         assert_eq!(status, 200, "{json}\n{}", self.logs());
         vectors(&json)
+    }
+}
+
+impl Server {
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        self.child.wait().expect("wait")
     }
 }
 

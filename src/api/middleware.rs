@@ -1,0 +1,96 @@
+//! What wraps the routes: API-key authentication, per-request metrics and the request
+//! timeout, each answering in OpenAI's error envelope.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState};
+use crate::metrics::METRICS;
+
+/// The canonical model a response was for, for the `model` label of the request metrics.
+/// Set only for models that exist, so clients cannot mint label values.
+#[derive(Clone)]
+pub struct ModelLabel(pub String);
+
+/// Requires `Authorization: Bearer KEY` with one of the configured keys (when there are any).
+pub async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.api_keys.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let message = match presented {
+        None => "no API key provided: send it as `Authorization: Bearer KEY`",
+        Some(key)
+            if state
+                .api_keys
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
+        {
+            return next.run(request).await;
+        }
+        Some(_) => "incorrect API key provided",
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, message)
+        .code("invalid_api_key")
+        .into_response()
+}
+
+/// Compares without an early exit, so response time tells nothing about a key's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts each request by route, model and status, and times it.
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let model = response
+        .extensions()
+        .get::<ModelLabel>()
+        .map_or("", |m| m.0.as_str());
+    METRICS
+        .requests
+        .with_label_values(&[route.as_str(), model, response.status().as_str()])
+        .inc();
+    METRICS
+        .request_seconds
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Answers 408 when a request outlives `server.request_timeout`; dropping its future
+/// withdraws its queued inputs.
+pub async fn timeout(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let limit: Duration = state.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request took longer than this server's limit of {} (server.request_timeout)",
+                humantime::format_duration(limit)
+            ),
+        )
+        .code("timeout")
+        .into_response(),
+    }
+}

@@ -1,0 +1,64 @@
+//! What operators and orchestrators poll: liveness, readiness and Prometheus metrics.
+
+use std::sync::{Arc, RwLock};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use crate::metrics::METRICS;
+
+/// Whether the server can take traffic, and if not, why.
+#[derive(Debug)]
+pub struct Readiness(RwLock<Option<String>>);
+
+impl Readiness {
+    pub fn not_ready(reason: impl Into<String>) -> Self {
+        Self(RwLock::new(Some(reason.into())))
+    }
+
+    pub fn set_ready(&self) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// `GET /health`: the process is up and answering.
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /ready`: 200 once ONNX Runtime and every preloaded model are ready, else 503 with
+/// the reason.
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    match state.ready.reason() {
+        None => Json(json!({"status": "ready"})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /metrics` in Prometheus' text format.
+pub async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        METRICS.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,303 @@
+//! What an operator relies on: health and readiness, metrics that move, API keys, request
+//! ids, compression, CORS, timeouts, JSON logs and graceful shutdown.
+
+mod common;
+
+use common::fake_hub::{REPO, start_gated_hub};
+use common::{Server, assert_error, config_file, model_dir, models_root};
+use serde_json::json;
+
+fn root() -> String {
+    models_root().to_str().unwrap().to_string()
+}
+
+#[test]
+fn readiness_waits_for_preloads() {
+    let (endpoint, hub) = start_gated_hub(false);
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start_listening(
+        &["--model", REPO],
+        &[
+            ("HF_ENDPOINT", &endpoint),
+            ("HF_HOME", home.path().to_str().unwrap()),
+        ],
+    );
+    let (status, json) = server.get("/health");
+    assert_eq!((status, &json["status"]), (200, &json!("ok")));
+    // The preload's download is held open: not ready, and the reason says why.
+    let (status, json) = server.get("/ready");
+    assert_eq!(status, 503, "{json}");
+    assert!(json["reason"].as_str().unwrap().contains(REPO), "{json}");
+    hub.gate.add_permits(1);
+    server.wait_for_log("embedserve ready", 1);
+    let (status, json) = server.get("/ready");
+    assert_eq!((status, &json["status"]), (200, &json!("ready")));
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text page (0 when absent).
+fn sample(page: &str, name_and_labels: &str) -> f64 {
+    page.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn metrics_page(server: &Server) -> String {
+    let response = reqwest::blocking::get(server.url("/metrics")).unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    response.text().unwrap()
+}
+
+#[test]
+fn metrics_move_with_requests() {
+    let server = Server::start(&["--models-dir", &root()]);
+    server.embed("tiny/bert-mean", json!("load it"), json!({}));
+    let before = metrics_page(&server);
+    let mut tokens = 0;
+    for input in [json!(["Hello", "a"]), json!("Hello")] {
+        let (status, json) = server.post_json(
+            "/v1/embeddings",
+            &json!({"model": "tiny/bert-mean", "input": input}),
+        );
+        assert_eq!(status, 200);
+        tokens += json["usage"]["prompt_tokens"].as_u64().unwrap();
+    }
+    let (status, _) =
+        server.post_json("/v1/embeddings", &json!({"model": "no/such", "input": "x"}));
+    assert_eq!(status, 404);
+    let after = metrics_page(&server);
+    let delta = |name: &str| sample(&after, name) - sample(&before, name);
+    let ok =
+        r#"embedserve_requests_total{model="tiny/bert-mean",route="/v1/embeddings",status="200"}"#;
+    assert_eq!(delta(ok), 2.0, "{after}");
+    let missing = r#"embedserve_requests_total{model="",route="/v1/embeddings",status="404"}"#;
+    assert_eq!(delta(missing), 1.0, "{after}");
+    assert_eq!(
+        delta(r#"embedserve_tokens_total{model="tiny/bert-mean"}"#),
+        tokens as f64,
+        "{after}"
+    );
+    assert_eq!(delta("embedserve_cache_hits_total"), 2.0);
+    assert_eq!(
+        delta("embedserve_cache_misses_total"),
+        1.0,
+        "the unknown model"
+    );
+    assert!(
+        delta(r#"embedserve_batch_size_count{model="tiny/bert-mean"}"#) >= 2.0,
+        "{after}"
+    );
+    assert!(delta(r#"embedserve_inference_duration_seconds_count{model="tiny/bert-mean"}"#) >= 2.0);
+    assert!(delta(r#"embedserve_request_duration_seconds_count{route="/v1/embeddings"}"#) >= 3.0);
+    assert_eq!(
+        sample(
+            &after,
+            r#"embedserve_model_loads_total{model="tiny/bert-mean",result="ok"}"#
+        ),
+        1.0
+    );
+    assert_eq!(sample(&after, "embedserve_models_loaded"), 1.0);
+    assert_eq!(
+        sample(&after, r#"embedserve_queue_depth{model="tiny/bert-mean"}"#),
+        0.0
+    );
+}
+
+#[test]
+fn api_keys_guard_the_api_but_not_health() {
+    let server = Server::start(&[
+        "--models-dir",
+        &root(),
+        "--api-key",
+        "sk-one",
+        "--api-key",
+        "sk-two",
+    ]);
+    let client = reqwest::blocking::Client::new();
+    let body = json!({"model": "tiny/bert-mean", "input": "x"});
+    let post = |key: Option<&str>| {
+        let mut request = client.post(server.url("/v1/embeddings")).json(&body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<serde_json::Value>().unwrap(),
+        )
+    };
+    let (status, json) = post(None);
+    assert!(assert_error(status, &json, 401, Some("invalid_api_key")).contains("Bearer"));
+    let (status, json) = post(Some("sk-wrong"));
+    assert_error(status, &json, 401, Some("invalid_api_key"));
+    assert_eq!(post(Some("sk-two")).0, 200);
+    let (status, json) = server.get("/v1/models");
+    assert_error(status, &json, 401, Some("invalid_api_key"));
+    assert_eq!(server.get("/health").0, 200);
+    assert_eq!(server.get("/ready").0, 200);
+    assert_eq!(
+        reqwest::blocking::get(server.url("/metrics"))
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[test]
+fn keys_from_a_file_and_protected_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keys"), "# team keys\nsk-file\n").unwrap();
+    let (_config_dir, config) = config_file(&format!(
+        "[server]\napi_key_file = {:?}\nprotect_metrics = true\n",
+        dir.path().join("keys").to_str().unwrap()
+    ));
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let client = reqwest::blocking::Client::new();
+    assert_eq!(
+        client.get(server.url("/metrics")).send().unwrap().status(),
+        401
+    );
+    let authorized = client
+        .get(server.url("/metrics"))
+        .bearer_auth("sk-file")
+        .send()
+        .unwrap();
+    assert_eq!(authorized.status(), 200);
+    assert_eq!(server.get("/health").0, 200);
+}
+
+#[test]
+fn request_ids_compression_and_cors() {
+    let (_dir, config) = config_file("[server]\ncors_origins = [\"https://app.example\"]\n");
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--models-dir",
+        &root(),
+    ]);
+    let client = reqwest::blocking::Client::new();
+    let body = json!({"model": "tiny/bert-mean", "input": vec!["compress me"; 20]});
+    let plain = client
+        .post(server.url("/v1/embeddings"))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert!(
+        plain.headers().contains_key("x-request-id"),
+        "a request id is made"
+    );
+    assert!(!plain.headers().contains_key("content-encoding"));
+    let given = client
+        .post(server.url("/v1/embeddings"))
+        .header("x-request-id", "trace-42")
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(
+        given.headers()["x-request-id"],
+        "trace-42",
+        "a given id is kept"
+    );
+    for encoding in ["gzip", "deflate", "zstd"] {
+        let response = client
+            .post(server.url("/v1/embeddings"))
+            .header("accept-encoding", encoding)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-encoding"], encoding);
+    }
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, server.url("/v1/embeddings"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .unwrap();
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = client
+        .request(reqwest::Method::OPTIONS, server.url("/v1/embeddings"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}
+
+#[test]
+fn a_request_past_the_timeout_gets_408() {
+    let (_dir, config) = config_file("[server]\nrequest_timeout = \"200ms\"\n");
+    let minilm = model_dir("sentence-transformers/all-MiniLM-L6-v2");
+    let spec = format!("minilm={}", minilm.to_str().unwrap());
+    let server = Server::start(&["--config", config.to_str().unwrap(), "--model", &spec]);
+    let long = "many words ".repeat(300);
+    let (status, json) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "minilm", "input": vec![long; 64]}),
+    );
+    let message = assert_error(status, &json, 408, Some("timeout"));
+    assert!(message.contains("200ms"), "{message}");
+    assert_eq!(server.embed("minilm", json!("quick"), json!({})).len(), 1);
+}
+
+#[test]
+fn json_logs() {
+    let server = Server::start_with_env(
+        &["--models-dir", &root()],
+        &[("EMBEDSERVE_LOG_FORMAT", "json")],
+    );
+    server.embed("tiny/bert-mean", json!("Hello"), json!({}));
+    let logs = server.logs();
+    for line in logs.lines() {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(
+            parsed["level"].is_string() && parsed["fields"].is_object(),
+            "{line}"
+        );
+    }
+    assert!(logs.contains("loaded tiny/bert-mean"));
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits_cleanly() {
+    let minilm = model_dir("sentence-transformers/all-MiniLM-L6-v2");
+    let spec = format!("minilm={}", minilm.to_str().unwrap());
+    let mut server = Server::start_with_env(
+        &["--model", &spec],
+        &[("EMBEDSERVE_LOG", "info,ort=warn,embedserve::batcher=debug")],
+    );
+    let url = server.url("/v1/embeddings");
+    let long = "many words ".repeat(300);
+    let in_flight = std::thread::spawn(move || {
+        let response = reqwest::blocking::Client::new()
+            .post(url)
+            .json(&json!({"model": "minilm", "input": vec![long; 64]}))
+            .send()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<serde_json::Value>().unwrap(),
+        )
+    });
+    server.wait_for_log("rows=32", 1);
+    let exit = server.terminate();
+    let (status, json) = in_flight.join().unwrap();
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["data"].as_array().unwrap().len(), 64);
+    assert!(exit.success(), "{exit:?}\n{}", server.logs());
+    let logs = server.logs();
+    assert!(
+        logs.contains("shutting down") && logs.contains("embedserve stopped"),
+        "{logs}"
+    );
+}
