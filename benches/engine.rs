@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use embedserve::config::RuntimeConfig;
-use embedserve::runtime::Runtime;
+use embedserve::runtime::{Device, Runtime};
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 use serde_json::json;
@@ -34,9 +34,11 @@ fn main() {
 
     let runtime = Runtime::init(&RuntimeConfig::default())
         .expect("ONNX Runtime (run scripts/fetch-onnxruntime)");
-    let mut session = runtime
-        .session_builder()
-        .and_then(|mut b| b.commit_from_file(dir.join("onnx/model.onnx")))
+    let (mut builder, _) = runtime
+        .session_builder(Device::Cpu, None)
+        .expect("session options");
+    let mut session = builder
+        .commit_from_file(dir.join("onnx/model.onnx"))
         .expect("session");
     let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
     tokenizer.with_padding(None);

@@ -22,11 +22,12 @@ use crate::runtime::Runtime;
 pub enum CacheError {
     #[error("the model `{0}` does not exist")]
     NotFound(String),
-    #[error("the model `{name}` could not be loaded: {source}")]
+    // The reason is part of the message (clients see it), so it is not also a `source`,
+    // which would print it twice in error chains.
+    #[error("the model `{name}` could not be loaded: {reason}")]
     Load {
         name: String,
-        #[source]
-        source: Arc<LoadError>,
+        reason: Arc<LoadError>,
     },
 }
 
@@ -161,7 +162,10 @@ impl ModelCache {
                 {
                     inner.entries.pop(&name);
                 }
-                Err(CacheError::Load { name, source })
+                Err(CacheError::Load {
+                    name,
+                    reason: source,
+                })
             }
         }
     }

@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::batcher::BatchLimits;
 use crate::config::Config;
 use crate::model::source::{is_hub_id, looks_like_model};
-use crate::model::{HubSettings, ModelSource, ModelSpec, TokenInput};
+use crate::model::{HubSettings, ModelSource, ModelSpec};
 
 /// A model the server may load, with how the cache must treat it.
 #[derive(Debug, Clone)]
@@ -20,17 +19,13 @@ pub struct Servable {
 }
 
 impl Servable {
-    fn found(
-        name: &str,
-        source: ModelSource,
-        limits: BatchLimits,
-        token_input: TokenInput,
-    ) -> Self {
+    /// A model that is not configured: the server-wide defaults apply.
+    fn found(name: &str, source: ModelSource, defaults: &ModelSpec) -> Self {
         Self {
             spec: ModelSpec {
-                limits,
-                token_input,
-                ..ModelSpec::new(name, source)
+                name: name.to_string(),
+                source,
+                ..defaults.clone()
             },
             pin: false,
             preload: false,
@@ -46,9 +41,8 @@ pub struct Catalog {
     names: HashMap<String, usize>,
     hub: HubSettings,
     allow_hub_downloads: bool,
-    /// Batching and token-id reading for models that are not configured.
-    default_limits: BatchLimits,
-    default_token_input: TokenInput,
+    /// Settings for models that are not configured: the server-wide defaults.
+    defaults: ModelSpec,
 }
 
 impl Catalog {
@@ -68,6 +62,8 @@ impl Catalog {
                 limits: config.batcher.for_model(model),
                 token_input: model.token_input.unwrap_or(config.server.token_input),
                 truncate: model.truncate.unwrap_or(true),
+                device: model.device.unwrap_or(config.runtime.device),
+                gpu_mem_limit: model.gpu_mem_limit.or(config.runtime.gpu_mem_limit),
                 ..ModelSpec::new(name.clone(), source)
             };
             names.insert(name, i);
@@ -88,8 +84,13 @@ impl Catalog {
                 models_dirs: config.models_dirs.clone(),
             },
             allow_hub_downloads: config.cache.allow_hub_downloads,
-            default_limits: config.batcher.limits(),
-            default_token_input: config.server.token_input,
+            defaults: ModelSpec {
+                limits: config.batcher.limits(),
+                token_input: config.server.token_input,
+                device: config.runtime.device,
+                gpu_mem_limit: config.runtime.gpu_mem_limit,
+                ..ModelSpec::new("", ModelSource::Dir(Default::default()))
+            },
         })
     }
 
@@ -112,17 +113,12 @@ impl Catalog {
             return Some(self.configured[i].clone());
         }
         if let Some(dir) = self.hub.find_in_models_dirs(name) {
-            return Some(Servable::found(
-                name,
-                ModelSource::Dir(dir),
-                self.default_limits,
-                self.default_token_input,
-            ));
+            return Some(Servable::found(name, ModelSource::Dir(dir), &self.defaults));
         }
         match ModelSource::parse(name) {
-            Ok(source @ ModelSource::Hub { .. }) if self.allow_hub_downloads => Some(
-                Servable::found(name, source, self.default_limits, self.default_token_input),
-            ),
+            Ok(source @ ModelSource::Hub { .. }) if self.allow_hub_downloads => {
+                Some(Servable::found(name, source, &self.defaults))
+            }
             _ => None,
         }
     }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::batcher::BatchLimits;
 use crate::model::{Batching, PoolingMode, TokenInput};
+use crate::runtime::Device;
 
 /// Largest request body accepted unless configured otherwise: room for LangChain's batches of
 /// 1000 token-id arrays, small enough that one client cannot exhaust memory.
@@ -86,6 +87,11 @@ pub struct RuntimeConfig {
     pub intra_threads: Option<usize>,
     /// Let idle intra-op threads spin waiting for work instead of sleeping.
     pub spinning: bool,
+    /// Where models run unless they say otherwise: cpu, cuda, cuda:N or auto.
+    pub device: Device,
+    /// Cap on each model's CUDA memory arena, e.g. "4GiB".
+    #[serde(deserialize_with = "byte_size")]
+    pub gpu_mem_limit: Option<u64>,
 }
 
 /// Bounds of the model cache.
@@ -142,6 +148,15 @@ impl Default for BatcherConfig {
 }
 
 impl BatcherConfig {
+    /// The defaults on a GPU, where a run of 128 costs little more than a run of 32.
+    pub fn gpu_default() -> Self {
+        Self {
+            max_batch_size: 128,
+            max_batch_tokens: 65_536,
+            ..Self::default()
+        }
+    }
+
     pub fn limits(&self) -> BatchLimits {
         BatchLimits {
             max_batch_size: self.max_batch_size,
@@ -183,6 +198,11 @@ pub struct ModelConfig {
     pub token_input: Option<TokenInput>,
     /// Truncate inputs longer than `max_seq_length` (default), or refuse them with a 400.
     pub truncate: Option<bool>,
+    /// Overrides `runtime.device` for this model.
+    pub device: Option<Device>,
+    /// Overrides `runtime.gpu_mem_limit` for this model.
+    #[serde(deserialize_with = "byte_size")]
+    pub gpu_mem_limit: Option<u64>,
     /// Other names that reach this model, e.g. `text-embedding-3-small`.
     pub aliases: Vec<String>,
     /// Load at start-up instead of on the first request.
@@ -251,6 +271,7 @@ pub struct Overrides {
     pub max_queued_inputs: Option<usize>,
     pub api_keys: Vec<String>,
     pub api_key_file: Option<PathBuf>,
+    pub device: Option<Device>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -343,6 +364,9 @@ impl Config {
         }
         if let Some(n) = o.max_queued_inputs {
             self.batcher.max_queued_inputs = n;
+        }
+        if let Some(device) = o.device {
+            self.runtime.device = device;
         }
         self.server.api_keys.extend(o.api_keys);
         if let Some(file) = o.api_key_file {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use embedserve::config::{Config, Overrides};
+use embedserve::runtime::Device;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -119,6 +120,9 @@ struct RuntimeArgs {
     /// Intra-op threads shared by all models; all cores by default.
     #[arg(long, env = "EMBEDSERVE_INTRA_THREADS")]
     intra_threads: Option<usize>,
+    /// Where models run: cpu, cuda, cuda:N, or auto (CUDA when it registers, else CPU).
+    #[arg(long, env = "EMBEDSERVE_DEVICE")]
+    device: Option<Device>,
 }
 
 #[derive(Args)]
@@ -188,6 +192,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 max_queued_inputs: args.max_queued_inputs,
                 api_keys: args.api_keys,
                 api_key_file: args.api_key_file,
+                device: args.runtime.device,
             };
             embedserve::server::serve(Config::load(args.config.as_deref(), overrides)?).await
         }
@@ -197,6 +202,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 models: vec![args.model],
                 ort_library: args.runtime.ort_library,
                 intra_threads: args.runtime.intra_threads,
+                device: args.runtime.device,
                 ..Overrides::default()
             };
             embedserve::commands::embed(Config::load(None, overrides)?, args.texts).await

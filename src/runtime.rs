@@ -2,9 +2,12 @@
 //! intra-op thread pool shared by every session so that loading more models never
 //! multiplies the threads fighting over the cores.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
+use ort::ep;
 use ort::session::{Session, builder::GraphOptimizationLevel, builder::SessionBuilder};
 
 use crate::config::RuntimeConfig;
@@ -32,6 +35,7 @@ pub struct Runtime {
 impl Runtime {
     pub fn init(config: &RuntimeConfig) -> Result<Self, RuntimeError> {
         let library = find_library(config.library.as_deref())?;
+        preload_cuda_libraries(&library);
         let builder = ort::init_from(&library).map_err(|e| RuntimeError::Load {
             path: library.clone(),
             reason: e.to_string(),
@@ -57,11 +61,118 @@ impl Runtime {
         Ok(Self { environment })
     }
 
-    /// A session builder with the server's defaults: full graph optimisation, the shared pool.
-    pub fn session_builder(&self) -> ort::Result<SessionBuilder> {
-        Ok(Session::builder(&self.environment)?
-            .with_optimization_level(GraphOptimizationLevel::All)?)
+    /// A session builder with the server's defaults (full graph optimisation, the shared
+    /// pool) on `device`, and the device it really got: `auto` falls back to the CPU when
+    /// the CUDA provider does not register, an explicit `cuda` fails with the reason.
+    pub fn session_builder(
+        &self,
+        device: Device,
+        gpu_mem_limit: Option<u64>,
+    ) -> Result<(SessionBuilder, Device), String> {
+        let builder = Session::builder(&self.environment)
+            .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
+            .map_err(|e| e.to_string())?;
+        let cuda = |id: i32| {
+            let mut cuda = ep::CUDA::default().with_device_id(id);
+            if let Some(limit) = gpu_mem_limit {
+                cuda = cuda.with_memory_limit(limit as usize);
+            }
+            [cuda.build().error_on_failure()]
+        };
+        match device {
+            Device::Cpu => Ok((builder, Device::Cpu)),
+            Device::Cuda(id) => match builder.with_execution_providers(cuda(id)) {
+                Ok(builder) => Ok((builder, device)),
+                Err(e) => Err(format!(
+                    "the CUDA execution provider (device {id}) cannot register: {e}"
+                )),
+            },
+            Device::Auto => match builder.with_execution_providers(cuda(0)) {
+                Ok(builder) => Ok((builder, Device::Cuda(0))),
+                Err(e) => {
+                    tracing::info!("device auto: CUDA is not available ({e}); using the CPU");
+                    Ok((e.recover(), Device::Cpu))
+                }
+            },
+        }
     }
+}
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(i32),
+    /// CUDA device 0 when its provider registers, else the CPU.
+    Auto,
+}
+
+impl FromStr for Device {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            "auto" => Ok(Self::Auto),
+            _ => text
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .filter(|n: &i32| *n >= 0)
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("`{text}` is not a device: cpu, cuda, cuda:N or auto")),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(id) => write!(f, "cuda:{id}"),
+            Self::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `scripts/fetch-onnxruntime --gpu` puts the CUDA and cuDNN libraries from NVIDIA's PyPI
+/// wheels in `cuda/` beside the runtime. Loading them first lets the CUDA provider find
+/// them without a system CUDA install or LD_LIBRARY_PATH. A library whose dependencies are
+/// not loaded yet is retried after the others.
+fn preload_cuda_libraries(library: &Path) {
+    let Some(dir) = library.parent().map(|d| d.join("cuda")) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut pending: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(".so"))
+        })
+        .collect();
+    pending.sort();
+    let total = pending.len();
+    loop {
+        let before = pending.len();
+        pending.retain(|path| ort::util::preload_dylib(path).is_err());
+        if pending.is_empty() || pending.len() == before {
+            break;
+        }
+    }
+    tracing::info!(dir = %dir.display(), loaded = total - pending.len(), failed = ?pending, "preloaded CUDA libraries");
 }
 
 /// `ORT_DYLIB_PATH`, then `runtime.library`, then `.onnxruntime/` in the current directory,
@@ -126,6 +237,17 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cpu".parse(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
+        assert_eq!("auto".parse(), Ok(Device::Auto));
+        assert!("gpu".parse::<Device>().is_err());
+        assert!("cuda:-1".parse::<Device>().is_err());
+        assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
 
     #[test]
     fn finds_versioned_library() {

@@ -301,3 +301,44 @@ fn sigterm_finishes_requests_in_flight_then_exits_cleanly() {
         "{logs}"
     );
 }
+
+#[test]
+fn an_explicit_cuda_model_fails_with_the_reason_while_cpu_models_serve() {
+    let (_dir, config) = config_file(&format!(
+        "models_dirs = [{:?}]\n[[models]]\nname = \"on-gpu\"\nsource = {:?}\ndevice = \"cuda\"\n",
+        root(),
+        model_dir("tiny/bert-mean").to_str().unwrap()
+    ));
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let (status, json) =
+        server.post_json("/v1/embeddings", &json!({"model": "on-gpu", "input": "x"}));
+    let message = assert_error(status, &json, 500, Some("model_load_failed"));
+    assert!(
+        message.contains("on-gpu") && message.contains("cuda:0") && message.contains("CUDA"),
+        "{message}"
+    );
+    assert!(
+        !server.logs().contains("using the CPU"),
+        "an explicit device never falls back"
+    );
+    assert_eq!(
+        server
+            .embed("tiny/bert-cls", json!("Hello"), json!({}))
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn auto_falls_back_to_the_cpu_and_says_so() {
+    let server = Server::start(&["--models-dir", &root(), "--device", "auto"]);
+    let reference = common::reference("tiny/bert-mean");
+    let got = server.embed("tiny/bert-mean", json!(reference.cases[0].input), json!({}));
+    assert!(common::cosine(&got[0], &reference.cases[0].embedding) >= 0.99999);
+    let logs = server.logs();
+    assert!(
+        logs.contains("device auto: CUDA is not available")
+            && logs.contains("tiny/bert-mean runs on cpu"),
+        "{logs}"
+    );
+}

@@ -11,7 +11,7 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use super::LoadError;
 use super::pooling::{Pooling, l2_normalize};
 use super::tokenize::TokenSeq;
-use crate::runtime::Runtime;
+use crate::runtime::{Device, Runtime};
 
 /// Graph inputs we know how to fill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,15 @@ pub enum OutputKind {
     Tokens(Pooling),
 }
 
+/// How to run a graph: its pooling and normalisation, and where.
+pub struct GraphOptions {
+    /// The folder's (or overridden) pooling; ignored when the graph pools itself.
+    pub pooling: Option<Pooling>,
+    pub normalize: bool,
+    pub device: Device,
+    pub gpu_mem_limit: Option<u64>,
+}
+
 pub struct Encoder {
     /// `Session::run` takes `&mut self`: the encoder belongs to the one thread that runs it.
     session: Session,
@@ -41,23 +50,28 @@ pub struct Encoder {
     normalize: bool,
     pad_id: i64,
     quantizes_activations: bool,
+    device: Device,
 }
 
 impl Encoder {
-    /// Opens `onnx` and matches its inputs and outputs to what the model folder said.
-    /// `pooling` is the folder's (or overridden) pooling; ignored when the graph pools itself.
+    /// Opens `onnx` on the chosen device and matches its inputs and outputs to what the
+    /// model folder said.
     pub fn load(
         runtime: &Runtime,
         onnx: &Path,
-        pooling: Option<Pooling>,
-        normalize: bool,
+        graph: GraphOptions,
         pad_id: u32,
     ) -> Result<Self, LoadError> {
         let fail = |reason: String| LoadError::file(onnx, reason);
-        let session = runtime
-            .session_builder()
-            .and_then(|mut b| b.commit_from_file(onnx))
+        let (mut builder, device) = runtime
+            .session_builder(graph.device, graph.gpu_mem_limit)
+            .map_err(|e| fail(format!("cannot run it on {}: {e}", graph.device)))?;
+        let session = builder
+            .commit_from_file(onnx)
             .map_err(|e| fail(format!("ONNX Runtime cannot open it: {e}")))?;
+        let GraphOptions {
+            pooling, normalize, ..
+        } = graph;
 
         let mut feeds = Vec::new();
         for input in session.inputs() {
@@ -133,12 +147,18 @@ impl Encoder {
             pad_id: i64::from(pad_id),
             quantizes_activations: has_dynamic_quantization(onnx)
                 .map_err(|e| fail(format!("cannot read it: {e}")))?,
+            device,
         })
     }
 
     /// Whether the graph quantizes activations with a scale computed from each run's data.
     pub fn quantizes_activations(&self) -> bool {
         self.quantizes_activations
+    }
+
+    /// Where the graph runs (never `Auto`: the device `auto` resolved to).
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     pub fn output_kind(&self) -> &OutputKind {

@@ -11,7 +11,7 @@ mod tokenize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use encoder::{Encoder, OutputKind};
+pub use encoder::{Encoder, GraphOptions, OutputKind};
 pub use inputs::{TokenInput, TokenizeOptions, warm_up_tiktoken};
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
 pub use source::{HubSettings, ModelSource};
@@ -21,7 +21,8 @@ use st_config::StConfig;
 use tokenize::TextTokenizer;
 
 use crate::batcher::{BatchError, BatchLimits, Batcher, Pending};
-use crate::runtime::Runtime;
+use crate::config::BatcherConfig;
+use crate::runtime::{Device, Runtime};
 
 /// Why a model could not be loaded. Messages name the file and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,9 @@ pub struct ModelSpec {
     pub token_input: TokenInput,
     /// Truncate over-long inputs (else refuse them) unless a request says otherwise.
     pub truncate: bool,
+    pub device: Device,
+    /// Cap on the CUDA memory arena, in bytes.
+    pub gpu_mem_limit: Option<u64>,
 }
 
 /// Whether inputs may share an ONNX Runtime run.
@@ -103,9 +107,11 @@ impl ModelSpec {
             normalize: None,
             max_seq_length: None,
             batching: None,
-            limits: crate::config::BatcherConfig::default().limits(),
+            limits: BatcherConfig::default().limits(),
             token_input: TokenInput::default(),
             truncate: true,
+            device: Device::Cpu,
+            gpu_mem_limit: None,
         }
     }
 
@@ -168,7 +174,15 @@ impl Model {
             max_seq_length,
             st.do_lower_case,
         )?;
-        let encoder = Encoder::load(runtime, &onnx, pooling, normalize, tokenizer.pad_id)?;
+        let graph = GraphOptions {
+            pooling,
+            normalize,
+            device: spec.device,
+            gpu_mem_limit: spec.gpu_mem_limit,
+        };
+        let encoder = Encoder::load(runtime, &onnx, graph, tokenizer.pad_id)?;
+        let device = encoder.device();
+        tracing::info!(model = %spec.name, %device, "{} runs on {device}", spec.name);
         if matches!(encoder.output_kind(), OutputKind::Tokens(_))
             && !st.unsupported_modules.is_empty()
         {
@@ -202,11 +216,20 @@ impl Model {
                 (None, Batching::Dynamic) => "the graph's rows are independent of each other",
             }
         );
+        // A GPU runs bigger batches at little extra cost: grow the defaults (not what the
+        // configuration set) there.
+        let limits = if matches!(device, Device::Cuda(_))
+            && spec.limits == BatcherConfig::default().limits()
+        {
+            BatcherConfig::gpu_default().limits()
+        } else {
+            spec.limits
+        };
         let limits = match batching {
-            Batching::Dynamic => spec.limits,
+            Batching::Dynamic => limits,
             Batching::Isolated => BatchLimits {
                 max_batch_size: 1,
-                ..spec.limits
+                ..limits
             },
         };
         let batcher = Batcher::start(&spec.name, encoder, limits)
