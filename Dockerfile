@@ -1,28 +1,41 @@
-# CPU image: build in a Rust image, run in a slim Debian with only the binary, ONNX Runtime
-# and the default config. ONNX Runtime comes from its official PyPI wheel through the same
-# script the developers and CI use.
+# embedserve image. CPU by default; the CUDA variant with --build-arg VARIANT=cuda:
+#   docker build -t embedserve .
+#   docker build -t embedserve:cuda --build-arg VARIANT=cuda .   (run with --gpus all)
+# The build runs the same scripts as the developers and CI: scripts/fetch-onnxruntime
+# (official wheels from PyPI; --gpu adds the CUDA and cuDNN libraries, so the runtime image
+# needs no CUDA install, only the driver from the NVIDIA container toolkit) and a locked
+# release build.
+ARG VARIANT=cpu
+
 FROM rust:1.95-bookworm AS build
+ARG VARIANT
 RUN apt-get update && apt-get install -y --no-install-recommends python3-pip && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN scripts/fetch-onnxruntime --dest /out/lib \
+RUN if [ "$VARIANT" = cuda ]; then scripts/fetch-onnxruntime --gpu --dest /out/lib; \
+    else scripts/fetch-onnxruntime --dest /out/lib; fi \
     && cargo build --locked --release \
     && install -D target/release/embedserve /out/bin/embedserve
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libstdc++6 \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libstdc++6 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --create-home --home-dir /data embedserve
 COPY --from=build /out/bin/embedserve /usr/local/bin/embedserve
 COPY --from=build /out/lib/ /opt/onnxruntime/
 COPY config/embedserve.toml /etc/embedserve/embedserve.toml
+# device auto: the CUDA image uses the GPU when one is given to the container, and both
+# images fall back to the CPU (and log it) when there is none.
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so \
     EMBEDSERVE_HOST=0.0.0.0 \
     EMBEDSERVE_PORT=8080 \
+    EMBEDSERVE_DEVICE=auto \
     EMBEDSERVE_CONFIG=/etc/embedserve/embedserve.toml \
     HF_HOME=/data/huggingface
 USER embedserve
 VOLUME ["/data"]
 EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
+    CMD curl -fsS "http://127.0.0.1:${EMBEDSERVE_PORT}/health" || exit 1
 ENTRYPOINT ["embedserve"]
 CMD ["serve"]
