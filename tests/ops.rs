@@ -303,6 +303,37 @@ fn sigterm_finishes_requests_in_flight_then_exits_cleanly() {
 }
 
 #[test]
+fn shutdown_stops_waiting_at_its_deadline() {
+    let (_dir, config) = config_file("[server]\nshutdown_timeout = \"300ms\"\n");
+    let minilm = model_dir("sentence-transformers/all-MiniLM-L6-v2");
+    let spec = format!("minilm={}", minilm.to_str().unwrap());
+    let mut server = Server::start_with_env(
+        &["--config", config.to_str().unwrap(), "--model", &spec],
+        &[("EMBEDSERVE_LOG", "info,ort=warn,embedserve::batcher=debug")],
+    );
+    let url = server.url("/v1/embeddings");
+    let long = "many words ".repeat(300);
+    let in_flight = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(url)
+            .json(&json!({"model": "minilm", "input": vec![long; 256]}))
+            .send()
+    });
+    server.wait_for_log("rows=32", 1);
+    let exit = server.terminate();
+    assert!(exit.success(), "{exit:?}\n{}", server.logs());
+    assert!(
+        server.logs().contains("requests still running after 300ms"),
+        "{}",
+        server.logs()
+    );
+    assert!(
+        in_flight.join().unwrap().is_err(),
+        "the unfinished request was cut off"
+    );
+}
+
+#[test]
 fn an_explicit_cuda_model_fails_with_the_reason_while_cpu_models_serve() {
     let (_dir, config) = config_file(&format!(
         "models_dirs = [{:?}]\n[[models]]\nname = \"on-gpu\"\nsource = {:?}\ndevice = \"cuda\"\n",
