@@ -1,0 +1,321 @@
+//! Reading the file, applying the command line, and validating the result.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::{Config, ConfigError, ModelConfig, Overrides};
+
+impl Config {
+    /// Reads `path` (or starts from the defaults), applies the overrides and validates.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply(overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        // Paths in a config file mean what they say from where the file lives, not from
+        // wherever the server happens to be started.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        config.models_dirs.iter_mut().for_each(rebase);
+        config.runtime.library.as_mut().map(rebase);
+        config.server.api_key_file.as_mut().map(rebase);
+        for model in &mut config.models {
+            if model.source.starts_with("./") || model.source.starts_with("../") {
+                model.source = base.join(&model.source).to_string_lossy().into_owned();
+            }
+        }
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: Overrides) -> Result<(), ConfigError> {
+        if let Some(host) = o.host {
+            self.server.host = host;
+        }
+        if let Some(port) = o.port {
+            self.server.port = port;
+        }
+        if let Some(bytes) = o.max_body_bytes {
+            self.server.max_body_bytes = bytes;
+        }
+        if let Some(library) = o.ort_library {
+            self.runtime.library = Some(library);
+        }
+        if let Some(threads) = o.intra_threads {
+            self.runtime.intra_threads = Some(threads);
+        }
+        if let Some(max) = o.max_loaded_models {
+            self.cache.max_loaded_models = max;
+        }
+        self.cache.allow_hub_downloads |= o.allow_hub_downloads;
+        if let Some(n) = o.max_batch_size {
+            self.batcher.max_batch_size = n;
+        }
+        if let Some(n) = o.max_batch_tokens {
+            self.batcher.max_batch_tokens = n;
+        }
+        if let Some(n) = o.max_queued_inputs {
+            self.batcher.max_queued_inputs = n;
+        }
+        if let Some(device) = o.device {
+            self.runtime.device = device;
+        }
+        self.server.api_keys.extend(o.api_keys);
+        if let Some(file) = o.api_key_file {
+            self.server.api_key_file = Some(file);
+        }
+        if let Some(file) = self.server.api_key_file.take() {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                ConfigError::invalid(
+                    "server.api_key_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            self.server.api_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+        self.models_dirs.extend(o.models_dirs);
+        for spec in &o.models {
+            self.models.push(ModelConfig::from_spec(spec)?);
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.host.trim().is_empty() {
+            return Err(ConfigError::invalid("server.host", "must not be empty"));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_body_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.runtime.intra_threads == Some(0) {
+            return Err(ConfigError::invalid(
+                "runtime.intra_threads",
+                "must be at least 1 (leave it unset to use every core)",
+            ));
+        }
+        if self.server.api_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                "server.api_keys",
+                "an API key must not be empty",
+            ));
+        }
+        let positive = [
+            (
+                "server.max_inputs_per_request",
+                Some(self.server.max_inputs_per_request),
+            ),
+            (
+                "server.max_tokens_per_request",
+                Some(self.server.max_tokens_per_request),
+            ),
+            ("batcher.max_batch_size", Some(self.batcher.max_batch_size)),
+            (
+                "batcher.max_batch_tokens",
+                Some(self.batcher.max_batch_tokens),
+            ),
+            (
+                "batcher.max_queued_inputs",
+                Some(self.batcher.max_queued_inputs),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(self.models.iter().enumerate().flat_map(|(i, m)| {
+            [
+                (format!("models[{i}].max_batch_size"), m.max_batch_size),
+                (format!("models[{i}].max_batch_tokens"), m.max_batch_tokens),
+                (
+                    format!("models[{i}].max_queued_inputs"),
+                    m.max_queued_inputs,
+                ),
+            ]
+        }));
+        for (key, value) in positive {
+            if value == Some(0) {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        let pinned = self.models.iter().filter(|m| m.pin).count();
+        if pinned > self.cache.max_loaded_models {
+            return Err(ConfigError::invalid(
+                "cache.max_loaded_models",
+                format!(
+                    "{pinned} models are pinned but at most {} may be loaded",
+                    self.cache.max_loaded_models
+                ),
+            ));
+        }
+        let mut owners: HashMap<String, String> = HashMap::new();
+        for (i, model) in self.models.iter().enumerate() {
+            let key = format!("models[{i}]");
+            if model.source.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.source"),
+                    "is required: a local directory or a Hub id `org/name`",
+                ));
+            }
+            if model.max_seq_length == Some(0) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.max_seq_length"),
+                    "must be at least 1",
+                ));
+            }
+            let names = std::iter::once((format!("{key}.name"), model.effective_name())).chain(
+                model
+                    .aliases
+                    .iter()
+                    .enumerate()
+                    .map(|(j, a)| (format!("{key}.aliases[{j}]"), a.clone())),
+            );
+            for (name_key, name) in names {
+                if name.trim().is_empty() {
+                    return Err(ConfigError::invalid(name_key, "must not be empty"));
+                }
+                if let Some(owner) = owners.insert(name.clone(), name_key.clone()) {
+                    return Err(ConfigError::invalid(
+                        name_key,
+                        format!("`{name}` is already used by `{owner}`"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("embedserve.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), Overrides::default())
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[server]\nhots = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("hots"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = parse("[server]\nport = \"eighty\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected_with_both_keys() {
+        let err = parse(
+            "[[models]]\nsource = \"a/b\"\n[[models]]\nsource = \"c/d\"\naliases = [\"a/b\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("models[1].aliases[0]"), "{err}");
+        assert!(err.contains("models[0].name"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_durations_are_read_from_the_file() {
+        let config =
+            parse("[cache]\nidle_timeout = \"10m\"\nmax_model_memory = \"512MiB\"\n").unwrap();
+        assert_eq!(config.cache.idle_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(config.cache.max_model_memory, Some(512 << 20));
+        let err = parse("[cache]\nidle_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("idle_timeout") && err.contains("soon"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn more_pins_than_room_is_rejected() {
+        let err = parse("[cache]\nmax_loaded_models = 1\n[[models]]\nsource = \"a/b\"\npin = true\n[[models]]\nsource = \"c/d\"\npin = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.max_loaded_models"), "{err}");
+    }
+
+    #[test]
+    fn unknown_pooling_mode_is_rejected() {
+        let err = parse("[[models]]\nsource = \"a/b\"\npooling = \"median\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("median"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let config = parse("models_dirs = [\"models\"]\n").unwrap();
+        assert!(config.models_dirs[0].is_absolute());
+        assert!(config.models_dirs[0].ends_with("models"));
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nport = 1234\nhost = \"0.0.0.0\"\n").unwrap();
+        let overrides = Overrides {
+            port: Some(0),
+            models: vec!["mini=org/model@v2".into()],
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&path), overrides).unwrap();
+        assert_eq!(config.server.port, 0);
+        assert_eq!(config.server.host, "0.0.0.0");
+        assert_eq!(config.models[0].effective_name(), "mini");
+        assert_eq!(config.models[0].source, "org/model@v2");
+        assert!(config.models[0].preload);
+    }
+
+    #[test]
+    fn spec_names_default_to_the_hub_id_or_folder() {
+        assert_eq!(
+            ModelConfig::from_spec("org/name@rev")
+                .unwrap()
+                .effective_name(),
+            "org/name"
+        );
+        assert_eq!(
+            ModelConfig::from_spec("./models/my-model/")
+                .unwrap()
+                .effective_name(),
+            "my-model"
+        );
+        assert!(ModelConfig::from_spec("name=").is_err());
+    }
+}

@@ -1,0 +1,302 @@
+//! The typed configuration: built-in defaults, then the TOML file, then command-line flags
+//! (and their `EMBEDSERVE_*` environment variables, which clap reads as flag values).
+//!
+//! Every value is checked once (`load`), so the rest of the server can trust it; an invalid
+//! file fails start-up with the key that is wrong and why. This file holds the settings and
+//! their defaults.
+
+mod load;
+mod units;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use units::{byte_size, duration, duration_required};
+
+use crate::batcher::BatchLimits;
+use crate::model::{Batching, PoolingMode, TokenInput};
+use crate::runtime::Device;
+
+/// Largest request body accepted unless configured otherwise: room for LangChain's batches of
+/// 1000 token-id arrays, small enough that one client cannot exhaust memory.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub runtime: RuntimeConfig,
+    pub cache: CacheConfig,
+    pub batcher: BatcherConfig,
+    /// Mirrors laid out as `DIR/org/name/...`: every model in them is servable as `org/name`.
+    pub models_dirs: Vec<PathBuf>,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port; the server logs the one it got.
+    pub port: u16,
+    pub max_body_bytes: usize,
+    /// Most inputs in one request (OpenAI's limit is 2048).
+    pub max_inputs_per_request: usize,
+    /// Most tokens (as embedded, after truncation) in one request (OpenAI's is 300,000).
+    pub max_tokens_per_request: usize,
+    /// How token-id input is read unless a model says otherwise.
+    pub token_input: TokenInput,
+    /// Bearer keys accepted on the API routes; none means no authentication.
+    pub api_keys: Vec<String>,
+    /// A file with more keys, one per line.
+    pub api_key_file: Option<PathBuf>,
+    /// Require a key for /metrics too (health and readiness always stay open).
+    pub protect_metrics: bool,
+    /// Origins allowed by CORS; `["*"]` allows any. Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// A request still running after this long gets 408 and its work is dropped.
+    #[serde(deserialize_with = "duration_required")]
+    pub request_timeout: Duration,
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
+    #[serde(deserialize_with = "duration_required")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_inputs_per_request: 2048,
+            max_tokens_per_request: 300_000,
+            token_input: TokenInput::default(),
+            api_keys: Vec::new(),
+            api_key_file: None,
+            protect_metrics: false,
+            cors_origins: Vec::new(),
+            request_timeout: Duration::from_secs(300),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Path of `libonnxruntime.so`; `ORT_DYLIB_PATH` wins over it.
+    pub library: Option<PathBuf>,
+    /// Threads of the process-wide intra-op pool; all cores when unset.
+    pub intra_threads: Option<usize>,
+    /// Let idle intra-op threads spin waiting for work instead of sleeping.
+    pub spinning: bool,
+    /// Where models run unless they say otherwise: cpu, cuda, cuda:N or auto.
+    pub device: Device,
+    /// Cap on each model's CUDA memory arena, e.g. "4GiB".
+    #[serde(deserialize_with = "byte_size")]
+    pub gpu_mem_limit: Option<u64>,
+}
+
+/// Bounds of the model cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most models loaded at once; the least recently used unpinned one goes first.
+    pub max_loaded_models: usize,
+    /// Most memory that loaded models may add to the process, e.g. "2GiB".
+    #[serde(deserialize_with = "byte_size")]
+    pub max_model_memory: Option<u64>,
+    /// Unload a model nobody used for this long, e.g. "30m".
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Let requests load any Hub id (downloading it). Off: an unauthenticated client must not
+    /// be able to fill the disk.
+    pub allow_hub_downloads: bool,
+    /// After a failed load, answer with that failure for this long before trying again.
+    #[serde(deserialize_with = "duration_required")]
+    pub load_failure_backoff: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_loaded_models: 4,
+            max_model_memory: None,
+            idle_timeout: None,
+            allow_hub_downloads: false,
+            load_failure_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Server-wide batching defaults; each `[[models]]` entry may override them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatcherConfig {
+    pub max_batch_size: usize,
+    pub max_batch_tokens: usize,
+    pub max_queued_inputs: usize,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        // 32 rows amortise a run on CPU; 16384 padded tokens is 32 rows of 512, so long
+        // inputs batch less but activations stay bounded; the queue holds two full requests.
+        Self {
+            max_batch_size: 32,
+            max_batch_tokens: 16_384,
+            max_queued_inputs: 4096,
+        }
+    }
+}
+
+impl BatcherConfig {
+    /// The defaults on a GPU, where a run of 128 costs little more than a run of 32.
+    pub fn gpu_default() -> Self {
+        Self {
+            max_batch_size: 128,
+            max_batch_tokens: 65_536,
+            ..Self::default()
+        }
+    }
+
+    pub fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_batch_size: self.max_batch_size,
+            max_batch_tokens: self.max_batch_tokens,
+            max_queued_inputs: self.max_queued_inputs,
+        }
+    }
+
+    /// These defaults with a model's overrides.
+    pub fn for_model(&self, model: &ModelConfig) -> BatchLimits {
+        BatchLimits {
+            max_batch_size: model.max_batch_size.unwrap_or(self.max_batch_size),
+            max_batch_tokens: model.max_batch_tokens.unwrap_or(self.max_batch_tokens),
+            max_queued_inputs: model.max_queued_inputs.unwrap_or(self.max_queued_inputs),
+        }
+    }
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients send as `model`; defaults to the Hub id or the folder name.
+    pub name: Option<String>,
+    /// A local directory or a Hub id `org/name[@revision]`.
+    pub source: String,
+    /// ONNX file inside the model folder; `onnx/model.onnx` (else `model.onnx`) by default.
+    pub onnx_file: Option<String>,
+    pub pooling: Option<PoolingMode>,
+    pub normalize: Option<bool>,
+    pub max_seq_length: Option<usize>,
+    /// `dynamic` shares runs between inputs; `isolated` runs each input alone. By default
+    /// graphs that quantize activations per batch are isolated, others dynamic.
+    pub batching: Option<Batching>,
+    pub max_batch_size: Option<usize>,
+    pub max_batch_tokens: Option<usize>,
+    pub max_queued_inputs: Option<usize>,
+    /// How this model reads token-id input; `server.token_input` by default.
+    pub token_input: Option<TokenInput>,
+    /// Truncate inputs longer than `max_seq_length` (default), or refuse them with a 400.
+    pub truncate: Option<bool>,
+    /// Overrides `runtime.device` for this model.
+    pub device: Option<Device>,
+    /// Overrides `runtime.gpu_mem_limit` for this model.
+    #[serde(deserialize_with = "byte_size")]
+    pub gpu_mem_limit: Option<u64>,
+    /// Other names that reach this model, e.g. `text-embedding-3-small`.
+    pub aliases: Vec<String>,
+    /// Load at start-up instead of on the first request.
+    pub preload: bool,
+    /// Never evict this model to make room for another.
+    pub pin: bool,
+    /// Overrides `cache.idle_timeout` for this model.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+}
+
+impl ModelConfig {
+    /// Parses a command-line `SPEC`: `SOURCE` or `NAME=SOURCE`. Models named on the command
+    /// line are preloaded: the operator asked for them by name.
+    pub fn from_spec(spec: &str) -> Result<Self, ConfigError> {
+        let (name, source) = match spec.split_once('=') {
+            Some((name, source)) => (Some(name.trim().to_string()), source.trim()),
+            None => (None, spec.trim()),
+        };
+        if source.is_empty() || name.as_deref() == Some("") {
+            return Err(ConfigError::invalid(
+                "--model",
+                format!("`{spec}` is not SOURCE or NAME=SOURCE"),
+            ));
+        }
+        Ok(Self {
+            name,
+            source: source.to_string(),
+            preload: true,
+            ..Self::default()
+        })
+    }
+
+    /// The name clients use when none is configured: the Hub id without its revision, or the
+    /// folder's own name.
+    pub fn effective_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let source = self.source.split('@').next().unwrap_or(&self.source);
+        if Path::new(source).is_dir() || source.starts_with(['.', '/', '~']) {
+            let trimmed = source.trim_end_matches('/');
+            return Path::new(trimmed)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| trimmed.to_string());
+        }
+        source.to_string()
+    }
+}
+
+/// What the command line adds on top of the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub models_dirs: Vec<PathBuf>,
+    pub models: Vec<String>,
+    pub max_body_bytes: Option<usize>,
+    pub ort_library: Option<PathBuf>,
+    pub intra_threads: Option<usize>,
+    pub max_loaded_models: Option<usize>,
+    pub allow_hub_downloads: bool,
+    pub max_batch_size: Option<usize>,
+    pub max_batch_tokens: Option<usize>,
+    pub max_queued_inputs: Option<usize>,
+    pub api_keys: Vec<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub device: Option<Device>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
