@@ -217,7 +217,12 @@ impl ModelCache {
                     .inc();
                 tracing::error!(model = %name, error = %error, "cannot load {name}");
                 let error = Arc::new(error);
-                self.lock().failures.insert(
+                let backoff = self.limits.load_failure_backoff;
+                let mut inner = self.lock();
+                // Expired failures go, so names that failed once (any Hub id, with
+                // allow_hub_downloads) cannot grow the map without bound.
+                inner.failures.retain(|_, f| f.at.elapsed() < backoff);
+                inner.failures.insert(
                     name,
                     Failure {
                         at: Instant::now(),
@@ -347,33 +352,43 @@ impl ModelCache {
     /// Explicitly unloads `name` (pinned or not). `Ok(false)` when it was not loaded.
     pub fn unload(&self, name: &str) -> Result<bool, CacheError> {
         let key = self.catalog.canonical(name).to_string();
-        let entry = self.lock().entries.pop(&key);
+        let entry = {
+            let mut inner = self.lock();
+            // A model still loading stays: its waiters share that load.
+            let loaded = inner
+                .entries
+                .peek(&key)
+                .is_some_and(|e| e.model().is_some());
+            if loaded {
+                inner.entries.pop(&key)
+            } else {
+                None
+            }
+        };
         match entry {
-            Some(entry) if entry.model().is_some() => {
+            Some(entry) => {
                 release(&key, entry, "admin", "unloaded on request");
                 Ok(true)
             }
-            _ if self.catalog.lookup(name).is_some() => Ok(false),
-            _ => Err(CacheError::NotFound(name.to_string())),
+            None if self.catalog.lookup(name).is_some() => Ok(false),
+            None => Err(CacheError::NotFound(name.to_string())),
         }
     }
 
     /// Loaded state of `name`, without loading it.
     pub fn state(&self, name: &str) -> ModelState {
         let key = self.catalog.canonical(name);
-        let inner = self.lock();
-        let pinned_in_catalog = || self.catalog.lookup(name).is_some_and(|s| s.pin);
-        match inner.entries.peek(key) {
-            Some(entry) => ModelState {
-                loaded: entry.model().is_some(),
-                pinned: entry.pinned,
-                memory_bytes: entry.memory,
-            },
-            None => ModelState {
-                pinned: pinned_in_catalog(),
-                ..ModelState::default()
-            },
-        }
+        let cached = self.lock().entries.peek(key).map(|entry| ModelState {
+            loaded: entry.model().is_some(),
+            pinned: entry.pinned,
+            memory_bytes: entry.memory,
+        });
+        // The catalog may look at the models directories: never under the cache's lock,
+        // which every request takes.
+        cached.unwrap_or_else(|| ModelState {
+            pinned: self.catalog.lookup(name).is_some_and(|s| s.pin),
+            ..ModelState::default()
+        })
     }
 
     /// Names of loaded models, most recently used first.
