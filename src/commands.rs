@@ -11,18 +11,18 @@ use crate::server::start_cache;
 /// Embeds `texts` with the one model in `config` and prints one JSON array per line.
 pub async fn embed(config: Config, texts: Vec<String>) -> anyhow::Result<()> {
     let cache = start_cache(&config).await?;
-    let spec = cache
+    let servable = cache
         .catalog()
         .preloads()
         .next()
         .cloned()
         .ok_or_else(|| anyhow!("no model given"))?;
-    let model = cache.load(spec).await?;
+    let model = cache.load(servable).await?;
     let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
-    let embeddings =
+    let vectors =
         tokio::task::spawn_blocking(move || model.embed_blocking(&inputs, None)).await??;
     let mut out = std::io::stdout().lock();
-    for vector in &embeddings.vectors {
+    for vector in &vectors {
         serde_json::to_writer(&mut out, vector)?;
         out.write_all(b"\n")?;
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::{Arc, Barrier};
 
-use common::{Server, config_file, cosine, model_dir, models_root, reference};
+use common::{Server, config_file, cosine, model_dir, models_root_arg, reference};
 use serde_json::json;
 
 const TINY: [&str; 4] = [
@@ -16,10 +16,6 @@ const TINY: [&str; 4] = [
     "tiny/bert-pooled",
 ];
 const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
-
-fn root() -> String {
-    models_root().to_str().unwrap().to_string()
-}
 
 /// Embeds the reference case "Hello" with `model` and checks it against sentence-transformers.
 fn assert_correct(server: &Server, model: &str, reference_id: &str) {
@@ -42,7 +38,12 @@ fn sorted(names: &[&str]) -> Vec<String> {
 
 #[test]
 fn cycling_four_models_through_two_slots_evicts_in_lru_order() {
-    let server = Server::start(&["--models-dir", &root(), "--max-loaded-models", "2"]);
+    let server = Server::start(&[
+        "--models-dir",
+        &models_root_arg(),
+        "--max-loaded-models",
+        "2",
+    ]);
     assert!(
         server.loaded().is_empty(),
         "nothing loads before it is asked for"
@@ -77,7 +78,7 @@ fn cycling_four_models_through_two_slots_evicts_in_lru_order() {
 fn a_pinned_preloaded_model_is_never_evicted() {
     let (_dir, config) = config_file(&format!(
         "models_dirs = [{:?}]\n[cache]\nmax_loaded_models = 2\n[[models]]\nname = \"pinned\"\nsource = {:?}\npin = true\npreload = true\n",
-        root(),
+        models_root_arg(),
         model_dir("tiny/bert-mean").to_str().unwrap(),
     ));
     let server = Server::start(&["--config", config.to_str().unwrap()]);
@@ -106,7 +107,7 @@ fn a_pinned_preloaded_model_is_never_evicted() {
 
 #[test]
 fn concurrent_first_requests_share_one_load() {
-    let server = Arc::new(Server::start(&["--models-dir", &root()]));
+    let server = Arc::new(Server::start(&["--models-dir", &models_root_arg()]));
     let start = Arc::new(Barrier::new(32));
     let threads: Vec<_> = (0..32)
         .map(|_| {
@@ -133,7 +134,7 @@ fn concurrent_first_requests_share_one_load() {
 fn eviction_does_not_cut_off_a_request_in_flight() {
     let server = Arc::new(Server::start(&[
         "--models-dir",
-        &root(),
+        &models_root_arg(),
         "--max-loaded-models",
         "1",
     ]));
@@ -179,7 +180,7 @@ fn idle_models_are_unloaded() {
         "--config",
         config.to_str().unwrap(),
         "--models-dir",
-        &root(),
+        &models_root_arg(),
     ]);
     assert_correct(&server, TINY[0], TINY[0]);
     server.wait_for_log("evicted tiny/bert-mean: unused for 300ms", 1);
@@ -195,7 +196,7 @@ fn the_memory_budget_evicts_by_measured_size() {
         "--config",
         config.to_str().unwrap(),
         "--models-dir",
-        &root(),
+        &models_root_arg(),
     ]);
     assert_correct(&server, MINILM, MINILM);
     let (_, json) = server.get(&format!("/v1/models/{MINILM}"));
@@ -212,7 +213,7 @@ fn the_memory_budget_evicts_by_measured_size() {
 
 #[test]
 fn admin_routes_load_and_unload() {
-    let server = Server::start(&["--models-dir", &root()]);
+    let server = Server::start(&["--models-dir", &models_root_arg()]);
     let (status, json) = server.post_empty("/admin/models/tiny/bert-cls/load");
     assert_eq!(status, 200, "{json}");
     assert_eq!(json["loaded"], true);

@@ -4,12 +4,8 @@
 mod common;
 
 use common::fake_hub::{REPO, start_gated_hub};
-use common::{Server, assert_error, config_file, model_dir, models_root};
+use common::{Server, assert_error, config_file, model_dir, models_root_arg};
 use serde_json::json;
-
-fn root() -> String {
-    models_root().to_str().unwrap().to_string()
-}
 
 #[test]
 fn readiness_waits_for_preloads() {
@@ -56,7 +52,7 @@ fn metrics_page(server: &Server) -> String {
 
 #[test]
 fn metrics_move_with_requests() {
-    let server = Server::start(&["--models-dir", &root()]);
+    let server = Server::start(&["--models-dir", &models_root_arg()]);
     server.embed("tiny/bert-mean", json!("load it"), json!({}));
     let before = metrics_page(&server);
     let mut tokens = 0;
@@ -113,7 +109,7 @@ fn metrics_move_with_requests() {
 fn api_keys_guard_the_api_but_not_health() {
     let server = Server::start(&[
         "--models-dir",
-        &root(),
+        &models_root_arg(),
         "--api-key",
         "sk-one",
         "--api-key",
@@ -179,7 +175,7 @@ fn request_ids_compression_and_cors() {
         "--config",
         config.to_str().unwrap(),
         "--models-dir",
-        &root(),
+        &models_root_arg(),
     ]);
     let client = reqwest::blocking::Client::new();
     let body = json!({"model": "tiny/bert-mean", "input": vec!["compress me"; 20]});
@@ -252,7 +248,7 @@ fn a_request_past_the_timeout_gets_408() {
 #[test]
 fn json_logs() {
     let server = Server::start_with_env(
-        &["--models-dir", &root()],
+        &["--models-dir", &models_root_arg()],
         &[("EMBEDSERVE_LOG_FORMAT", "json")],
     );
     server.embed("tiny/bert-mean", json!("Hello"), json!({}));
@@ -337,7 +333,7 @@ fn shutdown_stops_waiting_at_its_deadline() {
 fn an_explicit_cuda_model_fails_with_the_reason_while_cpu_models_serve() {
     let (_dir, config) = config_file(&format!(
         "models_dirs = [{:?}]\n[[models]]\nname = \"on-gpu\"\nsource = {:?}\ndevice = \"cuda\"\n",
-        root(),
+        models_root_arg(),
         model_dir("tiny/bert-mean").to_str().unwrap()
     ));
     let server = Server::start(&["--config", config.to_str().unwrap()]);
@@ -362,7 +358,7 @@ fn an_explicit_cuda_model_fails_with_the_reason_while_cpu_models_serve() {
 
 #[test]
 fn auto_falls_back_to_the_cpu_and_says_so() {
-    let server = Server::start(&["--models-dir", &root(), "--device", "auto"]);
+    let server = Server::start(&["--models-dir", &models_root_arg(), "--device", "auto"]);
     let reference = common::reference("tiny/bert-mean");
     let got = server.embed("tiny/bert-mean", json!(reference.cases[0].input), json!({}));
     assert!(common::cosine(&got[0], &reference.cases[0].embedding) >= 0.99999);

@@ -262,7 +262,7 @@ impl Model {
         let probe = model
             .embed_blocking(&[Input::Text(String::new())], None)
             .map_err(|e| LoadError::file(&onnx, format!("a test run failed: {e}")))?;
-        model.dimension = probe.vectors[0].len();
+        model.dimension = probe[0].len();
         Ok(model)
     }
 
@@ -296,15 +296,13 @@ impl Model {
         &self,
         inputs: &[Input],
         prompt_name: Option<&str>,
-    ) -> Result<Embeddings, EmbedError> {
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let options = TokenizeOptions {
             prompt_name,
             truncate: None,
         };
         let seqs = self.tokenize(inputs, &options)?;
-        let tokens = seqs.iter().map(TokenSeq::len).sum();
-        let vectors = self.submit(seqs)?.wait_blocking()?.vectors;
-        Ok(Embeddings { vectors, tokens })
+        Ok(self.submit(seqs)?.wait_blocking()?.vectors)
     }
 }
 
@@ -330,10 +328,3 @@ fn return_freed_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_freed_memory() {}
-
-/// The vectors of one call, in input order, and the tokens they consumed.
-#[derive(Debug)]
-pub struct Embeddings {
-    pub vectors: Vec<Vec<f32>>,
-    pub tokens: usize,
-}

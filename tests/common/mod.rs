@@ -21,6 +21,11 @@ pub fn models_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
 }
 
+/// `models_root()` as a command-line argument.
+pub fn models_root_arg() -> String {
+    models_root().to_str().unwrap().to_string()
+}
+
 pub fn model_dir(id: &str) -> PathBuf {
     models_root().join(id)
 }
