@@ -241,7 +241,7 @@ impl ModelCache {
         let dir = self
             .catalog
             .hub()
-            .resolve(&spec.source, spec.onnx_hint())
+            .resolve(&spec.source, spec.onnx_file.as_deref())
             .await?;
         let runtime = self.runtime.clone();
         let load_lock = self.load_lock.clone();

@@ -30,7 +30,7 @@ pub async fn embed(config: Config, texts: Vec<String>) -> anyhow::Result<()> {
 }
 
 /// Downloads a Hub model's files into the Hugging Face cache and prints the snapshot folder.
-pub async fn pull(source_id: &str, onnx_file: &str) -> anyhow::Result<()> {
+pub async fn pull(source_id: &str, onnx_file: Option<&str>) -> anyhow::Result<()> {
     let ModelSource::Hub { repo, revision } =
         ModelSource::parse(source_id).map_err(|e| anyhow!(e))?
     else {

@@ -141,9 +141,9 @@ struct EmbedArgs {
 struct PullArgs {
     /// Hub id `org/name[@revision]`.
     source: String,
-    /// The ONNX graph to fetch.
-    #[arg(long, default_value = "onnx/model.onnx")]
-    onnx_file: String,
+    /// The ONNX graph to fetch (default: onnx/model.onnx, else a root model.onnx).
+    #[arg(long)]
+    onnx_file: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -211,6 +211,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             embedserve::commands::embed(Config::load(None, overrides)?, args.texts).await
         }
-        Command::Pull(args) => embedserve::commands::pull(&args.source, &args.onnx_file).await,
+        Command::Pull(args) => {
+            embedserve::commands::pull(&args.source, args.onnx_file.as_deref()).await
+        }
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::input::RequestInput;
 use super::middleware::ModelLabel;
 use super::{ApiError, ApiJson, AppState};
-use crate::model::{EmbedError, TokenizeOptions, l2_normalize};
+use crate::model::{EmbedError, EmbedOptions, Embedding, l2_normalize};
 
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingRequest {
@@ -120,36 +120,31 @@ async fn embed(
             ),
         ));
     }
-    // Tokenizing and encoding are CPU work: on the blocking pool, never an async worker.
-    // Inference runs on the model's batcher thread, shared with other requests.
-    let (model, seqs, request) = blocking(move || {
-        let options = TokenizeOptions {
+    // Tokenizing (and looking up static embeddings) is CPU work: on the blocking pool, never
+    // an async worker. Graph models run on their batcher thread, shared with other requests.
+    let max_tokens = state.limits.max_tokens_per_request;
+    let (started, request) = blocking(move || {
+        let options = EmbedOptions {
             prompt_name: request.prompt_name.as_deref(),
             truncate: request.truncate,
+            max_tokens,
         };
-        let seqs = model.tokenize(&request.input.0, &options);
-        (model, seqs, request)
+        (model.start(&request.input.0, &options), request)
     })
     .await?;
-    let seqs = seqs?;
-    let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+    let (embedding, tokens) = started?;
     span.record("tokens", tokens);
-    if tokens > state.limits.max_tokens_per_request {
-        return Err(ApiError::bad_request(
-            "input",
-            format!(
-                "the inputs hold {tokens} tokens; at most {} are allowed per request \
-                 (server.max_tokens_per_request): split them over several requests",
-                state.limits.max_tokens_per_request
-            ),
-        ));
-    }
-    // Dropping `pending` (the client went away) withdraws the inputs that have not run.
-    let pending = model.submit(seqs).map_err(EmbedError::from)?;
-    let completed = pending.wait().await.map_err(EmbedError::from)?;
-    span.record("queue_ms", completed.queued.as_secs_f64() * 1000.0);
-    span.record("inference_ms", completed.inference.as_secs_f64() * 1000.0);
-    let body = blocking(move || respond(completed.vectors, tokens, &request)).await??;
+    let vectors = match embedding {
+        Embedding::Ready(vectors) => vectors,
+        // Dropping `pending` (the client went away) withdraws the inputs that have not run.
+        Embedding::Queued(pending) => {
+            let completed = pending.wait().await.map_err(EmbedError::from)?;
+            span.record("queue_ms", completed.queued.as_secs_f64() * 1000.0);
+            span.record("inference_ms", completed.inference.as_secs_f64() * 1000.0);
+            completed.vectors
+        }
+    };
+    let body = blocking(move || respond(vectors, tokens, &request)).await??;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

@@ -1,15 +1,18 @@
 //! The ONNX graph of a model: which inputs it wants, which output we read, and one run over a
-//! right-padded batch followed by pooling.
+//! right-padded batch followed by pooling and the modules after it.
 
 use std::borrow::Cow;
 use std::path::Path;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::LoadError;
-use super::pooling::{Pooling, l2_normalize};
+use super::head::Head;
+use super::pooling::Pooling;
 use super::tokenize::TokenSeq;
 use crate::runtime::{Device, Runtime};
 
@@ -31,11 +34,11 @@ pub enum OutputKind {
     Tokens(Pooling),
 }
 
-/// How to run a graph: its pooling and normalisation, and where.
+/// How to run a graph: its pooling and the modules after it, and where.
 pub struct GraphOptions {
     /// The folder's (or overridden) pooling; ignored when the graph pools itself.
     pub pooling: Option<Pooling>,
-    pub normalize: bool,
+    pub head: Head,
     pub device: Device,
     pub gpu_mem_limit: Option<u64>,
 }
@@ -47,7 +50,10 @@ pub struct Encoder {
     feeds: Vec<(String, Feed)>,
     output: String,
     kind: OutputKind,
-    normalize: bool,
+    /// float16 outputs (fp16 exports) are widened into `widened` once per run.
+    half_output: bool,
+    widened: Vec<f32>,
+    head: Head,
     pad_id: i64,
     quantizes_activations: bool,
     device: Device,
@@ -69,9 +75,7 @@ impl Encoder {
         let session = builder
             .commit_from_file(onnx)
             .map_err(|e| fail(format!("ONNX Runtime cannot open it: {e}")))?;
-        let GraphOptions {
-            pooling, normalize, ..
-        } = graph;
+        let GraphOptions { pooling, head, .. } = graph;
 
         let mut feeds = Vec::new();
         for input in session.inputs() {
@@ -121,18 +125,23 @@ impl Encoder {
             (name, OutputKind::Tokens(pooling))
         };
         let outlet = &session.outputs()[names.iter().position(|n| *n == output).unwrap_or(0)];
-        if !matches!(
-            outlet.dtype(),
-            ValueType::Tensor {
-                ty: TensorElementType::Float32,
-                ..
-            }
-        ) {
+        let ValueType::Tensor {
+            ty: ty @ (TensorElementType::Float32 | TensorElementType::Float16),
+            shape,
+            ..
+        } = outlet.dtype()
+        else {
             return Err(fail(format!(
-                "output `{output}` is {:?}; only float32 outputs are supported",
+                "output `{output}` is {:?}; only float32 and float16 outputs are supported",
                 outlet.dtype()
             )));
-        }
+        };
+        let half_output = *ty == TensorElementType::Float16;
+        let width = shape.last().and_then(|&d| usize::try_from(d).ok());
+        let head = match (&kind, head.has_dense()) {
+            (OutputKind::Pooled, true) => graph_head(head, width).map_err(fail)?,
+            _ => head,
+        };
         let run_options = RunOptions::new()
             .map_err(|e| fail(e.to_string()))?
             .with_outputs(OutputSelector::no_default().with(output));
@@ -143,7 +152,9 @@ impl Encoder {
             feeds,
             output: output.to_string(),
             kind,
-            normalize,
+            half_output,
+            widened: Vec::new(),
+            head,
             pad_id: i64::from(pad_id),
             quantizes_activations: has_dynamic_quantization(onnx)
                 .map_err(|e| fail(format!("cannot read it: {e}")))?,
@@ -165,12 +176,121 @@ impl Encoder {
         &self.kind
     }
 
-    /// Runs one batch and returns one vector per sequence, in the order given.
-    pub fn embed(&mut self, batch: &[&TokenSeq]) -> Result<Vec<Vec<f32>>, ort::Error> {
+    /// Whether the graph can embed a sequence of no tokens (one whose tokenizer adds no
+    /// special tokens, given ""): only by pooling it here, to the zeros sentence-transformers
+    /// gives, without running the graph on it.
+    pub fn embeds_empty_sequences(&self) -> bool {
+        matches!(&self.kind, OutputKind::Tokens(pooling) if pooling.pools_empty())
+    }
+
+    /// Runs one batch and returns one vector per sequence, in the order given. Sequences of
+    /// no tokens stay out of the run (a graph cannot take them) and pool to zeros.
+    pub fn embed(&mut self, batch: &[&TokenSeq]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let running: Vec<&TokenSeq> = batch.iter().copied().filter(|s| !s.is_empty()).collect();
+        if running.len() < batch.len() && !self.embeds_empty_sequences() {
+            anyhow::bail!("the graph cannot embed a sequence of no tokens");
+        }
+        let declared_width = self.declared_width();
+        let cols = running.iter().map(|s| s.len()).max().unwrap_or(0);
+        let padded = Padded::new(&running, cols, self.pad_id, &self.feeds);
+        // The fields are borrowed one by one: the run's outputs borrow the session while the
+        // output is pooled.
+        let Self {
+            session,
+            run_options,
+            feeds,
+            output,
+            kind,
+            half_output,
+            widened,
+            head,
+            ..
+        } = self;
+        let outputs;
+        let (out_width, values): (usize, &[f32]) = if running.is_empty() {
+            (declared_width, &[])
+        } else {
+            let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+                Vec::with_capacity(feeds.len());
+            for (name, feed) in feeds.iter() {
+                inputs.push((
+                    Cow::Borrowed(name.as_str()),
+                    TensorRef::from_array_view(([running.len(), cols], padded.feed(*feed)))?.into(),
+                ));
+            }
+            outputs = session.run_with_options(inputs, run_options)?;
+            let tensor = &outputs[output.as_str()];
+            if *half_output {
+                let (shape, halves) = tensor.try_extract_tensor::<f16>()?;
+                widened.resize(halves.len(), 0.0);
+                halves.convert_to_f32_slice(widened);
+                (last_dim(shape), &widened[..])
+            } else {
+                let (shape, values) = tensor.try_extract_tensor::<f32>()?;
+                (last_dim(shape), values)
+            }
+        };
+
+        let (pooled, width) = match kind {
+            OutputKind::Pooled => (values.to_vec(), out_width),
+            OutputKind::Tokens(pooling) => {
+                let mut pooled =
+                    Vec::with_capacity(batch.len() * out_width * pooling.modes().len());
+                let per_row = cols * out_width;
+                let mut rows = values.chunks_exact(per_row.max(1));
+                for seq in batch {
+                    let tokens = if seq.is_empty() {
+                        &[][..]
+                    } else {
+                        rows.next().unwrap_or_default()
+                    };
+                    pooling.pool(tokens, out_width, seq.len(), seq.pool_from, &mut pooled);
+                }
+                (pooled, out_width * pooling.modes().len())
+            }
+        };
+        let (matrix, width) = head
+            .apply(pooled, batch.len(), width)
+            .map_err(anyhow::Error::msg)?;
+        Ok(matrix
+            .chunks_exact(width.max(1))
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// The output's last dimension as the graph declares it (0 when it is dynamic).
+    fn declared_width(&self) -> usize {
+        self.session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == self.output)
+            .and_then(|o| match o.dtype() {
+                ValueType::Tensor { shape, .. } => shape.last().copied(),
+                _ => None,
+            })
+            .and_then(|d| usize::try_from(d).ok())
+            .unwrap_or(0)
+    }
+}
+
+fn last_dim(shape: &ort::value::Shape) -> usize {
+    shape.last().map_or(0, |&d| d as usize)
+}
+
+/// A batch's graph inputs, right-padded to `cols`.
+struct Padded {
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    /// Zeros, when the graph takes `token_type_ids`.
+    types: Vec<i64>,
+    /// `0..cols` per row, when the graph takes `position_ids`.
+    positions: Vec<i64>,
+}
+
+impl Padded {
+    fn new(batch: &[&TokenSeq], cols: usize, pad_id: i64, feeds: &[(String, Feed)]) -> Self {
         let rows = batch.len();
-        let cols = batch.iter().map(|s| s.len()).max().unwrap_or(0);
-        let shape = [rows, cols];
-        let mut ids = vec![self.pad_id; rows * cols];
+        let mut ids = vec![pad_id; rows * cols];
         let mut mask = vec![0i64; rows * cols];
         for (r, seq) in batch.iter().enumerate() {
             let row = r * cols;
@@ -179,59 +299,49 @@ impl Encoder {
             }
             mask[row..row + seq.len()].fill(1);
         }
-        let needs = |feed: Feed| self.feeds.iter().any(|(_, f)| *f == feed);
-        let zeros = if needs(Feed::TokenTypeIds) {
+        let needs = |feed: Feed| feeds.iter().any(|(_, f)| *f == feed);
+        let types = if needs(Feed::TokenTypeIds) {
             vec![0i64; rows * cols]
         } else {
             Vec::new()
         };
-        let positions: Vec<i64> = if needs(Feed::PositionIds) {
+        let positions = if needs(Feed::PositionIds) {
             (0..rows).flat_map(|_| 0..cols as i64).collect()
         } else {
             Vec::new()
         };
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(self.feeds.len());
-        for (name, feed) in &self.feeds {
-            let data: &[i64] = match feed {
-                Feed::InputIds => &ids,
-                Feed::AttentionMask => &mask,
-                Feed::TokenTypeIds => &zeros,
-                Feed::PositionIds => &positions,
-            };
-            inputs.push((
-                Cow::Borrowed(name.as_str()),
-                TensorRef::from_array_view((shape, data))?.into(),
-            ));
+        Self {
+            ids,
+            mask,
+            types,
+            positions,
         }
+    }
 
-        let outputs = self.session.run_with_options(inputs, &self.run_options)?;
-        let (out_shape, values) = outputs[self.output.as_str()].try_extract_tensor::<f32>()?;
-        let width = *out_shape.last().unwrap_or(&0) as usize;
-
-        let mut vectors = Vec::with_capacity(rows);
-        for (r, seq) in batch.iter().enumerate() {
-            let mut vector = match &self.kind {
-                OutputKind::Pooled => values[r * width..(r + 1) * width].to_vec(),
-                OutputKind::Tokens(pooling) => {
-                    let per_row = cols * width;
-                    let mut v = Vec::with_capacity(width * pooling.modes().len());
-                    pooling.pool(
-                        &values[r * per_row..(r + 1) * per_row],
-                        width,
-                        seq.len(),
-                        seq.pool_from,
-                        &mut v,
-                    );
-                    v
-                }
-            };
-            if self.normalize {
-                l2_normalize(&mut vector);
-            }
-            vectors.push(vector);
+    fn feed(&self, feed: Feed) -> &[i64] {
+        match feed {
+            Feed::InputIds => &self.ids,
+            Feed::AttentionMask => &self.mask,
+            Feed::TokenTypeIds => &self.types,
+            Feed::PositionIds => &self.positions,
         }
-        Ok(vectors)
+    }
+}
+
+/// The head to apply after a graph that pools itself (`sentence_embedding`): exporters such as
+/// optimum put the Dense layers inside the graph, so the output's width tells whether they ran.
+fn graph_head(head: Head, width: Option<usize>) -> Result<Head, String> {
+    match width {
+        Some(w) if w == head.output_width(0) => Ok(head.without_dense()),
+        Some(w) if Some(w) == head.input_width() => Ok(head),
+        Some(w) => Err(format!(
+            "`sentence_embedding` has {w} values, which neither the Dense modules' input ({:?}) \
+             nor their output ({}) is",
+            head.input_width(),
+            head.output_width(0)
+        )),
+        // A dynamic width: take the exporters' convention, the whole pipeline in the graph.
+        None => Ok(head.without_dense()),
     }
 }
 

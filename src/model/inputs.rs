@@ -19,12 +19,24 @@ pub enum TokenInput {
     Reject,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct TokenizeOptions<'a> {
+#[derive(Debug, Clone)]
+pub struct EmbedOptions<'a> {
     /// A key of the model's prompts; the model's default prompt applies when `None`.
     pub prompt_name: Option<&'a str>,
     /// Whether over-long inputs are truncated (else refused); the model's setting when `None`.
     pub truncate: Option<bool>,
+    /// Most tokens the request may hold, all inputs together.
+    pub max_tokens: usize,
+}
+
+impl Default for EmbedOptions<'_> {
+    fn default() -> Self {
+        Self {
+            prompt_name: None,
+            truncate: None,
+            max_tokens: usize::MAX,
+        }
+    }
 }
 
 fn invalid(param: &'static str, message: String) -> EmbedError {
@@ -35,7 +47,7 @@ impl Model {
     pub fn tokenize(
         &self,
         inputs: &[Input],
-        options: &TokenizeOptions,
+        options: &EmbedOptions,
     ) -> Result<Vec<TokenSeq>, EmbedError> {
         let prompt_name = options.prompt_name.or(self.default_prompt_name.as_deref());
         let prompt = match prompt_name {
@@ -99,12 +111,12 @@ impl Model {
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
             .into_iter();
 
-        let too_long = |i: usize| {
+        let too_long = |i: usize, max: usize| {
             invalid(
                 "input",
                 format!(
-                    "input[{i}] is longer than the {} tokens model `{}` takes, and truncation is off",
-                    self.max_seq_length, self.name
+                    "input[{i}] is longer than the {max} tokens model `{}` takes, and truncation is off",
+                    self.name
                 ),
             )
         };
@@ -122,10 +134,11 @@ impl Model {
                             ),
                         ));
                     }
-                    if ids.len() > self.max_seq_length && !truncate {
-                        return Err(too_long(i));
+                    let max = self.max_seq_length.unwrap_or(usize::MAX);
+                    if ids.len() > max && !truncate {
+                        return Err(too_long(i, max));
                     }
-                    let keep = ids.len().min(self.max_seq_length);
+                    let keep = ids.len().min(max);
                     TokenSeq {
                         ids: ids[..keep].to_vec(),
                         pool_from: 0,
@@ -134,7 +147,7 @@ impl Model {
                 _ => {
                     let encoding = encoded.next().unwrap_or_default();
                     if encoding.truncated && !truncate {
-                        return Err(too_long(i));
+                        return Err(too_long(i, self.max_seq_length.unwrap_or_default()));
                     }
                     TokenSeq {
                         ids: encoding.ids,
@@ -142,6 +155,17 @@ impl Model {
                     }
                 }
             };
+            if seq.is_empty() && !self.embeds_empty {
+                return Err(invalid(
+                    "input",
+                    format!(
+                        "input[{i}] has no tokens: the tokenizer of model `{}` adds no special \
+                         tokens, and its pooling has nothing to pool (sentence-transformers fails \
+                         or returns padding there); send non-empty text",
+                        self.name
+                    ),
+                ));
+            }
             seqs.push(seq);
         }
         Ok(seqs)

@@ -1,24 +1,30 @@
 //! A loaded model: its sentence-transformers configuration, tokenizer and ONNX session, and
 //! the one path that turns inputs into the vectors sentence-transformers computes.
 
+mod dense;
 mod encoder;
+mod head;
 mod inputs;
 mod pooling;
 pub mod source;
 mod st_config;
+mod static_embedding;
 mod tokenize;
+mod weights;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use encoder::{Encoder, GraphOptions, OutputKind};
-pub use inputs::{TokenInput, TokenizeOptions, warm_up_tiktoken};
+pub use inputs::{EmbedOptions, TokenInput, warm_up_tiktoken};
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
 pub use source::{HubSettings, ModelSource};
 pub use tokenize::TokenSeq;
 
-use st_config::StConfig;
-use tokenize::TextTokenizer;
+use head::Head;
+use st_config::{HeadModule, InputModule, StConfig};
+use static_embedding::StaticEmbedding;
+use tokenize::{TextPreparation, TextTokenizer};
 
 use crate::batcher::{BatchError, BatchLimits, Batcher, Pending};
 use crate::config::BatcherConfig;
@@ -114,27 +120,43 @@ impl ModelSpec {
             gpu_mem_limit: None,
         }
     }
-
-    /// The ONNX file to fetch from the Hub: the configured one, else the Hub layout's default.
-    pub fn onnx_hint(&self) -> &str {
-        self.onnx_file.as_deref().unwrap_or("onnx/model.onnx")
-    }
 }
+
+/// What computes a model's vectors.
+enum Engine {
+    /// An ONNX graph, run on the model's batcher thread.
+    Graph(Batcher),
+    /// A static embedding table, looked up on the request's own blocking thread.
+    Static(StaticEmbedding),
+}
+
+/// A request's vectors: computed already, or queued on the model's batcher.
+pub enum Embedding {
+    Ready(Vec<Vec<f32>>),
+    Queued(Pending),
+}
+
+/// The graph probed at load: a word, since some tokenizers turn "" into no tokens at all.
+const PROBE_TEXT: &str = "embedserve";
 
 pub struct Model {
     name: String,
     dir: PathBuf,
-    onnx_file: String,
+    /// The graph's file, for transformer models.
+    onnx_file: Option<String>,
     dimension: usize,
-    max_seq_length: usize,
+    /// `None` for static embeddings, which take any length.
+    max_seq_length: Option<usize>,
     prompts: BTreeMap<String, String>,
     /// Prompt lengths in tokens, for models that leave the prompt out of pooling.
     excluded_prompt_lengths: BTreeMap<String, usize>,
     default_prompt_name: Option<String>,
     token_input: TokenInput,
     truncate: bool,
+    /// Whether an input of no tokens can be embedded (else it is refused).
+    embeds_empty: bool,
     tokenizer: TextTokenizer,
-    batcher: Batcher,
+    engine: Engine,
 }
 
 impl Model {
@@ -143,12 +165,37 @@ impl Model {
         if !dir.is_dir() {
             return Err(LoadError::file(dir, "not a directory"));
         }
+        let st = StConfig::read(dir)?;
+        let head = Head::load(&head_modules(&st, spec.normalize))?;
+        let mut model = match &st.input {
+            InputModule::Transformer => Self::load_graph(spec, dir, runtime, &st, head)?,
+            InputModule::Static(folder) => Self::load_static(spec, dir, folder, &st, head)?,
+        };
+        let what = match &model.onnx_file {
+            Some(file) => dir.join(file),
+            None => dir.to_path_buf(),
+        };
+        // One real run proves the model works end to end and tells its output width.
+        let probe = model
+            .embed_blocking(&[Input::Text(PROBE_TEXT.into())], None)
+            .map_err(|e| LoadError::file(&what, format!("a test run failed: {e}")))?;
+        model.dimension = probe[0].len();
+        Ok(model)
+    }
+
+    fn load_graph(
+        spec: &ModelSpec,
+        dir: &Path,
+        runtime: &Runtime,
+        st: &StConfig,
+        head: Head,
+    ) -> Result<Self, LoadError> {
         let onnx_file = match &spec.onnx_file {
             Some(file) => file.clone(),
-            None => ["onnx/model.onnx", "model.onnx"]
+            None => source::DEFAULT_ONNX_FILES
                 .into_iter()
                 .find(|f| dir.join(f).is_file())
-                .unwrap_or("onnx/model.onnx")
+                .unwrap_or(source::DEFAULT_ONNX_FILES[0])
                 .to_string(),
         };
         let onnx = dir.join(&onnx_file);
@@ -158,7 +205,6 @@ impl Model {
                 "missing (set `onnx_file` to choose another graph)",
             ));
         }
-        let st = StConfig::read(dir)?;
         let max_seq_length = spec.max_seq_length.or(st.max_seq_length).ok_or_else(|| {
             LoadError::Config(format!(
                 "{}: cannot tell the maximum sequence length (no sentence_bert_config.json, \
@@ -166,35 +212,25 @@ impl Model {
                 dir.display()
             ))
         })?;
-        let normalize = spec.normalize.unwrap_or(st.normalize);
-        let pooling = spec.pooling.map(Pooling::single).or(st.pooling);
+        let pooling = spec.pooling.map(Pooling::single).or(st.pooling.clone());
 
         let tokenizer = TextTokenizer::load(
             &dir.join("tokenizer.json"),
-            max_seq_length,
-            st.do_lower_case,
+            TextPreparation::Transformer {
+                max_seq_length,
+                do_lower_case: st.do_lower_case,
+            },
         )?;
         let graph = GraphOptions {
             pooling,
-            normalize,
+            head,
             device: spec.device,
             gpu_mem_limit: spec.gpu_mem_limit,
         };
         let encoder = Encoder::load(runtime, &onnx, graph, tokenizer.pad_id)?;
         let device = encoder.device();
         tracing::info!(model = %spec.name, %device, "{} runs on {device}", spec.name);
-        if matches!(encoder.output_kind(), OutputKind::Tokens(_))
-            && !st.unsupported_modules.is_empty()
-        {
-            return Err(LoadError::file(
-                dir.join("modules.json"),
-                format!(
-                    "lists {:?} after pooling, which the ONNX graph does not include (it has no \
-                     `sentence_embedding` output)",
-                    st.unsupported_modules
-                ),
-            ));
-        }
+        let embeds_empty = encoder.embeds_empty_sequences();
         let batching = spec.batching.unwrap_or_else(|| {
             if encoder.quantizes_activations() {
                 Batching::Isolated
@@ -243,27 +279,57 @@ impl Model {
                 excluded_prompt_lengths.insert(name.clone(), length);
             }
         }
+        let mut model = Self::common(spec, dir, st, tokenizer, Engine::Graph(batcher));
+        model.onnx_file = Some(onnx_file);
+        model.max_seq_length = Some(max_seq_length);
+        model.excluded_prompt_lengths = excluded_prompt_lengths;
+        model.embeds_empty = embeds_empty;
+        Ok(model)
+    }
 
-        let mut model = Self {
+    fn load_static(
+        spec: &ModelSpec,
+        dir: &Path,
+        folder: &Path,
+        st: &StConfig,
+        head: Head,
+    ) -> Result<Self, LoadError> {
+        let tokenizer =
+            TextTokenizer::load(&folder.join("tokenizer.json"), TextPreparation::Static)?;
+        let table = StaticEmbedding::load(folder, head, tokenizer.vocab_size())?;
+        tracing::info!(model = %spec.name, "{} is a static embedding table: no graph, no batcher", spec.name);
+        Ok(Self::common(
+            spec,
+            dir,
+            st,
+            tokenizer,
+            Engine::Static(table),
+        ))
+    }
+
+    /// The fields every kind of model sets alike.
+    fn common(
+        spec: &ModelSpec,
+        dir: &Path,
+        st: &StConfig,
+        tokenizer: TextTokenizer,
+        engine: Engine,
+    ) -> Self {
+        Self {
             name: spec.name.clone(),
             dir: dir.to_path_buf(),
-            onnx_file,
+            onnx_file: None,
             dimension: 0,
-            max_seq_length,
-            prompts: st.prompts,
-            excluded_prompt_lengths,
-            default_prompt_name: st.default_prompt_name,
+            max_seq_length: None,
+            prompts: st.prompts.clone(),
+            excluded_prompt_lengths: BTreeMap::new(),
+            default_prompt_name: st.default_prompt_name.clone(),
             token_input: spec.token_input,
             truncate: spec.truncate,
+            embeds_empty: true,
             tokenizer,
-            batcher,
-        };
-        // One real run proves the graph works end to end and tells its output width.
-        let probe = model
-            .embed_blocking(&[Input::Text(String::new())], None)
-            .map_err(|e| LoadError::file(&onnx, format!("a test run failed: {e}")))?;
-        model.dimension = probe[0].len();
-        Ok(model)
+            engine,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -274,21 +340,45 @@ impl Model {
         &self.dir
     }
 
+    /// The ONNX graph's file, or "(static)" for a static embedding model.
     pub fn onnx_file(&self) -> &str {
-        &self.onnx_file
+        self.onnx_file.as_deref().unwrap_or("(static)")
     }
 
     pub fn dimension(&self) -> usize {
         self.dimension
     }
 
-    pub fn max_seq_length(&self) -> usize {
+    pub fn max_seq_length(&self) -> Option<usize> {
         self.max_seq_length
     }
 
-    /// Queues token sequences for inference; the vectors come back in the same order.
-    pub fn submit(&self, seqs: Vec<TokenSeq>) -> Result<Pending, BatchError> {
-        self.batcher.submit(seqs)
+    /// Tokenizes (and for static models embeds) on the calling thread, which must not be an
+    /// async worker; graph models' inputs are queued on the batcher.
+    pub fn start(
+        &self,
+        inputs: &[Input],
+        options: &EmbedOptions,
+    ) -> Result<(Embedding, usize), EmbedError> {
+        let seqs = self.tokenize(inputs, options)?;
+        let tokens: usize = seqs.iter().map(TokenSeq::len).sum();
+        if tokens > options.max_tokens {
+            return Err(EmbedError::Invalid {
+                param: "input",
+                message: format!(
+                    "the inputs hold {tokens} tokens; at most {} are allowed per request \
+                     (server.max_tokens_per_request): split them over several requests",
+                    options.max_tokens
+                ),
+            });
+        }
+        let embedding = match &self.engine {
+            Engine::Graph(batcher) => Embedding::Queued(batcher.submit(seqs)?),
+            Engine::Static(table) => {
+                Embedding::Ready(table.embed(&seqs).map_err(BatchError::Inference)?)
+            }
+        };
+        Ok((embedding, tokens))
     }
 
     /// Tokenizes and embeds, blocking the calling thread (never an async worker).
@@ -297,13 +387,27 @@ impl Model {
         inputs: &[Input],
         prompt_name: Option<&str>,
     ) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let options = TokenizeOptions {
+        let options = EmbedOptions {
             prompt_name,
-            truncate: None,
+            ..EmbedOptions::default()
         };
-        let seqs = self.tokenize(inputs, &options)?;
-        Ok(self.submit(seqs)?.wait_blocking()?.vectors)
+        match self.start(inputs, &options)?.0 {
+            Embedding::Ready(vectors) => Ok(vectors),
+            Embedding::Queued(pending) => Ok(pending.wait_blocking()?.vectors),
+        }
     }
+}
+
+/// The folder's modules after pooling, with the configuration's `normalize` applied: `true`
+/// adds a final Normalize, `false` removes them.
+fn head_modules(st: &StConfig, normalize: Option<bool>) -> Vec<HeadModule> {
+    let mut modules = st.head.clone();
+    match normalize {
+        Some(false) => modules.retain(|m| *m != HeadModule::Normalize),
+        Some(true) if !st.normalizes() => modules.push(HeadModule::Normalize),
+        _ => {}
+    }
+    modules
 }
 
 impl Drop for Model {

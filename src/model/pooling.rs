@@ -18,6 +18,25 @@ pub enum PoolingMode {
 }
 
 impl PoolingMode {
+    /// A mode as sentence-transformers 5 names it in `pooling_mode`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "cls" => Self::Cls,
+            "max" => Self::Max,
+            "mean" => Self::Mean,
+            "mean_sqrt_len_tokens" => Self::MeanSqrtLen,
+            "weightedmean" => Self::WeightedMean,
+            "lasttoken" => Self::LastToken,
+            _ => return None,
+        })
+    }
+
+    /// Whether sentence-transformers gives a zero vector for a sequence without tokens (an
+    /// all-padding row). CLS and max have nothing to give: a row of padding or an error.
+    pub fn pools_nothing_to_zero(self) -> bool {
+        !matches!(self, Self::Cls | Self::Max)
+    }
+
     /// The order in which sentence-transformers concatenates the modes it has enabled.
     const ORDER: [PoolingMode; 6] = [
         Self::Cls,
@@ -44,6 +63,11 @@ impl Pooling {
         (!modes.is_empty()).then_some(Self { modes })
     }
 
+    /// Modes concatenated in the order given (sentence-transformers 5's `pooling_mode` list).
+    pub fn ordered(modes: Vec<PoolingMode>) -> Option<Self> {
+        (!modes.is_empty()).then_some(Self { modes })
+    }
+
     pub fn single(mode: PoolingMode) -> Self {
         Self { modes: vec![mode] }
     }
@@ -52,10 +76,20 @@ impl Pooling {
         &self.modes
     }
 
+    /// Whether a sequence of no tokens pools to zeros (else it cannot be embedded).
+    pub fn pools_empty(&self) -> bool {
+        self.modes.iter().all(|m| m.pools_nothing_to_zero())
+    }
+
     /// Pools one sequence. `tokens` holds `seq_len × hidden` values of which the first
     /// `len` rows are real tokens (right padding); rows before `from` are a prompt that
-    /// takes no part in averaging (`include_prompt = false`).
+    /// takes no part in averaging (`include_prompt = false`). A sequence of no tokens pools
+    /// to zeros, as an all-padding row does in sentence-transformers (see `pools_empty`).
     pub fn pool(&self, tokens: &[f32], hidden: usize, len: usize, from: usize, out: &mut Vec<f32>) {
+        if len == 0 {
+            out.resize(out.len() + hidden * self.modes.len(), 0.0);
+            return;
+        }
         let row = |i: usize| &tokens[i * hidden..(i + 1) * hidden];
         let counted = from.min(len.saturating_sub(1))..len;
         for mode in &self.modes {
@@ -88,7 +122,7 @@ impl Pooling {
                         }
                     }
                     let divisor = match mode {
-                        PoolingMode::MeanSqrtLen => weight_sum.sqrt(),
+                        PoolingMode::MeanSqrtLen => weight_sum.max(1e-9).sqrt(),
                         _ => weight_sum.max(1e-9),
                     };
                     out[start..].iter_mut().for_each(|s| *s /= divisor);
@@ -146,6 +180,25 @@ mod tests {
         pooling.pool(&TOKENS, 2, 2, 0, &mut out);
         assert_eq!(out, [1.0, 4.0, 2.0, 1.0]);
         assert!(Pooling::new(|_| false).is_none());
+        let given = Pooling::ordered(vec![PoolingMode::Mean, PoolingMode::Cls]).unwrap();
+        let mut out = Vec::new();
+        given.pool(&TOKENS, 2, 2, 0, &mut out);
+        assert_eq!(out, [2.0, 1.0, 1.0, 4.0]);
+    }
+
+    #[test]
+    fn no_tokens_pool_to_zeros_where_sentence_transformers_gives_zeros() {
+        let mut out = Vec::new();
+        Pooling::single(PoolingMode::WeightedMean).pool(&[], 2, 0, 0, &mut out);
+        assert_eq!(out, [0.0, 0.0]);
+        assert!(Pooling::single(PoolingMode::Mean).pools_empty());
+        assert!(Pooling::single(PoolingMode::LastToken).pools_empty());
+        assert!(!Pooling::single(PoolingMode::Cls).pools_empty());
+        assert!(
+            !Pooling::ordered(vec![PoolingMode::Mean, PoolingMode::Max])
+                .unwrap()
+                .pools_empty()
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Where a model's files come from: a local folder, a models directory that mirrors the Hub
-//! (`DIR/org/name`), the hf-hub cache, or a download with hf-hub. Only the files a
-//! sentence-transformers ONNX model needs are fetched, never a repository's other weights.
+//! (`DIR/org/name`), the hf-hub cache, or a download with hf-hub. Only the files the model's
+//! modules need are fetched (its configs, then the graph, Dense weights or static table that
+//! `modules.json` calls for), never a repository's other weights.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,10 @@ use hf_hub::api::tokio::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
 use super::LoadError;
+use super::st_config::{ModuleEntry, read_modules};
+
+/// Where a Hub-layout folder keeps its graph, in the order they are looked for.
+pub const DEFAULT_ONNX_FILES: [&str; 2] = ["onnx/model.onnx", "model.onnx"];
 
 /// Files read from a model folder besides the ONNX graph and the pooling configs.
 const METADATA_FILES: [&str; 8] = [
@@ -108,10 +113,11 @@ impl HubSettings {
     }
 
     /// A local folder with every file the model needs, downloading what is missing.
+    /// `onnx_file` is the configured graph, if one is.
     pub async fn resolve(
         &self,
         source: &ModelSource,
-        onnx_file: &str,
+        onnx_file: Option<&str>,
     ) -> Result<PathBuf, LoadError> {
         let (repo, revision) = match source {
             ModelSource::Dir(dir) => return Ok(dir.clone()),
@@ -140,8 +146,12 @@ impl HubSettings {
 }
 
 /// Downloads the model's files into the hf-hub cache (a progress bar per file when
-/// `progress`), returning the snapshot folder.
-pub async fn download(repo: &Repo, onnx_file: &str, progress: bool) -> Result<PathBuf, LoadError> {
+/// `progress`), returning the snapshot folder: first its configs, then what its modules need.
+pub async fn download(
+    repo: &Repo,
+    onnx_file: Option<&str>,
+    progress: bool,
+) -> Result<PathBuf, LoadError> {
     let id = repo.url();
     let fail = |what: &str, e: &dyn fmt::Display| {
         LoadError::Source(format!(
@@ -162,33 +172,126 @@ pub async fn download(repo: &Repo, onnx_file: &str, progress: bool) -> Result<Pa
         .info()
         .await
         .map_err(|e| fail("list the files of", &e))?;
-    let files: Vec<&str> = info
-        .siblings
-        .iter()
-        .map(|s| s.rfilename.as_str())
-        .filter(|f| is_needed(f, onnx_file))
-        .collect();
-    if !files.contains(&onnx_file) {
-        return Err(LoadError::Source(format!(
-            "`{id}` has no `{onnx_file}`; ONNX files in it: {:?}",
-            info.siblings
-                .iter()
-                .filter(|s| s.rfilename.ends_with(".onnx"))
-                .map(|s| s.rfilename.as_str())
-                .collect::<Vec<_>>()
-        )));
-    }
-    let mut snapshot = None;
-    for file in files {
+    let listed: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+
+    let fetch = async |file: &str| -> Result<PathBuf, LoadError> {
         let path = api_repo
             .get(file)
             .await
             .map_err(|e| fail(&format!("download {file} of"), &e))?;
-        if file == "tokenizer.json" {
-            snapshot = path.parent().map(Path::to_path_buf);
+        // The snapshot folder: the path less the file's own components.
+        Ok(snapshot_of(&path, file))
+    };
+    let mut snapshot = None;
+    for file in listed.iter().filter(|f| is_config(f)) {
+        snapshot = Some(fetch(file).await?);
+    }
+    let Some(dir) = snapshot else {
+        return Err(LoadError::Source(format!(
+            "`{id}` has neither modules.json nor tokenizer.json: not a sentence-transformers model"
+        )));
+    };
+    let modules = read_modules(&dir)?;
+    for wanted in needed_files(&modules, onnx_file) {
+        let file = wanted
+            .alternatives
+            .iter()
+            .find(|f| listed.contains(&f.as_str()))
+            .ok_or_else(|| {
+                LoadError::Source(format!(
+                    "`{id}` has no {} ({}); its ONNX files: {:?}",
+                    wanted.alternatives.join(" or "),
+                    wanted.purpose,
+                    listed
+                        .iter()
+                        .filter(|f| f.ends_with(".onnx"))
+                        .collect::<Vec<_>>()
+                ))
+            })?;
+        fetch(file).await?;
+        if wanted.purpose == GRAPH {
+            // Weights too big for one protobuf live beside it (`model.onnx_data`).
+            for data in listed.iter().filter(|f| is_external_data(f, file)) {
+                fetch(data).await?;
+            }
         }
     }
-    snapshot.ok_or_else(|| LoadError::Source(format!("`{id}` has no tokenizer.json")))
+    Ok(dir)
+}
+
+const GRAPH: &str = "the ONNX graph";
+
+/// A file a model needs: the first of `alternatives` that exists.
+struct Needed {
+    alternatives: Vec<String>,
+    purpose: &'static str,
+}
+
+/// The files the model's modules read besides the configs: the graph of a Transformer (the
+/// configured one, else the Hub layout's), Dense weights, a static table and its tokenizer.
+fn needed_files(modules: &[ModuleEntry], onnx_file: Option<&str>) -> Vec<Needed> {
+    let graph = || Needed {
+        alternatives: match onnx_file {
+            Some(file) => vec![file.to_string()],
+            None => DEFAULT_ONNX_FILES.map(String::from).to_vec(),
+        },
+        purpose: GRAPH,
+    };
+    if modules.is_empty() {
+        return vec![graph()];
+    }
+    let mut needed = Vec::new();
+    for module in modules {
+        let in_folder = |file: &str| match module.path.trim_matches(['.', '/']) {
+            "" => file.to_string(),
+            folder => format!("{folder}/{file}"),
+        };
+        match module.class_name() {
+            "Transformer" => needed.push(graph()),
+            "Dense" => needed.push(Needed {
+                // A pickle only so that loading can say how to convert it.
+                alternatives: vec![
+                    in_folder("model.safetensors"),
+                    in_folder("pytorch_model.bin"),
+                ],
+                purpose: "the Dense layer's weights",
+            }),
+            "StaticEmbedding" => {
+                needed.push(Needed {
+                    alternatives: vec![in_folder("model.safetensors")],
+                    purpose: "the static embedding table",
+                });
+                needed.push(Needed {
+                    alternatives: vec![in_folder("tokenizer.json")],
+                    purpose: "the static embedding's tokenizer",
+                });
+            }
+            _ => {}
+        }
+    }
+    needed
+}
+
+/// The cached snapshot folder of `repo`, if it holds every file the model needs.
+fn cached_snapshot(repo: &Repo, onnx_file: Option<&str>) -> Option<PathBuf> {
+    let cache = Cache::from_env().repo(repo.clone());
+    let (file, path) = ["modules.json", "tokenizer.json"]
+        .into_iter()
+        .find_map(|f| Some((f, cache.get(f)?)))?;
+    let dir = snapshot_of(&path, file);
+    let modules = read_modules(&dir).ok()?;
+    needed_files(&modules, onnx_file)
+        .iter()
+        .all(|n| n.alternatives.iter().any(|f| dir.join(f).is_file()))
+        .then_some(dir)
+}
+
+/// The snapshot folder that holds `file` at `path`.
+fn snapshot_of(path: &Path, file: &str) -> PathBuf {
+    path.ancestors()
+        .nth(file.split('/').count())
+        .unwrap_or(path)
+        .to_path_buf()
 }
 
 pub fn hub_repo(repo: &str, revision: Option<&str>) -> Repo {
@@ -199,26 +302,15 @@ pub fn hub_repo(repo: &str, revision: Option<&str>) -> Repo {
     )
 }
 
-/// The cached snapshot folder of `repo`, if it holds the tokenizer and the ONNX file.
-fn cached_snapshot(repo: &Repo, onnx_file: &str) -> Option<PathBuf> {
-    let cache = Cache::from_env().repo(repo.clone());
-    cache.get(onnx_file)?;
-    cache.get("tokenizer.json")?.parent().map(Path::to_path_buf)
-}
-
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
 }
 
-/// The metadata files, the chosen graph with its external-data files, and the configs of
-/// numbered module folders (`1_Pooling/config.json`).
-fn is_needed(file: &str, onnx_file: &str) -> bool {
-    if METADATA_FILES.contains(&file) || file == onnx_file {
+/// The metadata files, and the configs of numbered module folders (`1_Pooling/config.json`).
+fn is_config(file: &str) -> bool {
+    if METADATA_FILES.contains(&file) {
         return true;
-    }
-    if let Some(rest) = file.strip_prefix(onnx_file) {
-        return rest.starts_with('_') || rest.starts_with('.');
     }
     match file.split_once('/') {
         Some((folder, "config.json")) => folder
@@ -228,11 +320,15 @@ fn is_needed(file: &str, onnx_file: &str) -> bool {
     }
 }
 
+/// Whether `file` holds external data of the graph `onnx_file` (`model.onnx_data`).
+fn is_external_data(file: &str, onnx_file: &str) -> bool {
+    file.strip_prefix(onnx_file)
+        .is_some_and(|rest| rest.starts_with('_') || rest.starts_with('.'))
+}
+
 /// A folder that holds a sentence-transformers or ONNX model.
 pub fn looks_like_model(dir: &Path) -> bool {
-    dir.join("modules.json").is_file()
-        || dir.join("onnx/model.onnx").is_file()
-        || dir.join("model.onnx").is_file()
+    dir.join("modules.json").is_file() || DEFAULT_ONNX_FILES.iter().any(|f| dir.join(f).is_file())
 }
 
 #[cfg(test)]
@@ -265,24 +361,56 @@ mod tests {
         assert!(!is_hub_id("/abs"));
     }
 
+    fn modules(json: &str) -> Vec<ModuleEntry> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn first_choices(needed: &[Needed]) -> Vec<&str> {
+        needed.iter().map(|n| n.alternatives[0].as_str()).collect()
+    }
+
     #[test]
-    fn fetches_only_what_the_model_needs() {
-        let onnx = "onnx/model.onnx";
-        for needed in [
-            "tokenizer.json",
-            "1_Pooling/config.json",
-            "onnx/model.onnx",
-            "onnx/model.onnx_data",
-        ] {
-            assert!(is_needed(needed, onnx), "{needed}");
-        }
-        for skipped in [
-            "pytorch_model.bin",
+    fn fetches_only_what_the_modules_need() {
+        assert!(is_config("tokenizer.json") && is_config("2_Dense/config.json"));
+        assert!(!is_config("2_Dense/model.safetensors") && !is_config("model.safetensors"));
+        assert!(is_external_data("onnx/model.onnx_data", "onnx/model.onnx"));
+        assert!(!is_external_data(
             "onnx/model_qint8.onnx",
-            "model.safetensors",
-            "2_Dense/model.safetensors",
+            "onnx/model.onnx"
+        ));
+
+        let labse = modules(
+            r#"[{"path": "", "type": "sentence_transformers.models.Transformer"},
+                {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"path": "2_Dense", "type": "sentence_transformers.base.modules.dense.Dense"},
+                {"path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}]"#,
+        );
+        let needed = needed_files(&labse, None);
+        assert_eq!(
+            first_choices(&needed),
+            ["onnx/model.onnx", "2_Dense/model.safetensors"]
+        );
+        assert_eq!(needed[0].alternatives, ["onnx/model.onnx", "model.onnx"]);
+        let chosen = needed_files(&labse, Some("onnx/model_O3.onnx"));
+        assert_eq!(chosen[0].alternatives, ["onnx/model_O3.onnx"]);
+
+        // A static model has no graph; its table and tokenizer sit at the root or in its folder.
+        for (path, prefix) in [
+            ("", ""),
+            (".", ""),
+            ("0_StaticEmbedding", "0_StaticEmbedding/"),
         ] {
-            assert!(!is_needed(skipped, onnx), "{skipped}");
+            let table = modules(&format!(
+                r#"[{{"path": "{path}", "type": "sentence_transformers.models.StaticEmbedding"}}]"#
+            ));
+            assert_eq!(
+                first_choices(&needed_files(&table, None)),
+                [
+                    format!("{prefix}model.safetensors"),
+                    format!("{prefix}tokenizer.json")
+                ]
+            );
         }
+        assert_eq!(first_choices(&needed_files(&[], None)), ["onnx/model.onnx"]);
     }
 }

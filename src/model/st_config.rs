@@ -1,10 +1,12 @@
-//! What a sentence-transformers model folder says about itself: its modules (`modules.json`),
-//! pooling (`1_Pooling/config.json`), sequence length and casing
-//! (`sentence_bert_config.json`, with the fallbacks sentence-transformers itself uses) and
-//! prompts (`config_sentence_transformers.json`).
+//! What a sentence-transformers model folder says about itself, in either layout people
+//! publish: the modules it chains (`modules.json`), each read from its own config
+//! (`1_Pooling/config.json` with `pooling_mode_*` flags or with `pooling_mode`; `N_Dense/`),
+//! sequence length and casing (`sentence_bert_config.json`, then the tokenizer's and the
+//! model's configs, as sentence-transformers falls back), and prompts
+//! (`config_sentence_transformers.json`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -15,31 +17,70 @@ use super::pooling::{Pooling, PoolingMode};
 /// Values above this in `model_max_length` are transformers' "no limit" sentinel, not a length.
 const NO_LIMIT_SENTINEL: u64 = 1_000_000;
 
+/// The module that turns text into vectors (the first in `modules.json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputModule {
+    /// A transformer, run as the folder's ONNX graph.
+    Transformer,
+    /// A `StaticEmbedding` table and tokenizer in this folder: no graph at all.
+    Static(PathBuf),
+}
+
+/// A module applied to the pooled vector, in `modules.json` order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadModule {
+    /// A `Dense` layer with its config and weights in this folder.
+    Dense(PathBuf),
+    Normalize,
+}
+
 #[derive(Debug, Clone)]
 pub struct StConfig {
+    pub input: InputModule,
     /// `None` when the folder has no pooling module (the graph must pool itself).
     pub pooling: Option<Pooling>,
     pub include_prompt: bool,
-    pub normalize: bool,
-    /// A `Dense` (or other) module after pooling that an ONNX graph without a
-    /// `sentence_embedding` output cannot reproduce.
-    pub unsupported_modules: Vec<String>,
+    /// What follows pooling.
+    pub head: Vec<HeadModule>,
     pub max_seq_length: Option<usize>,
     pub do_lower_case: bool,
     pub prompts: BTreeMap<String, String>,
     pub default_prompt_name: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct ModuleEntry {
-    #[serde(default)]
-    path: String,
-    #[serde(rename = "type")]
-    kind: String,
+impl StConfig {
+    pub fn normalizes(&self) -> bool {
+        self.head.contains(&HeadModule::Normalize)
+    }
 }
 
+/// One entry of `modules.json`: a module's folder and class.
+#[derive(Debug, Deserialize)]
+pub struct ModuleEntry {
+    #[serde(default)]
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl ModuleEntry {
+    /// The class name the type ends with: `sentence_transformers.models.Pooling` and
+    /// `sentence_transformers.sentence_transformer.modules.pooling.Pooling` are both `Pooling`.
+    pub fn class_name(&self) -> &str {
+        self.kind.rsplit('.').next().unwrap_or(&self.kind)
+    }
+}
+
+/// The folder's `modules.json` entries, none when it has no such file.
+pub fn read_modules(dir: &Path) -> Result<Vec<ModuleEntry>, LoadError> {
+    Ok(read_json(dir, "modules.json")?.unwrap_or_default())
+}
+
+/// `1_Pooling/config.json`, as sentence-transformers 5 writes it (`pooling_mode`, one name or
+/// a list) or as older versions did (one `pooling_mode_*` flag per mode).
 #[derive(Deserialize)]
 struct PoolingFile {
+    pooling_mode: Option<OneOrMany>,
     #[serde(default)]
     pooling_mode_cls_token: bool,
     #[serde(default)]
@@ -54,6 +95,47 @@ struct PoolingFile {
     pooling_mode_lasttoken: bool,
     #[serde(default = "yes")]
     include_prompt: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl PoolingFile {
+    fn pooling(&self) -> Result<Pooling, String> {
+        let Some(named) = &self.pooling_mode else {
+            let enabled = |mode| match mode {
+                PoolingMode::Cls => self.pooling_mode_cls_token,
+                PoolingMode::Max => self.pooling_mode_max_tokens,
+                PoolingMode::Mean => self.pooling_mode_mean_tokens,
+                PoolingMode::MeanSqrtLen => self.pooling_mode_mean_sqrt_len_tokens,
+                PoolingMode::WeightedMean => self.pooling_mode_weightedmean_tokens,
+                PoolingMode::LastToken => self.pooling_mode_lasttoken,
+            };
+            // sentence-transformers reads a config that enables no mode as mean pooling.
+            return Ok(Pooling::new(enabled).unwrap_or(Pooling::single(PoolingMode::Mean)));
+        };
+        let names = match named {
+            OneOrMany::One(name) => std::slice::from_ref(name),
+            OneOrMany::Many(names) => names.as_slice(),
+        };
+        // Modes are pooled and concatenated in the order given.
+        let modes = names
+            .iter()
+            .map(|name| {
+                PoolingMode::from_name(name).ok_or_else(|| {
+                    format!(
+                        "pooling_mode `{name}` is not one of cls, max, mean, \
+                         mean_sqrt_len_tokens, weightedmean, lasttoken"
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Pooling::ordered(modes).ok_or_else(|| "pooling_mode names no mode".to_string())
+    }
 }
 
 fn yes() -> bool {
@@ -81,41 +163,69 @@ struct TokenizerConfigFile {
 
 #[derive(Deserialize, Default)]
 struct TransformerConfigFile {
-    max_position_embeddings: Option<usize>,
+    max_position_embeddings: Option<i64>,
 }
 
 impl StConfig {
     pub fn read(dir: &Path) -> Result<Self, LoadError> {
-        let modules: Vec<ModuleEntry> = read_json(dir, "modules.json")?.unwrap_or_default();
+        let modules_path = dir.join("modules.json");
+        let modules = read_modules(dir)?;
+        let refuse = |i: usize, module: &ModuleEntry, reason: &str| {
+            LoadError::file(
+                &modules_path,
+                format!(
+                    "module {i} `{}` (folder `{}`) {reason}",
+                    module.kind, module.path
+                ),
+            )
+        };
+        let mut input = None;
         let mut pooling = None;
         let mut include_prompt = true;
-        let mut normalize = false;
-        let mut unsupported_modules = Vec::new();
-        for module in &modules {
-            match module.kind.rsplit('.').next().unwrap_or_default() {
-                "Transformer" => {}
-                "Pooling" => {
-                    let file = format!("{}/config.json", module.path);
-                    let config: PoolingFile = read_json(dir, &file)?
-                        .ok_or_else(|| LoadError::file(dir.join(&file), "missing"))?;
-                    include_prompt = config.include_prompt;
-                    pooling = Some(
-                        Pooling::new(|mode| match mode {
-                            PoolingMode::Cls => config.pooling_mode_cls_token,
-                            PoolingMode::Max => config.pooling_mode_max_tokens,
-                            PoolingMode::Mean => config.pooling_mode_mean_tokens,
-                            PoolingMode::MeanSqrtLen => config.pooling_mode_mean_sqrt_len_tokens,
-                            PoolingMode::WeightedMean => config.pooling_mode_weightedmean_tokens,
-                            PoolingMode::LastToken => config.pooling_mode_lasttoken,
-                        })
-                        .ok_or_else(|| {
-                            LoadError::file(dir.join(&file), "enables no pooling mode")
-                        })?,
-                    );
+        let mut head = Vec::new();
+        for (i, module) in modules.iter().enumerate() {
+            let folder = dir.join(&module.path);
+            match module.class_name() {
+                "Transformer" if i == 0 => input = Some(InputModule::Transformer),
+                "StaticEmbedding" if i == 0 => input = Some(InputModule::Static(folder)),
+                "Transformer" | "StaticEmbedding" => {
+                    return Err(refuse(i, module, "must be the first module"));
                 }
-                "Normalize" => normalize = true,
-                _ => unsupported_modules.push(module.kind.clone()),
+                "Pooling" if input == Some(InputModule::Transformer) && pooling.is_none() => {
+                    let file = folder.join("config.json");
+                    let config: PoolingFile = read_json(&folder, "config.json")?
+                        .ok_or_else(|| LoadError::file(&file, "missing"))?;
+                    include_prompt = config.include_prompt;
+                    pooling = Some(config.pooling().map_err(|e| LoadError::file(&file, e))?);
+                }
+                "Pooling" => {
+                    return Err(refuse(i, module, "must follow the Transformer, once"));
+                }
+                "Dense" if input.is_some() => head.push(HeadModule::Dense(folder)),
+                "Normalize" if input.is_some() => head.push(HeadModule::Normalize),
+                _ if i == 0 => {
+                    return Err(refuse(
+                        i,
+                        module,
+                        "is not supported as the first module (supported: Transformer, \
+                         StaticEmbedding)",
+                    ));
+                }
+                _ => {
+                    return Err(refuse(
+                        i,
+                        module,
+                        "is not supported (supported after the first module: Pooling, Dense, \
+                         Normalize)",
+                    ));
+                }
             }
+        }
+        if input == Some(InputModule::Transformer) && pooling.is_none() && !head.is_empty() {
+            return Err(LoadError::file(
+                &modules_path,
+                "lists modules after the Transformer but no Pooling",
+            ));
         }
         if modules.is_empty() {
             // A bare transformers export: sentence-transformers would wrap it in mean pooling.
@@ -127,15 +237,20 @@ impl StConfig {
         let tokenizer: TokenizerConfigFile =
             read_json(dir, "tokenizer_config.json")?.unwrap_or_default();
         let transformer: TransformerConfigFile = read_json(dir, "config.json")?.unwrap_or_default();
-        let max_seq_length = bert
-            .max_seq_length
-            .or_else(|| {
-                tokenizer
-                    .model_max_length
-                    .filter(|&n| n >= 1.0 && n < NO_LIMIT_SENTINEL as f64)
-                    .map(|n| n as usize)
-            })
-            .or(transformer.max_position_embeddings);
+        // sentence-transformers: the configured length, else the tokenizer's capped at the
+        // model's position embeddings (-1 means none).
+        let positions = transformer
+            .max_position_embeddings
+            .filter(|&n| n > 0)
+            .map(|n| n as usize);
+        let tokenizer_length = tokenizer
+            .model_max_length
+            .filter(|&n| n >= 1.0 && n < NO_LIMIT_SENTINEL as f64)
+            .map(|n| n as usize);
+        let max_seq_length = bert.max_seq_length.or(match (tokenizer_length, positions) {
+            (Some(t), Some(p)) => Some(t.min(p)),
+            (t, p) => t.or(p),
+        });
 
         let st: SentenceTransformersFile =
             read_json(dir, "config_sentence_transformers.json")?.unwrap_or_default();
@@ -149,10 +264,10 @@ impl StConfig {
         }
 
         Ok(Self {
+            input: input.unwrap_or(InputModule::Transformer),
             pooling,
             include_prompt,
-            normalize,
-            unsupported_modules,
+            head,
             max_seq_length,
             do_lower_case: bert.do_lower_case,
             prompts: st.prompts,
@@ -162,7 +277,10 @@ impl StConfig {
 }
 
 /// Reads and parses `dir/name`; `Ok(None)` when the file does not exist.
-fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<Option<T>, LoadError> {
+pub(super) fn read_json<T: DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+) -> Result<Option<T>, LoadError> {
     let path = dir.join(name);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -185,29 +303,129 @@ mod tests {
     #[test]
     fn reads_minilm() {
         let c = StConfig::read(&models().join("sentence-transformers/all-MiniLM-L6-v2")).unwrap();
+        assert_eq!(c.input, InputModule::Transformer);
         assert_eq!(c.pooling, Some(Pooling::single(PoolingMode::Mean)));
-        assert!(c.normalize);
+        assert_eq!(c.head, [HeadModule::Normalize]);
         assert_eq!(c.max_seq_length, Some(256));
-        assert!(c.unsupported_modules.is_empty());
     }
 
     #[test]
     fn reads_cls_prompts_without_normalize() {
         let c = StConfig::read(&models().join("tiny/bert-cls")).unwrap();
         assert_eq!(c.pooling, Some(Pooling::single(PoolingMode::Cls)));
-        assert!(!c.normalize);
+        assert!(!c.normalizes());
         assert_eq!(c.prompts["query"], "query: ");
         assert_eq!(c.default_prompt_name, None);
     }
 
     #[test]
-    fn reads_last_token() {
-        let c = StConfig::read(&models().join("tiny/decoder-lasttoken")).unwrap();
-        assert_eq!(c.pooling, Some(Pooling::single(PoolingMode::LastToken)));
+    fn reads_both_layouts_alike() {
+        for name in ["bert-labse", "gemma3-embeddinggemma", "bert-mean-sqrt-len"] {
+            let old = StConfig::read(&models().join("zoo").join(name)).unwrap();
+            let new = StConfig::read(&models().join("zoo-st5").join(name)).unwrap();
+            assert_eq!(old.pooling, new.pooling, "{name}");
+            assert_eq!(old.max_seq_length, new.max_seq_length, "{name}");
+            let folders = |c: &StConfig| {
+                c.head
+                    .iter()
+                    .map(|m| match m {
+                        HeadModule::Dense(dir) => dir.file_name().unwrap().to_owned(),
+                        HeadModule::Normalize => "Normalize".into(),
+                    })
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(folders(&old), folders(&new), "{name}");
+        }
+        let gemma = StConfig::read(&models().join("zoo-st5/gemma3-embeddinggemma")).unwrap();
+        assert_eq!(gemma.head.len(), 3);
+        assert_eq!(gemma.max_seq_length, Some(64));
     }
 
     #[test]
-    fn falls_back_to_tokenizer_then_model_config_for_length() {
+    fn reads_static_embedding_folders() {
+        let hub = StConfig::read(&models().join("zoo/static-embedding")).unwrap();
+        assert_eq!(
+            hub.input,
+            InputModule::Static(models().join("zoo/static-embedding/0_StaticEmbedding"))
+        );
+        assert_eq!(hub.head, [HeadModule::Normalize]);
+        let st5 = StConfig::read(&models().join("zoo-st5/static-embedding")).unwrap();
+        assert_eq!(
+            st5.input,
+            InputModule::Static(models().join("zoo-st5/static-embedding/"))
+        );
+    }
+
+    fn pooling_of(json: &str) -> Result<Pooling, String> {
+        serde_json::from_str::<PoolingFile>(json).unwrap().pooling()
+    }
+
+    #[test]
+    fn reads_pooling_in_every_format() {
+        let single = |mode| Ok(Pooling::single(mode));
+        assert_eq!(
+            pooling_of(r#"{"pooling_mode": "lasttoken"}"#),
+            single(PoolingMode::LastToken)
+        );
+        assert_eq!(
+            pooling_of(r#"{"pooling_mode": "mean_sqrt_len_tokens"}"#),
+            single(PoolingMode::MeanSqrtLen)
+        );
+        assert_eq!(
+            pooling_of(r#"{"pooling_mode": ["mean", "cls"]}"#)
+                .unwrap()
+                .modes(),
+            [PoolingMode::Mean, PoolingMode::Cls]
+        );
+        assert_eq!(
+            pooling_of(r#"{"pooling_mode_max_tokens": true, "pooling_mode_cls_token": true}"#)
+                .unwrap()
+                .modes(),
+            [PoolingMode::Cls, PoolingMode::Max]
+        );
+        // As sentence-transformers reads it: no mode enabled means mean.
+        assert_eq!(
+            pooling_of(r#"{"pooling_mode_cls_token": false}"#),
+            single(PoolingMode::Mean)
+        );
+        assert!(
+            pooling_of(r#"{"pooling_mode": "median"}"#)
+                .unwrap_err()
+                .contains("median")
+        );
+        assert!(pooling_of(r#"{"pooling_mode": []}"#).is_err());
+    }
+
+    fn modules_error(modules: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("modules.json"), modules).unwrap();
+        std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+        std::fs::write(dir.path().join("1_Pooling/config.json"), "{}").unwrap();
+        StConfig::read(dir.path()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn refuses_modules_it_does_not_understand_by_name() {
+        let transformer = r#"{"path": "", "type": "sentence_transformers.models.Transformer"}"#;
+        let pooling = r#"{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}"#;
+        let err = modules_error(&format!(
+            r#"[{transformer}, {pooling}, {{"path": "2_LayerNorm", "type": "sentence_transformers.models.LayerNorm"}}]"#
+        ));
+        assert!(
+            err.contains("sentence_transformers.models.LayerNorm"),
+            "{err}"
+        );
+        assert!(err.contains("2_LayerNorm"), "{err}");
+        let err = modules_error(r#"[{"path": "", "type": "my_package.CustomEncoder"}]"#);
+        assert!(err.contains("my_package.CustomEncoder"), "{err}");
+        let err = modules_error(&format!(
+            r#"[{transformer}, {{"path": "2_Dense", "type": "sentence_transformers.models.Dense"}}]"#
+        ));
+        assert!(err.contains("no Pooling"), "{err}");
+    }
+
+    #[test]
+    fn caps_the_tokenizer_length_at_the_position_embeddings() {
         let dir = tempfile::tempdir().unwrap();
         let length_with = |file: &str, json: &str| {
             std::fs::write(dir.path().join(file), json).unwrap();
@@ -221,11 +439,15 @@ mod tests {
         let sentinel = r#"{"model_max_length": 1000000000000000019884624838656}"#;
         assert_eq!(length_with("tokenizer_config.json", sentinel), Some(512));
         assert_eq!(
+            length_with("tokenizer_config.json", r#"{"model_max_length": 8192}"#),
+            Some(512)
+        );
+        assert_eq!(
             length_with("tokenizer_config.json", r#"{"model_max_length": 128}"#),
             Some(128)
         );
-        let bert = r#"{"max_seq_length": 64}"#;
-        assert_eq!(length_with("sentence_bert_config.json", bert), Some(64));
+        let bert = r#"{"max_seq_length": 1024}"#;
+        assert_eq!(length_with("sentence_bert_config.json", bert), Some(1024));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Text to token ids exactly as sentence-transformers prepares them: prompt prepended, the
-//! text stripped (and lower-cased when the model says so), truncated to `max_seq_length`
-//! with the special tokens counted, and never padded here (batches pad to their longest).
+//! Text to token ids exactly as sentence-transformers prepares them: prompt prepended,
+//! lower-cased when the model says so, truncated to `max_seq_length` with the special tokens
+//! counted, and never padded here (batches pad to their longest). Static embedding models
+//! take the text as it is, without special tokens or truncation.
 
 use std::path::Path;
 
@@ -36,19 +37,29 @@ impl TokenSeq {
     }
 }
 
+/// How the model's input module prepares text.
+#[derive(Debug, Clone, Copy)]
+pub enum TextPreparation {
+    /// sentence-transformers' `Transformer`: special tokens added, truncated at
+    /// `max_seq_length`, lower-cased when the folder says `do_lower_case`.
+    Transformer {
+        max_seq_length: usize,
+        do_lower_case: bool,
+    },
+    /// `StaticEmbedding`: the text as it is, without special tokens (although the tokenizer
+    /// file may define them) and never truncated.
+    Static,
+}
+
 pub struct TextTokenizer {
     tokenizer: Tokenizer,
-    do_lower_case: bool,
+    preparation: TextPreparation,
     vocab_size: usize,
     pub pad_id: u32,
 }
 
 impl TextTokenizer {
-    pub fn load(
-        path: &Path,
-        max_seq_length: usize,
-        do_lower_case: bool,
-    ) -> Result<Self, LoadError> {
+    pub fn load(path: &Path, preparation: TextPreparation) -> Result<Self, LoadError> {
         let mut tokenizer =
             Tokenizer::from_file(path).map_err(|e| LoadError::file(path, e.to_string()))?;
         // Hub tokenizer.json files often carry fixed padding and a shorter truncation (128 for
@@ -63,28 +74,36 @@ impl TextTokenizer {
             })
             .unwrap_or(0);
         tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
+        let truncation = match preparation {
+            TextPreparation::Transformer { max_seq_length, .. } => Some(TruncationParams {
                 max_length: max_seq_length,
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
                 direction: TruncationDirection::Right,
-            }))
+            }),
+            TextPreparation::Static => None,
+        };
+        tokenizer
+            .with_truncation(truncation)
             .map_err(|e| LoadError::file(path, format!("cannot set truncation: {e}")))?;
         let vocab_size = tokenizer.get_vocab_size(true);
         Ok(Self {
             tokenizer,
-            do_lower_case,
+            preparation,
             vocab_size,
             pad_id,
         })
+    }
+
+    fn special_tokens(&self) -> bool {
+        matches!(self.preparation, TextPreparation::Transformer { .. })
     }
 
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
 
-    /// Prepares `prompt + text` as sentence-transformers' `Transformer.tokenize` does.
+    /// Prepares `prompt + text` as sentence-transformers' input module does.
     pub fn prepare(&self, prompt: &str, text: &str) -> String {
         let joined;
         let full = if prompt.is_empty() {
@@ -93,11 +112,14 @@ impl TextTokenizer {
             joined = format!("{prompt}{text}");
             &joined
         };
-        let stripped = python_strip(full);
-        if self.do_lower_case {
-            stripped.to_lowercase()
-        } else {
-            stripped.to_string()
+        match self.preparation {
+            TextPreparation::Transformer {
+                do_lower_case: true,
+                ..
+            } => full.to_lowercase(),
+            // sentence-transformers 5 no longer strips whitespace: byte-level BPE and
+            // SentencePiece tokenizers give leading spaces tokens of their own.
+            _ => full.to_string(),
         }
     }
 
@@ -112,10 +134,16 @@ impl TextTokenizer {
         if texts.len() < PARALLEL_FROM {
             return texts
                 .into_iter()
-                .map(|text| self.tokenizer.encode_fast(text, true).map(ids))
+                .map(|text| {
+                    self.tokenizer
+                        .encode_fast(text, self.special_tokens())
+                        .map(ids)
+                })
                 .collect();
         }
-        let encodings = self.tokenizer.encode_batch_fast(texts, true)?;
+        let encodings = self
+            .tokenizer
+            .encode_batch_fast(texts, self.special_tokens())?;
         Ok(encodings.into_iter().map(ids).collect())
     }
 
@@ -123,25 +151,9 @@ impl TextTokenizer {
     /// the tokenized prompt less its closing special token.
     pub fn prompt_length(&self, prompt: &str) -> Result<usize, tokenizers::Error> {
         let prepared = self.prepare("", prompt);
-        let encoding = self.tokenizer.encode_fast(prepared.as_str(), true)?;
+        let encoding = self
+            .tokenizer
+            .encode_fast(prepared.as_str(), self.special_tokens())?;
         Ok(encoding.get_ids().len().saturating_sub(1))
-    }
-}
-
-/// Python's `str.strip()`: Unicode whitespace plus the ASCII separators U+001C..U+001F,
-/// which Rust's `trim` keeps.
-fn python_strip(s: &str) -> &str {
-    s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_like_python() {
-        assert_eq!(python_strip("  a b \n\t"), "a b");
-        assert_eq!(python_strip("\u{1c}x\u{1f}"), "x");
-        assert_eq!(python_strip("\u{a0}x\u{3000}"), "x");
     }
 }

@@ -325,7 +325,8 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 #[derive(Deserialize)]
 pub struct Reference {
-    pub max_seq_length: usize,
+    /// `None` for static embeddings, which never truncate.
+    pub max_seq_length: Option<usize>,
     pub cases: Vec<Case>,
 }
 
