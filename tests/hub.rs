@@ -5,12 +5,16 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::fake_hub::{FakeHub, REPO, start_fake_hub};
+use common::fake_hub::{DECOYS, DENSE_REPO, FakeHub, REPO, STATIC_REPO, start_fake_hub};
 use common::{Server, cosine, reference, run_cli};
 use serde_json::json;
 
 fn assert_matches_reference(server: &Server, model: &str) {
-    let reference = reference("tiny/bert-mean");
+    assert_matches(server, model, "tiny/bert-mean");
+}
+
+fn assert_matches(server: &Server, model: &str, fixture: &str) {
+    let reference = reference(fixture);
     let inputs: Vec<&str> = reference.cases.iter().map(|c| c.input.as_str()).collect();
     let got = server.embed(model, json!(inputs), json!({}));
     for (case, vector) in reference.cases.iter().zip(&got) {
@@ -33,11 +37,41 @@ fn assert_fetched_only_needed(hub: &FakeHub) {
         "{fetched:?}"
     );
     assert!(
-        !fetched
-            .iter()
-            .any(|f| f == "pytorch_model.bin" || f == "onnx/model_qint8.onnx"),
+        !fetched.iter().any(|f| DECOYS.contains(&f.as_str())),
         "{fetched:?}"
     );
+}
+
+#[test]
+fn dense_and_static_models_download_what_their_modules_need() {
+    let (endpoint, hub) = start_fake_hub();
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        &["--model", DENSE_REPO, "--model", STATIC_REPO],
+        &[
+            ("HF_ENDPOINT", &endpoint),
+            ("HF_HOME", home.path().to_str().unwrap()),
+        ],
+    );
+    assert_matches(&server, DENSE_REPO, "zoo-st5/bert-labse");
+    assert_matches(&server, STATIC_REPO, "zoo/static-embedding");
+    let fetched = hub.fetched.lock().unwrap().clone();
+    for needed in [
+        "2_Dense/config.json",
+        "2_Dense/model.safetensors",
+        "0_StaticEmbedding/model.safetensors",
+        "0_StaticEmbedding/tokenizer.json",
+    ] {
+        assert!(fetched.iter().any(|f| f == needed), "{needed}: {fetched:?}");
+    }
+    assert!(
+        !fetched.iter().any(|f| DECOYS.contains(&f.as_str())),
+        "{fetched:?}"
+    );
+    // Only the Dense model has a graph (hf-hub asks twice for each file).
+    let mut graphs: Vec<_> = fetched.iter().filter(|f| f.ends_with(".onnx")).collect();
+    graphs.dedup();
+    assert_eq!(graphs, ["onnx/model.onnx"], "{fetched:?}");
 }
 
 #[test]

@@ -16,12 +16,25 @@ use tokio::sync::Semaphore;
 use super::model_dir;
 
 pub const REPO: &str = "fixture-org/bert-mean";
+/// A model with a Dense module (zoo-st5/bert-labse).
+pub const DENSE_REPO: &str = "fixture-org/labse";
+/// A static embedding model (zoo/static-embedding).
+pub const STATIC_REPO: &str = "fixture-org/static";
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-/// A stand-in for the Hub serving one repository: tiny/bert-mean plus files that a
-/// sentence-transformers ONNX model does not need, which must never be fetched.
+/// Files no model here needs, which must never be fetched.
+pub const DECOYS: [&str; 4] = [
+    "pytorch_model.bin",
+    "model.safetensors",
+    "onnx/model_qint8.onnx",
+    "2_Dense/pytorch_model.bin",
+];
+
+/// A stand-in for the Hub serving three repositories, each a fixture folder plus files that
+/// its model does not need (`DECOYS`).
 pub struct FakeHub {
-    files: BTreeMap<String, Vec<u8>>,
+    /// Repository, then file, to bytes.
+    repos: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     pub fetched: Mutex<Vec<String>>,
     /// While closed, downloads of the ONNX graph wait: lets a test hold a load in progress.
     pub gate: Semaphore,
@@ -42,10 +55,10 @@ async fn repo_info(
     State(hub): State<Arc<FakeHub>>,
     UrlPath((org, name, _rev)): UrlPath<(String, String, String)>,
 ) -> Response {
-    if format!("{org}/{name}") != REPO {
+    let Some(files) = hub.repos.get(&format!("{org}/{name}")) else {
         return StatusCode::NOT_FOUND.into_response();
-    }
-    let siblings: Vec<_> = hub.files.keys().map(|f| json!({"rfilename": f})).collect();
+    };
+    let siblings: Vec<_> = files.keys().map(|f| json!({"rfilename": f})).collect();
     axum::Json(json!({"sha": COMMIT, "siblings": siblings})).into_response()
 }
 
@@ -55,9 +68,9 @@ async fn resolve(
     headers: HeaderMap,
 ) -> Response {
     let Some(bytes) = hub
-        .files
-        .get(&file)
-        .filter(|_| format!("{org}/{name}") == REPO)
+        .repos
+        .get(&format!("{org}/{name}"))
+        .and_then(|files| files.get(&file))
     else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -108,12 +121,21 @@ pub fn start_fake_hub() -> (String, Arc<FakeHub>) {
 
 /// Like `start_fake_hub`; with `open = false`, the graph is served once `gate` gets a permit.
 pub fn start_gated_hub(open: bool) -> (String, Arc<FakeHub>) {
-    let mut files = BTreeMap::new();
-    collect(&model_dir("tiny/bert-mean"), "", &mut files);
-    files.insert("pytorch_model.bin".into(), b"not needed".to_vec());
-    files.insert("onnx/model_qint8.onnx".into(), b"not needed".to_vec());
+    let mut repos = BTreeMap::new();
+    for (repo, fixture) in [
+        (REPO, "tiny/bert-mean"),
+        (DENSE_REPO, "zoo-st5/bert-labse"),
+        (STATIC_REPO, "zoo/static-embedding"),
+    ] {
+        let mut files = BTreeMap::new();
+        collect(&model_dir(fixture), "", &mut files);
+        for decoy in DECOYS {
+            files.insert(decoy.to_string(), b"not needed".to_vec());
+        }
+        repos.insert(repo.to_string(), files);
+    }
     let hub = Arc::new(FakeHub {
-        files,
+        repos,
         fetched: Mutex::new(Vec::new()),
         gate: Semaphore::new(if open { Semaphore::MAX_PERMITS } else { 0 }),
     });
