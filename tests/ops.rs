@@ -53,17 +53,22 @@ fn metrics_page(server: &Server) -> String {
 #[test]
 fn metrics_move_with_requests() {
     let server = Server::start(&["--models-dir", &models_root_arg()]);
-    server.embed("tiny/bert-mean", json!("load it"), json!({}));
-    let before = metrics_page(&server);
-    let mut tokens = 0;
-    for input in [json!(["Hello", "a"]), json!("Hello")] {
-        let (status, json) = server.post_json(
-            "/v1/embeddings",
-            &json!({"model": "tiny/bert-mean", "input": input}),
-        );
-        assert_eq!(status, 200);
-        tokens += json["usage"]["prompt_tokens"].as_u64().unwrap();
+    // A graph model, and a static one that computes without the batcher.
+    let models = ["tiny/bert-mean", "zoo/static-embedding"];
+    for model in models {
+        server.embed(model, json!("load it"), json!({}));
     }
+    let before = metrics_page(&server);
+    let mut tokens = [0, 0];
+    for input in [json!(["Hello", "a"]), json!("Hello")] {
+        for (model, tokens) in models.iter().zip(&mut tokens) {
+            let (status, json) =
+                server.post_json("/v1/embeddings", &json!({"model": model, "input": input}));
+            assert_eq!(status, 200);
+            *tokens += json["usage"]["prompt_tokens"].as_u64().unwrap();
+        }
+    }
+    let tokens_of = |model: &str| format!(r#"embedserve_tokens_total{{model="{model}"}}"#);
     let (status, _) =
         server.post_json("/v1/embeddings", &json!({"model": "no/such", "input": "x"}));
     assert_eq!(status, 404);
@@ -74,12 +79,10 @@ fn metrics_move_with_requests() {
     assert_eq!(delta(ok), 2.0, "{after}");
     let missing = r#"embedserve_requests_total{model="",route="/v1/embeddings",status="404"}"#;
     assert_eq!(delta(missing), 1.0, "{after}");
-    assert_eq!(
-        delta(r#"embedserve_tokens_total{model="tiny/bert-mean"}"#),
-        tokens as f64,
-        "{after}"
-    );
-    assert_eq!(delta("embedserve_cache_hits_total"), 2.0);
+    for (model, tokens) in models.iter().zip(tokens) {
+        assert_eq!(delta(&tokens_of(model)), tokens as f64, "{after}");
+    }
+    assert_eq!(delta("embedserve_cache_hits_total"), 4.0);
     assert_eq!(
         delta("embedserve_cache_misses_total"),
         1.0,
@@ -90,6 +93,10 @@ fn metrics_move_with_requests() {
         "{after}"
     );
     assert!(delta(r#"embedserve_inference_duration_seconds_count{model="tiny/bert-mean"}"#) >= 2.0);
+    assert_eq!(
+        delta(r#"embedserve_inference_duration_seconds_count{model="zoo/static-embedding"}"#),
+        2.0
+    );
     assert!(delta(r#"embedserve_request_duration_seconds_count{route="/v1/embeddings"}"#) >= 3.0);
     assert_eq!(
         sample(
@@ -98,7 +105,7 @@ fn metrics_move_with_requests() {
         ),
         1.0
     );
-    assert_eq!(sample(&after, "embedserve_models_loaded"), 1.0);
+    assert_eq!(sample(&after, "embedserve_models_loaded"), 2.0);
     assert_eq!(
         sample(&after, r#"embedserve_queue_depth{model="tiny/bert-mean"}"#),
         0.0

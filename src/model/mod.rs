@@ -14,6 +14,7 @@ mod weights;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 pub use encoder::{Encoder, GraphOptions, OutputKind};
 pub use inputs::{EmbedOptions, TokenInput, warm_up_tiktoken};
@@ -28,6 +29,7 @@ use tokenize::{TextPreparation, TextTokenizer};
 
 use crate::batcher::{BatchError, BatchLimits, Batcher, Pending};
 use crate::config::BatcherConfig;
+use crate::metrics::METRICS;
 use crate::runtime::{Device, Runtime};
 
 /// Why a model could not be loaded. Messages name the file and the reason.
@@ -145,7 +147,7 @@ pub struct Model {
     /// The graph's file, for transformer models.
     onnx_file: Option<String>,
     dimension: usize,
-    /// `None` for static embeddings, which take any length.
+    /// `None` for static embeddings whose tokenizer file does not truncate.
     max_seq_length: Option<usize>,
     prompts: BTreeMap<String, String>,
     /// Prompt lengths in tokens, for models that leave the prompt out of pooling.
@@ -298,13 +300,10 @@ impl Model {
             TextTokenizer::load(&folder.join("tokenizer.json"), TextPreparation::Static)?;
         let table = StaticEmbedding::load(folder, head, tokenizer.vocab_size())?;
         tracing::info!(model = %spec.name, "{} is a static embedding table: no graph, no batcher", spec.name);
-        Ok(Self::common(
-            spec,
-            dir,
-            st,
-            tokenizer,
-            Engine::Static(table),
-        ))
+        let max_length = tokenizer.max_length();
+        let mut model = Self::common(spec, dir, st, tokenizer, Engine::Static(table));
+        model.max_seq_length = max_length;
+        Ok(model)
     }
 
     /// The fields every kind of model sets alike.
@@ -375,7 +374,18 @@ impl Model {
         let embedding = match &self.engine {
             Engine::Graph(batcher) => Embedding::Queued(batcher.submit(seqs)?),
             Engine::Static(table) => {
-                Embedding::Ready(table.embed(&seqs).map_err(BatchError::Inference)?)
+                let started = Instant::now();
+                let vectors = table.embed(&seqs).map_err(BatchError::Inference)?;
+                let model = [self.name.as_str()];
+                METRICS
+                    .inference_seconds
+                    .with_label_values(&model)
+                    .observe(started.elapsed().as_secs_f64());
+                METRICS
+                    .tokens
+                    .with_label_values(&model)
+                    .inc_by(tokens as u64);
+                Embedding::Ready(vectors)
             }
         };
         Ok((embedding, tokens))

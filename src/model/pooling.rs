@@ -10,6 +10,7 @@ pub enum PoolingMode {
     Cls,
     Max,
     Mean,
+    #[serde(alias = "mean_sqrt_len_tokens")]
     MeanSqrtLen,
     #[serde(rename = "weightedmean")]
     WeightedMean,

@@ -47,7 +47,7 @@ pub enum TextPreparation {
         do_lower_case: bool,
     },
     /// `StaticEmbedding`: the text as it is, without special tokens (although the tokenizer
-    /// file may define them) and never truncated.
+    /// file may define them), truncated only where the tokenizer file says so.
     Static,
 }
 
@@ -74,18 +74,17 @@ impl TextTokenizer {
             })
             .unwrap_or(0);
         tokenizer.with_padding(None);
-        let truncation = match preparation {
-            TextPreparation::Transformer { max_seq_length, .. } => Some(TruncationParams {
-                max_length: max_seq_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-                direction: TruncationDirection::Right,
-            }),
-            TextPreparation::Static => None,
-        };
-        tokenizer
-            .with_truncation(truncation)
-            .map_err(|e| LoadError::file(path, format!("cannot set truncation: {e}")))?;
+        // A static model keeps the file's own truncation, as sentence-transformers does.
+        if let TextPreparation::Transformer { max_seq_length, .. } = preparation {
+            tokenizer
+                .with_truncation(Some(TruncationParams {
+                    max_length: max_seq_length,
+                    strategy: TruncationStrategy::LongestFirst,
+                    stride: 0,
+                    direction: TruncationDirection::Right,
+                }))
+                .map_err(|e| LoadError::file(path, format!("cannot set truncation: {e}")))?;
+        }
         let vocab_size = tokenizer.get_vocab_size(true);
         Ok(Self {
             tokenizer,
@@ -101,6 +100,11 @@ impl TextTokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    /// Where inputs are cut, if anywhere.
+    pub fn max_length(&self) -> Option<usize> {
+        self.tokenizer.get_truncation().map(|t| t.max_length)
     }
 
     /// Prepares `prompt + text` as sentence-transformers' input module does.
