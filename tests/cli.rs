@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{
     Server, assert_error, config_file, cosine, model_dir, models_root, reference, run_cli,
 };
@@ -102,23 +100,11 @@ fn a_preloaded_model_that_cannot_load_stops_startup() {
     assert!(log.contains("/nonexistent/model-dir"), "{log}");
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// A models directory holding `broken/bert`: tiny/bert-mean with a corrupt ONNX file.
 fn broken_mirror() -> tempfile::TempDir {
     let mirror = tempfile::tempdir().unwrap();
     let broken = mirror.path().join("broken/bert");
-    copy_dir(&model_dir("tiny/bert-mean"), &broken);
+    common::copy_dir(&model_dir("tiny/bert-mean"), &broken);
     std::fs::write(broken.join("onnx/model.onnx"), b"this is not a protobuf").unwrap();
     mirror
 }

@@ -10,19 +10,8 @@ use serde_json::json;
 
 /// Copies a fixture folder, so a test can change its files.
 fn copy_fixture(id: &str) -> tempfile::TempDir {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap().flatten() {
-            let target = to.join(entry.file_name());
-            if entry.path().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
-    copy(&model_dir(id), dir.path());
+    common::copy_dir(&model_dir(id), dir.path());
     dir
 }
 

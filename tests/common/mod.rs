@@ -344,6 +344,19 @@ pub fn reference(id: &str) -> Reference {
     serde_json::from_str(&text).expect("reference.json")
 }
 
+/// Copies a folder recursively (a fixture that a test changes).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// Writes `text` as a config file in a fresh temporary folder.
 pub fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
