@@ -27,7 +27,7 @@ enum Feed {
 
 /// What the chosen output holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutputKind {
+enum OutputKind {
     /// `[batch, dim]`, already pooled (and perhaps normalised) inside the graph.
     Pooled,
     /// `[batch, seq, hidden]`, to be pooled here.
@@ -53,6 +53,9 @@ pub struct Encoder {
     /// float16 outputs (fp16 exports) are widened into `widened` once per run.
     half_output: bool,
     widened: Vec<f32>,
+    /// The output's last dimension: as declared, then as the last run gave it (for batches
+    /// of empty sequences only, which pool to zeros without a run).
+    output_width: usize,
     head: Head,
     pad_id: i64,
     quantizes_activations: bool,
@@ -154,6 +157,7 @@ impl Encoder {
             kind,
             half_output,
             widened: Vec::new(),
+            output_width: width.unwrap_or(0),
             head,
             pad_id: i64::from(pad_id),
             quantizes_activations: has_dynamic_quantization(onnx)
@@ -172,10 +176,6 @@ impl Encoder {
         self.device
     }
 
-    pub fn output_kind(&self) -> &OutputKind {
-        &self.kind
-    }
-
     /// Whether the graph can embed a sequence of no tokens (one whose tokenizer adds no
     /// special tokens, given ""): only by pooling it here, to the zeros sentence-transformers
     /// gives, without running the graph on it.
@@ -190,7 +190,6 @@ impl Encoder {
         if running.len() < batch.len() && !self.embeds_empty_sequences() {
             anyhow::bail!("the graph cannot embed a sequence of no tokens");
         }
-        let declared_width = self.declared_width();
         let cols = running.iter().map(|s| s.len()).max().unwrap_or(0);
         let padded = Padded::new(&running, cols, self.pad_id, &self.feeds);
         // The fields are borrowed one by one: the run's outputs borrow the session while the
@@ -203,12 +202,13 @@ impl Encoder {
             kind,
             half_output,
             widened,
+            output_width,
             head,
             ..
         } = self;
         let outputs;
-        let (out_width, values): (usize, &[f32]) = if running.is_empty() {
-            (declared_width, &[])
+        let values: &[f32] = if running.is_empty() {
+            &[]
         } else {
             let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
                 Vec::with_capacity(feeds.len());
@@ -224,12 +224,15 @@ impl Encoder {
                 let (shape, halves) = tensor.try_extract_tensor::<f16>()?;
                 widened.resize(halves.len(), 0.0);
                 halves.convert_to_f32_slice(widened);
-                (last_dim(shape), &widened[..])
+                *output_width = last_dim(shape);
+                &widened[..]
             } else {
                 let (shape, values) = tensor.try_extract_tensor::<f32>()?;
-                (last_dim(shape), values)
+                *output_width = last_dim(shape);
+                values
             }
         };
+        let out_width = *output_width;
 
         let (pooled, width) = match kind {
             OutputKind::Pooled => (values.to_vec(), out_width),
@@ -256,20 +259,6 @@ impl Encoder {
             .chunks_exact(width.max(1))
             .map(<[f32]>::to_vec)
             .collect())
-    }
-
-    /// The output's last dimension as the graph declares it (0 when it is dynamic).
-    fn declared_width(&self) -> usize {
-        self.session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == self.output)
-            .and_then(|o| match o.dtype() {
-                ValueType::Tensor { shape, .. } => shape.last().copied(),
-                _ => None,
-            })
-            .and_then(|d| usize::try_from(d).ok())
-            .unwrap_or(0)
     }
 }
 

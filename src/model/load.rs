@@ -1,0 +1,203 @@
+//! Loading a model folder: its modules read, the Dense weights or static table loaded, the
+//! graph opened on its device behind a batcher, and one probe run end to end.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::encoder::{Encoder, GraphOptions};
+use super::head::Head;
+use super::pooling::Pooling;
+use super::source;
+use super::st_config::{HeadModule, InputModule, StConfig};
+use super::static_embedding::StaticEmbedding;
+use super::tokenize::{TextPreparation, TextTokenizer};
+use super::{Batching, Engine, Input, LoadError, Model, ModelSpec};
+use crate::batcher::{BatchLimits, Batcher};
+use crate::config::BatcherConfig;
+use crate::runtime::{Device, Runtime};
+
+/// The graph probed at load: a word, since some tokenizers turn "" into no tokens at all.
+const PROBE_TEXT: &str = "embedserve";
+
+impl Model {
+    /// Loads a model from a local folder.
+    pub fn load_dir(spec: &ModelSpec, dir: &Path, runtime: &Runtime) -> Result<Self, LoadError> {
+        if !dir.is_dir() {
+            return Err(LoadError::file(dir, "not a directory"));
+        }
+        let st = StConfig::read(dir)?;
+        let head = Head::load(&head_modules(&st, spec.normalize))?;
+        let mut model = match &st.input {
+            InputModule::Transformer => Self::load_graph(spec, dir, runtime, &st, head)?,
+            InputModule::Static(folder) => Self::load_static(spec, dir, folder, &st, head)?,
+        };
+        let what = match &model.onnx_file {
+            Some(file) => dir.join(file),
+            None => dir.to_path_buf(),
+        };
+        // One real run proves the model works end to end and tells its output width.
+        let probe = model
+            .embed_blocking(&[Input::Text(PROBE_TEXT.into())], None)
+            .map_err(|e| LoadError::file(&what, format!("a test run failed: {e}")))?;
+        model.dimension = probe[0].len();
+        Ok(model)
+    }
+
+    fn load_graph(
+        spec: &ModelSpec,
+        dir: &Path,
+        runtime: &Runtime,
+        st: &StConfig,
+        head: Head,
+    ) -> Result<Self, LoadError> {
+        let onnx_file = match &spec.onnx_file {
+            Some(file) => file.clone(),
+            None => source::DEFAULT_ONNX_FILES
+                .into_iter()
+                .find(|f| dir.join(f).is_file())
+                .unwrap_or(source::DEFAULT_ONNX_FILES[0])
+                .to_string(),
+        };
+        let onnx = dir.join(&onnx_file);
+        if !onnx.is_file() {
+            return Err(LoadError::file(
+                &onnx,
+                "missing (set `onnx_file` to choose another graph)",
+            ));
+        }
+        let max_seq_length = spec.max_seq_length.or(st.max_seq_length).ok_or_else(|| {
+            LoadError::Config(format!(
+                "{}: cannot tell the maximum sequence length (no sentence_bert_config.json, \
+                 tokenizer_config.json or config.json gives one); set `max_seq_length`",
+                dir.display()
+            ))
+        })?;
+        let pooling = spec.pooling.map(Pooling::single).or(st.pooling.clone());
+
+        let tokenizer = TextTokenizer::load(
+            &dir.join("tokenizer.json"),
+            TextPreparation::Transformer {
+                max_seq_length,
+                do_lower_case: st.do_lower_case,
+            },
+        )?;
+        let graph = GraphOptions {
+            pooling,
+            head,
+            device: spec.device,
+            gpu_mem_limit: spec.gpu_mem_limit,
+        };
+        let encoder = Encoder::load(runtime, &onnx, graph, tokenizer.pad_id)?;
+        let device = encoder.device();
+        tracing::info!(model = %spec.name, %device, "{} runs on {device}", spec.name);
+        let embeds_empty = encoder.embeds_empty_sequences();
+        let batching = spec.batching.unwrap_or_else(|| {
+            if encoder.quantizes_activations() {
+                Batching::Isolated
+            } else {
+                Batching::Dynamic
+            }
+        });
+        tracing::info!(
+            model = %spec.name,
+            "batching {}: {}",
+            match batching {
+                Batching::Dynamic => "dynamic",
+                Batching::Isolated => "isolated",
+            },
+            match (spec.batching, batching) {
+                (Some(_), _) => "set in the configuration",
+                (None, Batching::Isolated) =>
+                    "the graph quantizes activations per run (DynamicQuantizeLinear), so batch-mates would change its vectors",
+                (None, Batching::Dynamic) => "the graph's rows are independent of each other",
+            }
+        );
+        // A GPU runs bigger batches at little extra cost: grow the defaults (not what the
+        // configuration set) there.
+        let limits = if matches!(device, Device::Cuda(_))
+            && spec.limits == BatcherConfig::default().limits()
+        {
+            BatcherConfig::gpu_default().limits()
+        } else {
+            spec.limits
+        };
+        let limits = match batching {
+            Batching::Dynamic => limits,
+            Batching::Isolated => BatchLimits {
+                max_batch_size: 1,
+                ..limits
+            },
+        };
+        let batcher = Batcher::start(&spec.name, encoder, limits)
+            .map_err(|e| LoadError::Source(format!("cannot start the batcher thread: {e}")))?;
+        let mut excluded_prompt_lengths = BTreeMap::new();
+        if !st.include_prompt {
+            for (name, prompt) in &st.prompts {
+                let length = tokenizer
+                    .prompt_length(prompt)
+                    .map_err(|e| LoadError::file(dir.join("tokenizer.json"), e.to_string()))?;
+                excluded_prompt_lengths.insert(name.clone(), length);
+            }
+        }
+        let mut model = Self::common(spec, dir, st, tokenizer, Engine::Graph(batcher));
+        model.onnx_file = Some(onnx_file);
+        model.max_seq_length = Some(max_seq_length);
+        model.excluded_prompt_lengths = excluded_prompt_lengths;
+        model.embeds_empty = embeds_empty;
+        Ok(model)
+    }
+
+    fn load_static(
+        spec: &ModelSpec,
+        dir: &Path,
+        folder: &Path,
+        st: &StConfig,
+        head: Head,
+    ) -> Result<Self, LoadError> {
+        let tokenizer =
+            TextTokenizer::load(&folder.join("tokenizer.json"), TextPreparation::Static)?;
+        let table = StaticEmbedding::load(folder, head, tokenizer.vocab_size())?;
+        tracing::info!(model = %spec.name, "{} is a static embedding table: no graph, no batcher", spec.name);
+        let max_length = tokenizer.max_length();
+        let mut model = Self::common(spec, dir, st, tokenizer, Engine::Static(table));
+        model.max_seq_length = max_length;
+        Ok(model)
+    }
+
+    /// The fields every kind of model sets alike.
+    fn common(
+        spec: &ModelSpec,
+        dir: &Path,
+        st: &StConfig,
+        tokenizer: TextTokenizer,
+        engine: Engine,
+    ) -> Self {
+        Self {
+            name: spec.name.clone(),
+            dir: dir.to_path_buf(),
+            onnx_file: None,
+            dimension: 0,
+            max_seq_length: None,
+            prompts: st.prompts.clone(),
+            excluded_prompt_lengths: BTreeMap::new(),
+            default_prompt_name: st.default_prompt_name.clone(),
+            token_input: spec.token_input,
+            truncate: spec.truncate,
+            embeds_empty: true,
+            tokenizer,
+            engine,
+        }
+    }
+}
+
+/// The folder's modules after pooling, with the configuration's `normalize` applied: `true`
+/// adds a final Normalize, `false` removes them.
+fn head_modules(st: &StConfig, normalize: Option<bool>) -> Vec<HeadModule> {
+    let mut modules = st.head.clone();
+    match normalize {
+        Some(false) => modules.retain(|m| *m != HeadModule::Normalize),
+        Some(true) if !st.normalizes() => modules.push(HeadModule::Normalize),
+        _ => {}
+    }
+    modules
+}
