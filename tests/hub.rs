@@ -183,3 +183,23 @@ fn requests_cannot_download_unless_allowed() {
     assert_matches_reference(&server, REPO);
     assert_eq!(server.loaded(), [REPO], "listed once loaded");
 }
+
+#[test]
+fn a_graph_the_repository_lacks_is_named_with_the_ones_it_has() {
+    let (endpoint, _hub) = start_fake_hub();
+    let home = tempfile::tempdir().unwrap();
+    let output = run_cli(
+        &["pull", DENSE_REPO, "--onnx-file", "onnx/model_O3.onnx"],
+        &[
+            ("HF_ENDPOINT", &endpoint),
+            ("HF_HOME", home.path().to_str().unwrap()),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("has no onnx/model_O3.onnx (the ONNX graph)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("onnx/model.onnx"), "{stderr}");
+}

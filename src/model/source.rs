@@ -198,15 +198,16 @@ pub async fn download(
             .iter()
             .find(|f| listed.contains(&f.as_str()))
             .ok_or_else(|| {
-                LoadError::Source(format!(
-                    "`{id}` has no {} ({}); its ONNX files: {:?}",
+                let mut message = format!(
+                    "`{id}` has no {} ({})",
                     wanted.alternatives.join(" or "),
-                    wanted.purpose,
-                    listed
-                        .iter()
-                        .filter(|f| f.ends_with(".onnx"))
-                        .collect::<Vec<_>>()
-                ))
+                    wanted.purpose
+                );
+                if wanted.purpose == GRAPH {
+                    let graphs: Vec<_> = listed.iter().filter(|f| f.ends_with(".onnx")).collect();
+                    message += &format!("; ONNX files in it: {graphs:?}");
+                }
+                LoadError::Source(message)
             })?;
         fetch(file).await?;
         if wanted.purpose == GRAPH {
@@ -246,6 +247,13 @@ fn needed_files(modules: &[ModuleEntry], onnx_file: Option<&str>) -> Vec<Needed>
             "" => file.to_string(),
             folder => format!("{folder}/{file}"),
         };
+        if matches!(module.class_name(), "Pooling" | "Dense") {
+            // Numbered folders' configs come with the first fetch; this covers any folder name.
+            needed.push(Needed {
+                alternatives: vec![in_folder("config.json")],
+                purpose: "the module's config",
+            });
+        }
         match module.class_name() {
             "Transformer" => needed.push(graph()),
             "Dense" => needed.push(Needed {
@@ -388,11 +396,24 @@ mod tests {
         let needed = needed_files(&labse, None);
         assert_eq!(
             first_choices(&needed),
-            ["onnx/model.onnx", "2_Dense/model.safetensors"]
+            [
+                "onnx/model.onnx",
+                "1_Pooling/config.json",
+                "2_Dense/config.json",
+                "2_Dense/model.safetensors"
+            ]
         );
         assert_eq!(needed[0].alternatives, ["onnx/model.onnx", "model.onnx"]);
         let chosen = needed_files(&labse, Some("onnx/model_O3.onnx"));
         assert_eq!(chosen[0].alternatives, ["onnx/model_O3.onnx"]);
+        let unnumbered = modules(
+            r#"[{"path": "", "type": "sentence_transformers.models.Transformer"},
+                {"path": "pooling", "type": "sentence_transformers.models.Pooling"}]"#,
+        );
+        assert_eq!(
+            first_choices(&needed_files(&unnumbered, None)),
+            ["onnx/model.onnx", "pooling/config.json"]
+        );
 
         // A static model has no graph; its table and tokenizer sit at the root or in its folder.
         for (path, prefix) in [
