@@ -201,3 +201,24 @@ fn head_modules(st: &StConfig, normalize: Option<bool>) -> Vec<HeadModule> {
     }
     modules
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_normalize_setting_adds_or_removes_the_module() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/zoo/distilbert-dense");
+        let st = StConfig::read(&dir).unwrap();
+        let dense = HeadModule::Dense(dir.join("2_Dense"));
+        assert_eq!(head_modules(&st, None), std::slice::from_ref(&dense));
+        assert_eq!(
+            head_modules(&st, Some(true)),
+            [dense.clone(), HeadModule::Normalize]
+        );
+        let labse = StConfig::read(&dir.with_file_name("bert-labse")).unwrap();
+        assert_eq!(head_modules(&labse, Some(true)), labse.head);
+        assert_eq!(head_modules(&labse, Some(false)).len(), 1);
+    }
+}
