@@ -221,6 +221,50 @@ mod tests {
         Config::load(Some(&path), Overrides::default())
     }
 
+    /// The config files shipped in `config/`, and the TOML blocks of the README.
+    fn shipped_configs() -> Vec<(String, String)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut found: Vec<(String, String)> = std::fs::read_dir(root.join("config"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+            .map(|e| {
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                (e.path().display().to_string(), text)
+            })
+            .collect();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        for (i, block) in readme.split("```toml\n").skip(1).enumerate() {
+            let block = block.split("```").next().unwrap_or_default();
+            found.push((format!("README.md TOML block {i}"), block.to_string()));
+        }
+        found
+    }
+
+    #[test]
+    fn every_shipped_config_loads_with_its_examples() {
+        let shipped = shipped_configs();
+        assert!(
+            shipped
+                .iter()
+                .any(|(name, _)| name.ends_with("embedserve.toml"))
+        );
+        for (name, text) in shipped {
+            parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // A commented-out [[models]] example, uncommented, must load too.
+            if let Some(at) = text.find("# [[models]]") {
+                let example: String = text[at..]
+                    .lines()
+                    .filter(|l| l.starts_with("# ") && !l.starts_with("# # "))
+                    .map(|l| format!("{}\n", &l[2..]))
+                    .collect();
+                let with_example = format!("{}{example}", &text[..at]);
+                let config = parse(&with_example).unwrap_or_else(|e| panic!("{name} example: {e}"));
+                assert_eq!(config.models.len(), 1, "{name}");
+            }
+        }
+    }
+
     #[test]
     fn unknown_key_is_named() {
         let err = parse("[server]\nhots = \"x\"\n").unwrap_err().to_string();
