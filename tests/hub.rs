@@ -5,7 +5,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::fake_hub::{DECOYS, DENSE_REPO, FakeHub, REPO, STATIC_REPO, start_fake_hub};
+use common::fake_hub::{
+    DECOYS, DENSE_REPO, FakeHub, REPO, ROOT_GRAPH_REPO, STATIC_REPO, start_fake_hub,
+};
 use common::{Server, cosine, reference, run_cli};
 use serde_json::json;
 
@@ -36,6 +38,26 @@ fn assert_fetched_only_needed(hub: &FakeHub) {
         fetched.iter().any(|f| f == "1_Pooling/config.json"),
         "{fetched:?}"
     );
+    assert!(
+        !fetched.iter().any(|f| DECOYS.contains(&f.as_str())),
+        "{fetched:?}"
+    );
+}
+
+#[test]
+fn a_root_level_graph_is_found_without_onnx_file() {
+    let (endpoint, hub) = start_fake_hub();
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        &["--model", ROOT_GRAPH_REPO],
+        &[
+            ("HF_ENDPOINT", &endpoint),
+            ("HF_HOME", home.path().to_str().unwrap()),
+        ],
+    );
+    assert_matches(&server, ROOT_GRAPH_REPO, "zoo-st5/bert-dense-optimum-st");
+    let fetched = hub.fetched.lock().unwrap().clone();
+    assert!(fetched.iter().any(|f| f == "model.onnx"), "{fetched:?}");
     assert!(
         !fetched.iter().any(|f| DECOYS.contains(&f.as_str())),
         "{fetched:?}"

@@ -20,6 +20,8 @@ pub const REPO: &str = "fixture-org/bert-mean";
 pub const DENSE_REPO: &str = "fixture-org/labse";
 /// A static embedding model (zoo/static-embedding).
 pub const STATIC_REPO: &str = "fixture-org/static";
+/// optimum's export: one root-level `model.onnx`, no modules.json.
+pub const ROOT_GRAPH_REPO: &str = "fixture-org/optimum";
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// Files no model here needs, which must never be fetched.
@@ -30,7 +32,7 @@ pub const DECOYS: [&str; 4] = [
     "2_Dense/pytorch_model.bin",
 ];
 
-/// A stand-in for the Hub serving three repositories, each a fixture folder plus files that
+/// A stand-in for the Hub serving four repositories, each a fixture folder plus files that
 /// its model does not need (`DECOYS`).
 pub struct FakeHub {
     /// Repository, then file, to bytes.
@@ -126,6 +128,7 @@ pub fn start_gated_hub(open: bool) -> (String, Arc<FakeHub>) {
         (REPO, "tiny/bert-mean"),
         (DENSE_REPO, "zoo-st5/bert-labse"),
         (STATIC_REPO, "zoo/static-embedding"),
+        (ROOT_GRAPH_REPO, "zoo-st5/bert-dense-optimum-st"),
     ] {
         let mut files = BTreeMap::new();
         collect(&model_dir(fixture), "", &mut files);
