@@ -59,7 +59,7 @@ impl Catalog {
                 normalize: model.normalize,
                 max_seq_length: model.max_seq_length,
                 batching: model.batching,
-                limits: config.batcher.for_model(model),
+                batch: config.batcher.for_model(model),
                 token_input: model.token_input.unwrap_or(config.server.token_input),
                 truncate: model.truncate.unwrap_or(true),
                 device: model.device.unwrap_or(config.runtime.device),
@@ -85,7 +85,7 @@ impl Catalog {
             },
             allow_hub_downloads: config.cache.allow_hub_downloads,
             defaults: ModelSpec {
-                limits: config.batcher.limits(),
+                batch: config.batcher.settings(),
                 token_input: config.server.token_input,
                 device: config.runtime.device,
                 gpu_mem_limit: config.runtime.gpu_mem_limit,

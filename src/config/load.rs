@@ -66,13 +66,13 @@ impl Config {
         }
         self.cache.allow_hub_downloads |= o.allow_hub_downloads;
         if let Some(n) = o.max_batch_size {
-            self.batcher.max_batch_size = n;
+            self.batcher.max_batch_size = Some(n);
         }
         if let Some(n) = o.max_batch_tokens {
-            self.batcher.max_batch_tokens = n;
+            self.batcher.max_batch_tokens = Some(n);
         }
         if let Some(n) = o.max_queued_inputs {
-            self.batcher.max_queued_inputs = n;
+            self.batcher.max_queued_inputs = Some(n);
         }
         if let Some(device) = o.device {
             self.runtime.device = device;
@@ -133,15 +133,9 @@ impl Config {
                 "server.max_tokens_per_request",
                 Some(self.server.max_tokens_per_request),
             ),
-            ("batcher.max_batch_size", Some(self.batcher.max_batch_size)),
-            (
-                "batcher.max_batch_tokens",
-                Some(self.batcher.max_batch_tokens),
-            ),
-            (
-                "batcher.max_queued_inputs",
-                Some(self.batcher.max_queued_inputs),
-            ),
+            ("batcher.max_batch_size", self.batcher.max_batch_size),
+            ("batcher.max_batch_tokens", self.batcher.max_batch_tokens),
+            ("batcher.max_queued_inputs", self.batcher.max_queued_inputs),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -263,6 +257,26 @@ mod tests {
                 assert_eq!(config.models.len(), 1, "{name}");
             }
         }
+    }
+
+    #[test]
+    fn batch_limits_left_unset_follow_the_device_and_set_ones_hold_on_every_device() {
+        let config = parse(
+            "[batcher]\nmax_batch_tokens = 16384\n\
+             [[models]]\nname = \"a\"\nsource = \"a/b\"\nmax_batch_size = 32\n\
+             [[models]]\nname = \"c\"\nsource = \"c/d\"\n",
+        )
+        .unwrap();
+        // Explicit values equal to the CPU defaults stay on a GPU.
+        let a = config.batcher.for_model(&config.models[0]).resolve(true);
+        assert_eq!((a.max_batch_size, a.max_batch_tokens), (32, 16_384));
+        let c = config.batcher.for_model(&config.models[1]);
+        assert_eq!(c.resolve(true).max_batch_size, 128);
+        assert_eq!(c.resolve(false).max_batch_size, 32);
+        assert_eq!(
+            config.batcher.settings().resolve(true).max_queued_inputs,
+            4096
+        );
     }
 
     #[test]

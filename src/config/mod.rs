@@ -131,51 +131,51 @@ impl Default for CacheConfig {
     }
 }
 
-/// Server-wide batching defaults; each `[[models]]` entry may override them.
-#[derive(Debug, Clone, Deserialize)]
+/// Server-wide batch limits; each `[[models]]` entry may override them. Unset, they take the
+/// defaults of the device the model runs on (`BatchSettings::resolve`).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatcherConfig {
-    pub max_batch_size: usize,
-    pub max_batch_tokens: usize,
-    pub max_queued_inputs: usize,
-}
-
-impl Default for BatcherConfig {
-    fn default() -> Self {
-        // 32 rows amortise a run on CPU; 16384 padded tokens is 32 rows of 512, so long
-        // inputs batch less but activations stay bounded; the queue holds two full requests.
-        Self {
-            max_batch_size: 32,
-            max_batch_tokens: 16_384,
-            max_queued_inputs: 4096,
-        }
-    }
+    pub max_batch_size: Option<usize>,
+    pub max_batch_tokens: Option<usize>,
+    pub max_queued_inputs: Option<usize>,
 }
 
 impl BatcherConfig {
-    /// The defaults on a GPU, where a run of 128 costs little more than a run of 32.
-    pub fn gpu_default() -> Self {
-        Self {
-            max_batch_size: 128,
-            max_batch_tokens: 65_536,
-            ..Self::default()
+    /// The settings of a model: its own, else these.
+    pub fn for_model(&self, model: &ModelConfig) -> BatchSettings {
+        BatchSettings {
+            max_batch_size: model.max_batch_size.or(self.max_batch_size),
+            max_batch_tokens: model.max_batch_tokens.or(self.max_batch_tokens),
+            max_queued_inputs: model.max_queued_inputs.or(self.max_queued_inputs),
         }
     }
 
-    pub fn limits(&self) -> BatchLimits {
-        BatchLimits {
-            max_batch_size: self.max_batch_size,
-            max_batch_tokens: self.max_batch_tokens,
-            max_queued_inputs: self.max_queued_inputs,
-        }
+    /// The settings of a model that is not configured.
+    pub fn settings(&self) -> BatchSettings {
+        self.for_model(&ModelConfig::default())
     }
+}
 
-    /// These defaults with a model's overrides.
-    pub fn for_model(&self, model: &ModelConfig) -> BatchLimits {
+/// One model's batch limits as configured: unset ones are the device's defaults, known only
+/// once the model is loaded (a GPU runs bigger batches at little extra cost).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchSettings {
+    pub max_batch_size: Option<usize>,
+    pub max_batch_tokens: Option<usize>,
+    pub max_queued_inputs: Option<usize>,
+}
+
+impl BatchSettings {
+    /// The limits on a CPU (`gpu = false`) or a GPU. On a CPU, 32 rows amortise a run and
+    /// 16,384 padded tokens (32 rows of 512) keep activations bounded; on a GPU a run of 128
+    /// costs little more than one of 32. The queue holds two full requests either way.
+    pub fn resolve(&self, gpu: bool) -> BatchLimits {
+        let (rows, tokens) = if gpu { (128, 65_536) } else { (32, 16_384) };
         BatchLimits {
-            max_batch_size: model.max_batch_size.unwrap_or(self.max_batch_size),
-            max_batch_tokens: model.max_batch_tokens.unwrap_or(self.max_batch_tokens),
-            max_queued_inputs: model.max_queued_inputs.unwrap_or(self.max_queued_inputs),
+            max_batch_size: self.max_batch_size.unwrap_or(rows),
+            max_batch_tokens: self.max_batch_tokens.unwrap_or(tokens),
+            max_queued_inputs: self.max_queued_inputs.unwrap_or(4096),
         }
     }
 }

@@ -13,7 +13,6 @@ use super::static_embedding::StaticEmbedding;
 use super::tokenize::{TextPreparation, TextTokenizer};
 use super::{Batching, Engine, Input, LoadError, Model, ModelSpec};
 use crate::batcher::{BatchLimits, Batcher};
-use crate::config::BatcherConfig;
 use crate::runtime::{Device, Runtime};
 
 /// The graph probed at load: a word, since some tokenizers turn "" into no tokens at all.
@@ -112,15 +111,7 @@ impl Model {
                 (None, Batching::Dynamic) => "the graph's rows are independent of each other",
             }
         );
-        // A GPU runs bigger batches at little extra cost: grow the defaults (not what the
-        // configuration set) there.
-        let limits = if matches!(device, Device::Cuda(_))
-            && spec.limits == BatcherConfig::default().limits()
-        {
-            BatcherConfig::gpu_default().limits()
-        } else {
-            spec.limits
-        };
+        let limits = spec.batch.resolve(matches!(device, Device::Cuda(_)));
         let limits = match batching {
             Batching::Dynamic => limits,
             Batching::Isolated => BatchLimits {

@@ -26,8 +26,8 @@ pub use tokenize::TokenSeq;
 use static_embedding::StaticEmbedding;
 use tokenize::TextTokenizer;
 
-use crate::batcher::{BatchError, BatchLimits, Batcher, Pending};
-use crate::config::BatcherConfig;
+use crate::batcher::{BatchError, Batcher, Pending};
+use crate::config::BatchSettings;
 use crate::metrics::METRICS;
 use crate::runtime::Device;
 
@@ -84,7 +84,8 @@ pub struct ModelSpec {
     pub normalize: Option<bool>,
     pub max_seq_length: Option<usize>,
     pub batching: Option<Batching>,
-    pub limits: BatchLimits,
+    /// Batch limits as configured, resolved for the device at load.
+    pub batch: BatchSettings,
     pub token_input: TokenInput,
     /// Truncate over-long inputs (else refuse them) unless a request says otherwise.
     pub truncate: bool,
@@ -114,7 +115,7 @@ impl ModelSpec {
             normalize: None,
             max_seq_length: None,
             batching: None,
-            limits: BatcherConfig::default().limits(),
+            batch: BatchSettings::default(),
             token_input: TokenInput::default(),
             truncate: true,
             device: Device::Cpu,
