@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use common::fake_hub::{
     DECOYS, DENSE_REPO, FakeHub, REPO, ROOT_GRAPH_REPO, STATIC_REPO, start_fake_hub,
@@ -44,17 +45,23 @@ fn assert_fetched_only_needed(hub: &FakeHub) {
     );
 }
 
-#[test]
-fn a_root_level_graph_is_found_without_onnx_file() {
+/// A fresh fake Hub and an empty Hugging Face cache, then `embedserve serve ARGS` using both.
+fn serve_from_fake_hub(args: &[&str]) -> (Server, Arc<FakeHub>, tempfile::TempDir) {
     let (endpoint, hub) = start_fake_hub();
     let home = tempfile::tempdir().unwrap();
     let server = Server::start_with_env(
-        &["--model", ROOT_GRAPH_REPO],
+        args,
         &[
             ("HF_ENDPOINT", &endpoint),
             ("HF_HOME", home.path().to_str().unwrap()),
         ],
     );
+    (server, hub, home)
+}
+
+#[test]
+fn a_root_level_graph_is_found_without_onnx_file() {
+    let (server, hub, _home) = serve_from_fake_hub(&["--model", ROOT_GRAPH_REPO]);
     assert_matches(&server, ROOT_GRAPH_REPO, "zoo-st5/bert-dense-optimum-st");
     let fetched = hub.fetched.lock().unwrap().clone();
     assert!(fetched.iter().any(|f| f == "model.onnx"), "{fetched:?}");
@@ -66,15 +73,8 @@ fn a_root_level_graph_is_found_without_onnx_file() {
 
 #[test]
 fn dense_and_static_models_download_what_their_modules_need() {
-    let (endpoint, hub) = start_fake_hub();
-    let home = tempfile::tempdir().unwrap();
-    let server = Server::start_with_env(
-        &["--model", DENSE_REPO, "--model", STATIC_REPO],
-        &[
-            ("HF_ENDPOINT", &endpoint),
-            ("HF_HOME", home.path().to_str().unwrap()),
-        ],
-    );
+    let (server, hub, _home) =
+        serve_from_fake_hub(&["--model", DENSE_REPO, "--model", STATIC_REPO]);
     assert_matches(&server, DENSE_REPO, "zoo-st5/bert-labse");
     assert_matches(&server, STATIC_REPO, "zoo/static-embedding");
     let fetched = hub.fetched.lock().unwrap().clone();
@@ -98,15 +98,7 @@ fn dense_and_static_models_download_what_their_modules_need() {
 
 #[test]
 fn serve_downloads_a_hub_model_then_embeds_with_it() {
-    let (endpoint, hub) = start_fake_hub();
-    let home = tempfile::tempdir().unwrap();
-    let server = Server::start_with_env(
-        &["--model", REPO],
-        &[
-            ("HF_ENDPOINT", &endpoint),
-            ("HF_HOME", home.path().to_str().unwrap()),
-        ],
-    );
+    let (server, hub, _home) = serve_from_fake_hub(&["--model", REPO]);
     assert_matches_reference(&server, REPO);
     assert_fetched_only_needed(&hub);
 }
