@@ -1,7 +1,7 @@
 //! Text to token ids exactly as sentence-transformers prepares them: prompt prepended,
 //! lower-cased when the model says so, truncated to `max_seq_length` with the special tokens
 //! counted, and never padded here (batches pad to their longest). Static embedding models
-//! take the text as it is, without special tokens or truncation.
+//! take the text as it is, without special tokens, cut only where their tokenizer file says.
 
 use std::path::Path;
 
