@@ -252,13 +252,8 @@ impl Encoder {
                 (pooled, out_width * pooling.modes().len())
             }
         };
-        let (matrix, width) = head
-            .apply(pooled, batch.len(), width)
-            .map_err(anyhow::Error::msg)?;
-        Ok(matrix
-            .chunks_exact(width.max(1))
-            .map(<[f32]>::to_vec)
-            .collect())
+        head.apply(pooled, batch.len(), width)
+            .map_err(anyhow::Error::msg)
     }
 }
 
@@ -321,13 +316,13 @@ impl Padded {
 /// optimum put the Dense layers inside the graph, so the output's width tells whether they ran.
 fn graph_head(head: Head, width: Option<usize>) -> Result<Head, String> {
     match width {
-        Some(w) if w == head.output_width(0) => Ok(head.without_dense()),
+        Some(w) if Some(w) == head.output_width() => Ok(head.without_dense()),
         Some(w) if Some(w) == head.input_width() => Ok(head),
         Some(w) => Err(format!(
             "`sentence_embedding` has {w} values, which neither the Dense modules' input ({:?}) \
-             nor their output ({}) is",
+             nor their output ({:?}) is",
             head.input_width(),
-            head.output_width(0)
+            head.output_width()
         )),
         // A dynamic width: take the exporters' convention, the whole pipeline in the graph.
         None => Ok(head.without_dense()),

@@ -55,9 +55,9 @@ impl Head {
         self.dense().next().map(Dense::in_features)
     }
 
-    /// The width that comes out, for `input` values in.
-    pub fn output_width(&self, input: usize) -> usize {
-        self.dense().last().map_or(input, Dense::out_features)
+    /// The width the last Dense layer gives, if there is one.
+    pub fn output_width(&self) -> Option<usize> {
+        self.dense().last().map(Dense::out_features)
     }
 
     /// The same head less its Dense layers: for graphs that already contain them.
@@ -78,14 +78,14 @@ impl Head {
         })
     }
 
-    /// Applies every step to `rows` vectors of `width` values (row-major), returning the
-    /// result and its width.
+    /// Applies every step to `rows` vectors of `width` values (row-major), returning one
+    /// vector per row.
     pub fn apply(
         &self,
         mut matrix: Vec<f32>,
         rows: usize,
         mut width: usize,
-    ) -> Result<(Vec<f32>, usize), String> {
+    ) -> Result<Vec<Vec<f32>>, String> {
         for step in &self.steps {
             match step {
                 Step::Dense(dense) => {
@@ -104,7 +104,10 @@ impl Head {
                 Step::Normalize => {}
             }
         }
-        Ok((matrix, width))
+        Ok(matrix
+            .chunks_exact(width.max(1))
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }
 
@@ -117,9 +120,9 @@ mod tests {
         let head = Head {
             steps: vec![Step::Normalize],
         };
-        let (out, width) = head.apply(vec![3.0, 4.0, 0.0, 2.0], 2, 2).unwrap();
-        assert_eq!((out, width), (vec![0.6, 0.8, 0.0, 1.0], 2));
-        assert_eq!(Head::default().output_width(7), 7);
+        let out = head.apply(vec![3.0, 4.0, 0.0, 2.0], 2, 2).unwrap();
+        assert_eq!(out, [vec![0.6, 0.8], vec![0.0, 1.0]]);
+        assert_eq!(Head::default().output_width(), None);
     }
 
     #[test]
@@ -132,9 +135,12 @@ mod tests {
             HeadModule::Normalize,
         ])
         .unwrap();
-        assert_eq!((head.input_width(), head.output_width(32)), (Some(32), 32));
-        let (out, width) = head.apply(vec![0.5; 64], 2, 32).unwrap();
-        assert_eq!((out.len(), width), (64, 32));
+        assert_eq!(
+            (head.input_width(), head.output_width()),
+            (Some(32), Some(32))
+        );
+        let out = head.apply(vec![0.5; 64], 2, 32).unwrap();
+        assert_eq!((out.len(), out[0].len(), out[1].len()), (2, 32, 32));
         assert!(head.apply(vec![0.5; 16], 1, 16).is_err());
         let err = Head::load(&[
             HeadModule::Dense(dir.join("2_Dense")),

@@ -65,11 +65,7 @@ impl StaticEmbedding {
                 out.iter_mut().for_each(|o| *o /= n);
             }
         }
-        let (matrix, width) = self.head.apply(pooled, seqs.len(), d)?;
-        Ok(matrix
-            .chunks_exact(width.max(1))
-            .map(<[f32]>::to_vec)
-            .collect())
+        self.head.apply(pooled, seqs.len(), d)
     }
 }
 
