@@ -1,6 +1,6 @@
-//! Dynamic micro-batching for one model: a worker thread owns the model's ONNX session and
-//! a bounded queue of tokenized inputs from any number of requests, and runs them in batches
-//! of similar length.
+//! Dynamic micro-batching for one model: a worker thread owns the model's engine (its ONNX
+//! session) and a bounded queue of tokenized inputs from any number of requests, and runs
+//! them in batches of similar length.
 //!
 //! Waiting policy: the worker takes whatever is queued the moment it is free, and never
 //! waits for more. Under load, inputs pile up while a batch runs, so batches fill by
@@ -8,15 +8,30 @@
 //! measures both ends (concurrency 1 and 64) against the bare session.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
 use crate::metrics::METRICS;
-use crate::model::{Encoder, TokenSeq};
+
+/// What a batcher runs, on its worker thread: one run over a batch of inputs. The ONNX
+/// encoder is one; unit tests drive the queue with fakes.
+pub trait Engine: Send + 'static {
+    type Input: Send + 'static;
+    type Output: Send + 'static;
+
+    /// The input's length in tokens: batches group similar lengths, and a batch's cost is
+    /// its rows times its longest input.
+    fn tokens(input: &Self::Input) -> usize;
+
+    /// One output per input of `batch`, in its order.
+    fn run(&mut self, batch: &[&Self::Input]) -> anyhow::Result<Vec<Self::Output>>;
+}
 
 /// Bounds of the batches and the queue of one model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +44,7 @@ pub struct BatchLimits {
     pub max_queued_inputs: usize,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BatchError {
     #[error(
         "the queue of model `{model}` is full ({queued} inputs waiting, max_queued_inputs is {max}); retry later"
@@ -45,90 +60,89 @@ pub enum BatchError {
     Stopped,
 }
 
-/// A request's vectors, in input order, and where its time went.
+/// A request's outputs, in input order, and where its time went.
 #[derive(Debug)]
-pub struct Completed {
-    pub vectors: Vec<Vec<f32>>,
+pub struct Completed<O> {
+    pub outputs: Vec<O>,
     /// From submission until its first input ran.
     pub queued: Duration,
     /// Summed duration of the runs that held its inputs.
     pub inference: Duration,
 }
 
-pub type Vectors = Result<Completed, BatchError>;
+type Reply<O> = Result<Completed<O>, BatchError>;
 
 /// One request's inputs in flight: filled in by the worker as its batches complete.
-struct Request {
-    vectors: Mutex<Vec<Vec<f32>>>,
+struct Request<O> {
+    outputs: Mutex<Vec<Option<O>>>,
     remaining: AtomicUsize,
-    cancelled: AtomicBool,
-    reply: Mutex<Option<oneshot::Sender<Vectors>>>,
+    /// Taken when the answer is sent. Closed when the caller dropped its `Pending`.
+    reply: Mutex<Option<oneshot::Sender<Reply<O>>>>,
     submitted: Instant,
     first_run: OnceLock<Instant>,
     inference_nanos: AtomicU64,
 }
 
-impl Request {
-    fn new(inputs: usize, reply: Option<oneshot::Sender<Vectors>>) -> Self {
+impl<O> Request<O> {
+    fn new(inputs: usize, reply: oneshot::Sender<Reply<O>>) -> Self {
         Self {
-            vectors: Mutex::new(vec![Vec::new(); inputs]),
+            outputs: Mutex::new(std::iter::repeat_with(|| None).take(inputs).collect()),
             remaining: AtomicUsize::new(inputs),
-            cancelled: AtomicBool::new(false),
-            reply: Mutex::new(reply),
+            reply: Mutex::new(Some(reply)),
             submitted: Instant::now(),
             first_run: OnceLock::new(),
             inference_nanos: AtomicU64::new(0),
         }
     }
 
-    fn complete(&self, index: usize, vector: Vec<f32>) {
-        self.vectors.lock().unwrap_or_else(|p| p.into_inner())[index] = vector;
+    /// Nobody waits for the answer any more: the caller went away, or it failed already.
+    fn abandoned(&self) -> bool {
+        self.reply.lock().as_ref().is_none_or(|r| r.is_closed())
+    }
+
+    fn complete(&self, index: usize, output: O) {
+        self.outputs.lock()[index] = Some(output);
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let vectors =
-                std::mem::take(&mut *self.vectors.lock().unwrap_or_else(|p| p.into_inner()));
+            let outputs = std::mem::take(&mut *self.outputs.lock());
             let queued = self
                 .first_run
                 .get()
                 .map_or(Duration::ZERO, |t| t.duration_since(self.submitted));
             let inference = Duration::from_nanos(self.inference_nanos.load(Ordering::Acquire));
             self.send(Ok(Completed {
-                vectors,
+                outputs: outputs.into_iter().flatten().collect(),
                 queued,
                 inference,
             }));
         }
     }
 
-    fn send(&self, result: Vectors) {
-        if let Some(reply) = self.reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    fn send(&self, result: Reply<O>) {
+        if let Some(reply) = self.reply.lock().take() {
             let _ = reply.send(result);
         }
     }
 }
 
-struct Item {
-    seq: TokenSeq,
+struct Item<E: Engine> {
+    input: E::Input,
     index: usize,
-    request: Arc<Request>,
+    request: Arc<Request<E::Output>>,
 }
 
-struct Queue {
-    items: VecDeque<Item>,
+struct Queue<E: Engine> {
+    items: VecDeque<Item<E>>,
     closed: bool,
 }
 
-struct Shared {
+struct Shared<E: Engine> {
     model: String,
     limits: BatchLimits,
-    queue: Mutex<Queue>,
+    queue: Mutex<Queue<E>>,
     ready: Condvar,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+impl<E: Engine> Shared<E> {
     fn report_depth(&self, depth: usize) {
         METRICS
             .queue_depth
@@ -137,38 +151,33 @@ impl Shared {
     }
 }
 
-pub struct Batcher {
-    shared: Arc<Shared>,
+/// The queue and worker thread of one model.
+pub struct Batcher<E: Engine> {
+    shared: Arc<Shared<E>>,
     worker: Option<JoinHandle<()>>,
 }
 
-/// A submitted request's vectors, in input order. Dropping it before it resolves (the
+/// A submitted request's outputs, in input order. Dropping it before it resolves (the
 /// client went away) withdraws the inputs that have not run yet.
-pub struct Pending {
-    request: Arc<Request>,
-    reply: oneshot::Receiver<Vectors>,
+pub struct Pending<O> {
+    reply: oneshot::Receiver<Reply<O>>,
 }
 
-impl Pending {
-    pub async fn wait(mut self) -> Vectors {
-        (&mut self.reply).await.unwrap_or(Err(BatchError::Stopped))
+impl<O> Pending<O> {
+    pub async fn wait(self) -> Reply<O> {
+        self.reply.await.unwrap_or(Err(BatchError::Stopped))
     }
 
-    pub fn wait_blocking(mut self) -> Vectors {
-        let reply = std::mem::replace(&mut self.reply, oneshot::channel().1);
-        reply.blocking_recv().unwrap_or(Err(BatchError::Stopped))
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.request.cancelled.store(true, Ordering::Release);
+    pub fn wait_blocking(self) -> Reply<O> {
+        self.reply
+            .blocking_recv()
+            .unwrap_or(Err(BatchError::Stopped))
     }
 }
 
-impl Batcher {
-    /// Starts the worker thread, which owns `encoder` from now on.
-    pub fn start(model: &str, mut encoder: Encoder, limits: BatchLimits) -> std::io::Result<Self> {
+impl<E: Engine> Batcher<E> {
+    /// Starts the worker thread, which owns `engine` from now on.
+    pub fn start(model: &str, mut engine: E, limits: BatchLimits) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             model: model.to_string(),
             limits,
@@ -181,53 +190,54 @@ impl Batcher {
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name(format!("batcher {model}"))
-            .spawn(move || run_worker(&worker_shared, &mut encoder))?;
+            .spawn(move || run_worker(&worker_shared, &mut engine))?;
         Ok(Self {
             shared,
             worker: Some(worker),
         })
     }
 
-    /// Queues `seqs` as one request, or refuses at once when the queue cannot take them. A
-    /// request is refused only while others wait, so even one larger than the whole queue
+    /// Queues `inputs` as one request, or refuses at once when the queue cannot take them.
+    /// A request is refused only while others wait, so even one larger than the whole queue
     /// runs on an idle model.
-    pub fn submit(&self, seqs: Vec<TokenSeq>) -> Result<Pending, BatchError> {
+    pub fn submit(&self, inputs: Vec<E::Input>) -> Result<Pending<E::Output>, BatchError> {
         let (reply_tx, reply) = oneshot::channel();
-        let request = Arc::new(Request::new(seqs.len(), Some(reply_tx)));
-        if seqs.is_empty() {
+        let request = Arc::new(Request::new(inputs.len(), reply_tx));
+        if inputs.is_empty() {
             request.send(Ok(Completed {
-                vectors: Vec::new(),
+                outputs: Vec::new(),
                 queued: Duration::ZERO,
                 inference: Duration::ZERO,
             }));
-        } else {
-            let mut queue = self.shared.lock();
-            let queued = queue.items.len();
-            let max = self.shared.limits.max_queued_inputs;
-            if queued > 0 && queued + seqs.len() > max {
-                return Err(BatchError::QueueFull {
-                    model: self.shared.model.clone(),
-                    queued,
-                    max,
-                });
-            }
-            queue
-                .items
-                .extend(seqs.into_iter().enumerate().map(|(index, seq)| Item {
-                    seq,
-                    index,
-                    request: request.clone(),
-                }));
-            drop(queue);
-            self.shared.ready.notify_one();
+            return Ok(Pending { reply });
         }
-        Ok(Pending { request, reply })
+        let mut queue = self.shared.queue.lock();
+        let queued = queue.items.len();
+        let max = self.shared.limits.max_queued_inputs;
+        if queued > 0 && queued + inputs.len() > max {
+            return Err(BatchError::QueueFull {
+                model: self.shared.model.clone(),
+                queued,
+                max,
+            });
+        }
+        queue
+            .items
+            .extend(inputs.into_iter().enumerate().map(|(index, input)| Item {
+                input,
+                index,
+                request: request.clone(),
+            }));
+        drop(queue);
+        self.shared.ready.notify_one();
+        Ok(Pending { reply })
     }
 }
 
-impl Drop for Batcher {
+impl<E: Engine> Drop for Batcher<E> {
+    /// Lets the worker finish what is queued, then stops it.
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
+        self.shared.queue.lock().closed = true;
         self.shared.ready.notify_all();
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
@@ -235,48 +245,50 @@ impl Drop for Batcher {
     }
 }
 
-fn run_worker(shared: &Shared, encoder: &mut Encoder) {
+fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E) {
     loop {
         let batch = {
-            let mut queue = shared.lock();
+            let mut queue = shared.queue.lock();
             loop {
                 let before = queue.items.len();
-                queue
-                    .items
-                    .retain(|item| !item.request.cancelled.load(Ordering::Acquire));
+                queue.items.retain(|item| !item.request.abandoned());
                 let dropped = before - queue.items.len();
                 if dropped > 0 {
-                    tracing::debug!(model = %shared.model, dropped, "dropped inputs of cancelled requests");
+                    METRICS
+                        .cancelled_inputs
+                        .with_label_values(&[shared.model.as_str()])
+                        .inc_by(dropped as u64);
                 }
                 if !queue.items.is_empty() {
                     break;
                 }
+                shared.report_depth(0);
                 if queue.closed {
                     return;
                 }
-                queue = shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
+                shared.ready.wait(&mut queue);
             }
             let batch = take_batch(&mut queue.items, &shared.limits);
             shared.report_depth(queue.items.len());
             batch
         };
-        run_batch(shared, encoder, batch);
+        run_batch(shared, engine, batch);
     }
 }
 
 /// The oldest input and the queued inputs closest to it in length, within the limits: the
 /// oldest always goes (no input waits forever), and similar lengths keep padding small.
-fn take_batch(items: &mut VecDeque<Item>, limits: &BatchLimits) -> Vec<Item> {
-    let anchor = items[0].seq.len();
+fn take_batch<E: Engine>(items: &mut VecDeque<Item<E>>, limits: &BatchLimits) -> Vec<Item<E>> {
+    let anchor = E::tokens(&items[0].input);
     let mut candidates: Vec<usize> = (1..items.len()).collect();
-    candidates.sort_by_key(|&i| (items[i].seq.len().abs_diff(anchor), i));
+    candidates.sort_by_key(|&i| (E::tokens(&items[i].input).abs_diff(anchor), i));
     let mut chosen = vec![0];
     let mut longest = anchor;
     for i in candidates {
         if chosen.len() == limits.max_batch_size {
             break;
         }
-        let longer = longest.max(items[i].seq.len());
+        let longer = longest.max(E::tokens(&items[i].input));
         if (chosen.len() + 1) * longer > limits.max_batch_tokens {
             continue;
         }
@@ -292,10 +304,12 @@ fn take_batch(items: &mut VecDeque<Item>, limits: &BatchLimits) -> Vec<Item> {
     batch
 }
 
-fn run_batch(shared: &Shared, encoder: &mut Encoder, batch: Vec<Item>) {
-    let seqs: Vec<&TokenSeq> = batch.iter().map(|item| &item.seq).collect();
-    let columns = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut requests: Vec<&Arc<Request>> = batch.iter().map(|item| &item.request).collect();
+fn run_batch<E: Engine>(shared: &Shared<E>, engine: &mut E, batch: Vec<Item<E>>) {
+    let inputs: Vec<&E::Input> = batch.iter().map(|item| &item.input).collect();
+    let lengths = inputs.iter().map(|input| E::tokens(input));
+    let (tokens, columns) = lengths.fold((0, 0), |(sum, max), n| (sum + n, max.max(n)));
+    let mut requests: Vec<&Arc<Request<E::Output>>> =
+        batch.iter().map(|item| &item.request).collect();
     requests.sort_unstable_by_key(|r| Arc::as_ptr(r));
     requests.dedup_by_key(|r| Arc::as_ptr(r));
     tracing::debug!(
@@ -314,11 +328,15 @@ fn run_batch(shared: &Shared, encoder: &mut Encoder, batch: Vec<Item>) {
         .batch_tokens
         .with_label_values(&model)
         .observe((batch.len() * columns) as f64);
+    METRICS
+        .batch_requests
+        .with_label_values(&model)
+        .observe(requests.len() as f64);
     let started = Instant::now();
     for request in &requests {
         request.first_run.get_or_init(|| started);
     }
-    let result = encoder.embed(&seqs);
+    let result = engine.run(&inputs);
     let elapsed = started.elapsed();
     METRICS
         .inference_seconds
@@ -330,21 +348,27 @@ fn run_batch(shared: &Shared, encoder: &mut Encoder, batch: Vec<Item>) {
             .fetch_add(elapsed.as_nanos() as u64, Ordering::AcqRel);
     }
     match result {
-        Ok(vectors) => {
-            let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+        Ok(outputs) if outputs.len() == batch.len() => {
             METRICS
                 .tokens
                 .with_label_values(&model)
                 .inc_by(tokens as u64);
-            for (item, vector) in batch.into_iter().zip(vectors) {
-                item.request.complete(item.index, vector);
+            for (item, output) in batch.into_iter().zip(outputs) {
+                item.request.complete(item.index, output);
             }
         }
-        Err(error) => {
+        result => {
+            let error = match result {
+                Ok(outputs) => format!(
+                    "the engine returned {} outputs for {} inputs",
+                    outputs.len(),
+                    batch.len()
+                ),
+                Err(error) => format!("{error:#}"),
+            };
             tracing::error!(model = %shared.model, %error, "batch failed");
             for item in batch {
-                item.request
-                    .send(Err(BatchError::Inference(error.to_string())));
+                item.request.send(Err(BatchError::Inference(error.clone())));
             }
         }
     }
@@ -352,26 +376,37 @@ fn run_batch(shared: &Shared, encoder: &mut Encoder, batch: Vec<Item>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
     use super::*;
 
-    fn items(lengths: &[usize]) -> VecDeque<Item> {
-        let request = Arc::new(Request::new(0, None));
-        lengths
-            .iter()
-            .enumerate()
-            .map(|(index, &len)| Item {
-                seq: TokenSeq {
-                    ids: vec![1; len],
-                    pool_from: 0,
-                },
-                index,
-                request: request.clone(),
-            })
-            .collect()
+    /// Inputs are token counts and come back as outputs. Every run is reported on `runs`;
+    /// a gated engine then waits for the test to release the run.
+    struct Fake {
+        runs: mpsc::Sender<Vec<usize>>,
+        gate: Option<mpsc::Receiver<()>>,
+        fails_on: Option<usize>,
     }
 
-    fn lengths(batch: &[Item]) -> Vec<usize> {
-        batch.iter().map(|i| i.seq.len()).collect()
+    impl Engine for Fake {
+        type Input = usize;
+        type Output = usize;
+
+        fn tokens(input: &usize) -> usize {
+            *input
+        }
+
+        fn run(&mut self, batch: &[&usize]) -> anyhow::Result<Vec<usize>> {
+            let inputs: Vec<usize> = batch.iter().map(|&&n| n).collect();
+            self.runs.send(inputs.clone())?;
+            if let Some(gate) = &self.gate {
+                gate.recv()?;
+            }
+            if self.fails_on.is_some_and(|n| inputs.contains(&n)) {
+                anyhow::bail!("input {} is poisoned", self.fails_on.unwrap_or_default());
+            }
+            Ok(inputs)
+        }
     }
 
     const LIMITS: BatchLimits = BatchLimits {
@@ -380,13 +415,196 @@ mod tests {
         max_queued_inputs: 10,
     };
 
+    struct Harness {
+        batcher: Batcher<Fake>,
+        runs: mpsc::Receiver<Vec<usize>>,
+        gate: mpsc::Sender<()>,
+    }
+
+    impl Harness {
+        fn start(limits: BatchLimits, gated: bool, fails_on: Option<usize>) -> Self {
+            let (runs_tx, runs) = mpsc::channel();
+            let (gate, gate_rx) = mpsc::channel();
+            let engine = Fake {
+                runs: runs_tx,
+                gate: gated.then_some(gate_rx),
+                fails_on,
+            };
+            let batcher = Batcher::start("fake", engine, limits).unwrap();
+            Self {
+                batcher,
+                runs,
+                gate,
+            }
+        }
+
+        /// The inputs of the next run, once the worker is inside it.
+        fn next_run(&self) -> Vec<usize> {
+            self.runs
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a run")
+        }
+
+        fn release(&self) {
+            self.gate.send(()).unwrap();
+        }
+
+        fn submit(&self, inputs: &[usize]) -> Pending<usize> {
+            self.batcher.submit(inputs.to_vec()).unwrap()
+        }
+    }
+
+    fn outputs(pending: Pending<usize>) -> Vec<usize> {
+        pending.wait_blocking().unwrap().outputs
+    }
+
+    #[test]
+    fn requests_that_arrive_during_a_run_share_the_next_one() {
+        let harness = Harness::start(LIMITS, true, None);
+        let first = harness.submit(&[10]);
+        assert_eq!(harness.next_run(), [10]);
+        let second = harness.submit(&[11, 12]);
+        let third = harness.submit(&[13]);
+        harness.release();
+        assert_eq!(harness.next_run(), [11, 12, 13]);
+        harness.release();
+        assert_eq!(outputs(first), [10]);
+        assert_eq!(outputs(second), [11, 12]);
+        assert_eq!(outputs(third), [13]);
+    }
+
+    #[test]
+    fn outputs_come_back_in_input_order_across_runs() {
+        let limits = BatchLimits {
+            max_batch_size: 2,
+            ..LIMITS
+        };
+        let harness = Harness::start(limits, true, None);
+        let blocker = harness.submit(&[1]);
+        assert_eq!(harness.next_run(), [1]);
+        let pending = harness.submit(&[50, 10, 40, 11, 45, 12]);
+        harness.release();
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            runs.push(harness.next_run());
+            harness.release();
+        }
+        assert_eq!(runs, [vec![50, 45], vec![10, 11], vec![40, 12]]);
+        assert_eq!(outputs(pending), [50, 10, 40, 11, 45, 12]);
+        assert_eq!(outputs(blocker), [1]);
+    }
+
+    #[test]
+    fn a_dropped_request_never_runs() {
+        let harness = Harness::start(LIMITS, true, None);
+        let first = harness.submit(&[10]);
+        assert_eq!(harness.next_run(), [10]);
+        let abandoned = harness.submit(&[20, 21]);
+        let kept = harness.submit(&[30]);
+        drop(abandoned);
+        harness.release();
+        assert_eq!(harness.next_run(), [30]);
+        harness.release();
+        assert_eq!(outputs(kept), [30]);
+        assert_eq!(outputs(first), [10]);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once_but_an_idle_model_takes_any_request() {
+        let limits = BatchLimits {
+            max_queued_inputs: 2,
+            ..LIMITS
+        };
+        let harness = Harness::start(limits, true, None);
+        let running = harness.submit(&[1, 2, 3]);
+        assert_eq!(harness.next_run(), [1, 2, 3]);
+        let waiting = harness.submit(&[4, 5]);
+        let refused = harness.batcher.submit(vec![7]);
+        assert!(
+            matches!(
+                refused,
+                Err(BatchError::QueueFull {
+                    queued: 2,
+                    max: 2,
+                    ..
+                })
+            ),
+            "{:?}",
+            refused.err()
+        );
+        harness.release();
+        assert_eq!(harness.next_run(), [4, 5]);
+        harness.release();
+        assert_eq!(outputs(running), [1, 2, 3]);
+        assert_eq!(outputs(waiting), [4, 5]);
+    }
+
+    #[test]
+    fn a_failed_run_fails_its_requests_only() {
+        let harness = Harness::start(LIMITS, true, Some(13));
+        let first = harness.submit(&[1]);
+        assert_eq!(harness.next_run(), [1]);
+        let poisoned = harness.submit(&[13, 14]);
+        let beside_it = harness.submit(&[15]);
+        harness.release();
+        assert_eq!(harness.next_run(), [13, 14, 15]);
+        harness.release();
+        let after = harness.submit(&[16]);
+        assert_eq!(harness.next_run(), [16]);
+        harness.release();
+        for failed in [poisoned, beside_it] {
+            match failed.wait_blocking() {
+                Err(BatchError::Inference(message)) => {
+                    assert!(message.contains("input 13 is poisoned"), "{message}")
+                }
+                other => panic!("expected an inference error, got {other:?}"),
+            }
+        }
+        assert_eq!(outputs(first), [1]);
+        assert_eq!(outputs(after), [16]);
+    }
+
+    #[test]
+    fn stopping_finishes_what_is_queued() {
+        let harness = Harness::start(LIMITS, false, None);
+        let pending = harness.submit(&[1, 2, 3, 4]);
+        drop(harness.batcher);
+        assert_eq!(outputs(pending), [1, 2, 3, 4]);
+        let runs: Vec<Vec<usize>> = harness.runs.try_iter().collect();
+        assert_eq!(runs, [vec![1, 2, 3], vec![4]]);
+    }
+
+    #[test]
+    fn an_empty_request_is_answered_without_a_run() {
+        let harness = Harness::start(LIMITS, false, None);
+        assert!(outputs(harness.submit(&[])).is_empty());
+        assert!(harness.runs.try_recv().is_err());
+    }
+
+    fn items(lengths: &[usize]) -> VecDeque<Item<Fake>> {
+        let request = Arc::new(Request::new(0, oneshot::channel().0));
+        lengths
+            .iter()
+            .enumerate()
+            .map(|(index, &input)| Item {
+                input,
+                index,
+                request: request.clone(),
+            })
+            .collect()
+    }
+
+    fn lengths(batch: &[Item<Fake>]) -> Vec<usize> {
+        batch.iter().map(|i| i.input).collect()
+    }
+
     #[test]
     fn groups_the_oldest_with_inputs_of_similar_length() {
         let mut queue = items(&[10, 50, 11, 30, 9, 12]);
         let batch = take_batch(&mut queue, &LIMITS);
         assert_eq!(lengths(&batch), [10, 11, 9]);
         assert_eq!(
-            queue.iter().map(|i| i.seq.len()).collect::<Vec<_>>(),
+            queue.iter().map(|i| i.input).collect::<Vec<_>>(),
             [50, 30, 12]
         );
     }

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{Context, anyhow, bail};
 
 use crate::config::Config;
-use crate::model::{Input, ModelSource, source};
+use crate::model::{EmbedOptions, Input, ModelSource, source};
 use crate::server::start_cache;
 
 /// Embeds `texts` with the one model in `config` and prints one JSON array per line.
@@ -19,10 +19,9 @@ pub async fn embed(config: Config, texts: Vec<String>) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("no model given"))?;
     let model = cache.load(servable).await?;
     let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
-    let vectors =
-        tokio::task::spawn_blocking(move || model.embed_blocking(&inputs, None)).await??;
+    let embedded = model.embed(inputs, EmbedOptions::default()).await?;
     let mut out = std::io::stdout().lock();
-    for vector in &vectors {
+    for vector in &embedded.vectors {
         serde_json::to_writer(&mut out, vector)?;
         out.write_all(b"\n")?;
     }

@@ -4,8 +4,10 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
+    register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
+    register_int_counter_with_registry, register_int_gauge_vec_with_registry,
+    register_int_gauge_with_registry,
 };
 
 pub struct Metrics {
@@ -14,7 +16,9 @@ pub struct Metrics {
     pub request_seconds: HistogramVec,
     pub queue_depth: IntGaugeVec,
     pub batch_size: HistogramVec,
+    pub batch_requests: HistogramVec,
     pub batch_tokens: HistogramVec,
+    pub cancelled_inputs: IntCounterVec,
     pub inference_seconds: HistogramVec,
     pub tokens: IntCounterVec,
     pub models_loaded: IntGauge,
@@ -30,102 +34,115 @@ const SECONDS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0,
 ];
 
-fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("valid histogram")
-}
-
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter")
+/// Buckets 1, 2, 4, ... 2^(n-1).
+fn powers_of_two(n: u32) -> Vec<f64> {
+    (0..n).map(|i| f64::from(1u32 << i)).collect()
 }
 
 impl Metrics {
     fn new() -> Self {
-        let pow2 = |n: u32| (0..n).map(|i| f64::from(1u32 << i)).collect::<Vec<_>>();
-        let metrics = Self {
-            registry: Registry::new_custom(Some("embedserve".into()), None).expect("registry"),
-            requests: counter(
-                "requests_total",
-                "HTTP requests by route, model and status code",
-                &["route", "model", "status"],
-            ),
-            request_seconds: histogram(
-                "request_duration_seconds",
-                "HTTP request latency by route",
-                &["route"],
-                SECONDS.to_vec(),
-            ),
-            queue_depth: IntGaugeVec::new(
-                Opts::new("queue_depth", "Inputs waiting for inference, by model"),
-                &["model"],
-            )
-            .expect("valid gauge"),
-            batch_size: histogram(
-                "batch_size",
-                "Inputs per inference run",
-                &["model"],
-                pow2(8),
-            ),
-            batch_tokens: histogram(
-                "batch_tokens",
-                "Padded tokens (rows x longest row) per inference run",
-                &["model"],
-                pow2(16),
-            ),
-            inference_seconds: histogram(
-                "inference_duration_seconds",
-                "Time of one inference run, pooling included",
-                &["model"],
-                SECONDS.to_vec(),
-            ),
-            tokens: counter("tokens_total", "Tokens embedded, by model", &["model"]),
-            models_loaded: IntGauge::new("models_loaded", "Models in memory").expect("valid gauge"),
-            model_loads: counter(
-                "model_loads_total",
-                "Model loads by model and result (ok, error)",
-                &["model", "result"],
-            ),
-            model_load_seconds: histogram(
-                "model_load_duration_seconds",
-                "Time to load a model",
-                &["model"],
-                SECONDS.to_vec(),
-            ),
-            evictions: counter(
-                "model_evictions_total",
-                "Models evicted, by model and reason (lru, memory, idle, admin)",
-                &["model", "reason"],
-            ),
-            cache_hits: IntCounter::new("cache_hits_total", "Requests for a loaded model")
-                .expect("valid counter"),
-            cache_misses: IntCounter::new(
-                "cache_misses_total",
-                "Requests that had to load a model",
-            )
-            .expect("valid counter"),
-        };
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
-            Box::new(metrics.requests.clone()),
-            Box::new(metrics.request_seconds.clone()),
-            Box::new(metrics.queue_depth.clone()),
-            Box::new(metrics.batch_size.clone()),
-            Box::new(metrics.batch_tokens.clone()),
-            Box::new(metrics.inference_seconds.clone()),
-            Box::new(metrics.tokens.clone()),
-            Box::new(metrics.models_loaded.clone()),
-            Box::new(metrics.model_loads.clone()),
-            Box::new(metrics.model_load_seconds.clone()),
-            Box::new(metrics.evictions.clone()),
-            Box::new(metrics.cache_hits.clone()),
-            Box::new(metrics.cache_misses.clone()),
-        ];
-        for collector in collectors {
-            metrics
-                .registry
-                .register(collector)
-                .expect("unique metric names");
-        }
-        metrics
+        let registry = Registry::new_custom(Some("embedserve".into()), None).expect("registry");
+        let r = &registry;
+        // Names are constants and registered once: a failure here is a programming error.
+        let metrics = (|| -> prometheus::Result<Self> {
+            Ok(Self {
+                requests: register_int_counter_vec_with_registry!(
+                    "requests_total",
+                    "HTTP requests by route, model and status code",
+                    &["route", "model", "status"],
+                    r
+                )?,
+                request_seconds: register_histogram_vec_with_registry!(
+                    "request_duration_seconds",
+                    "HTTP request latency by route",
+                    &["route"],
+                    SECONDS.to_vec(),
+                    r
+                )?,
+                queue_depth: register_int_gauge_vec_with_registry!(
+                    "queue_depth",
+                    "Inputs waiting for inference, by model",
+                    &["model"],
+                    r
+                )?,
+                batch_size: register_histogram_vec_with_registry!(
+                    "batch_size",
+                    "Inputs per inference run",
+                    &["model"],
+                    powers_of_two(8),
+                    r
+                )?,
+                batch_requests: register_histogram_vec_with_registry!(
+                    "batch_requests",
+                    "Requests whose inputs shared one inference run",
+                    &["model"],
+                    powers_of_two(8),
+                    r
+                )?,
+                batch_tokens: register_histogram_vec_with_registry!(
+                    "batch_tokens",
+                    "Padded tokens (rows x longest row) per inference run",
+                    &["model"],
+                    powers_of_two(16),
+                    r
+                )?,
+                cancelled_inputs: register_int_counter_vec_with_registry!(
+                    "cancelled_inputs_total",
+                    "Queued inputs dropped unrun because their client went away",
+                    &["model"],
+                    r
+                )?,
+                inference_seconds: register_histogram_vec_with_registry!(
+                    "inference_duration_seconds",
+                    "Time of one inference run, pooling included",
+                    &["model"],
+                    SECONDS.to_vec(),
+                    r
+                )?,
+                tokens: register_int_counter_vec_with_registry!(
+                    "tokens_total",
+                    "Tokens embedded, by model",
+                    &["model"],
+                    r
+                )?,
+                models_loaded: register_int_gauge_with_registry!(
+                    "models_loaded",
+                    "Models in memory",
+                    r
+                )?,
+                model_loads: register_int_counter_vec_with_registry!(
+                    "model_loads_total",
+                    "Model loads by model and result (ok, error)",
+                    &["model", "result"],
+                    r
+                )?,
+                model_load_seconds: register_histogram_vec_with_registry!(
+                    "model_load_duration_seconds",
+                    "Time to load a model",
+                    &["model"],
+                    SECONDS.to_vec(),
+                    r
+                )?,
+                evictions: register_int_counter_vec_with_registry!(
+                    "model_evictions_total",
+                    "Models evicted, by model and reason (lru, memory, idle, admin)",
+                    &["model", "reason"],
+                    r
+                )?,
+                cache_hits: register_int_counter_with_registry!(
+                    "cache_hits_total",
+                    "Requests for a loaded model",
+                    r
+                )?,
+                cache_misses: register_int_counter_with_registry!(
+                    "cache_misses_total",
+                    "Requests that had to load a model",
+                    r
+                )?,
+                registry: registry.clone(),
+            })
+        })();
+        metrics.expect("metric definitions are valid and unique")
     }
 
     /// Every metric in Prometheus' text exposition format.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::input::RequestInput;
 use super::middleware::ModelLabel;
 use super::{ApiError, ApiJson, AppState};
-use crate::model::{EmbedError, EmbedOptions, Embedding, l2_normalize};
+use crate::model::{EmbedOptions, Embedded};
 
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingRequest {
@@ -84,7 +84,7 @@ pub async fn create(
 /// The request's work; `label` gets the model's name once the model is known to exist.
 async fn embed(
     state: &AppState,
-    request: EmbeddingRequest,
+    mut request: EmbeddingRequest,
     label: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let span = tracing::Span::current();
@@ -108,43 +108,18 @@ async fn embed(
     let model = state.cache.get(&request.model).await?;
     span.record("model", model.name());
     *label = Some(model.name().to_string());
-    if let Some(dimensions) = request.dimensions
-        && !(1..=model.dimension()).contains(&dimensions)
-    {
-        return Err(ApiError::bad_request(
-            "dimensions",
-            format!(
-                "dimensions must be between 1 and {} for model `{}`, got {dimensions}",
-                model.dimension(),
-                request.model
-            ),
-        ));
-    }
-    // Tokenizing (and looking up static embeddings) is CPU work: on the blocking pool, never
-    // an async worker. Graph models run on their batcher thread, shared with other requests.
-    let max_tokens = state.limits.max_tokens_per_request;
-    let (started, request) = blocking(move || {
-        let options = EmbedOptions {
-            prompt_name: request.prompt_name.as_deref(),
-            truncate: request.truncate,
-            max_tokens,
-        };
-        (model.start(&request.input.0, &options), request)
-    })
-    .await?;
-    let (embedding, tokens) = started?;
-    span.record("tokens", tokens);
-    let vectors = match embedding {
-        Embedding::Ready(vectors) => vectors,
-        // Dropping `pending` (the client went away) withdraws the inputs that have not run.
-        Embedding::Queued(pending) => {
-            let completed = pending.wait().await.map_err(EmbedError::from)?;
-            span.record("queue_ms", completed.queued.as_secs_f64() * 1000.0);
-            span.record("inference_ms", completed.inference.as_secs_f64() * 1000.0);
-            completed.vectors
-        }
+    let options = EmbedOptions {
+        prompt_name: request.prompt_name.take(),
+        truncate: request.truncate,
+        dimensions: request.dimensions,
+        max_tokens: state.limits.max_tokens_per_request,
     };
-    let body = blocking(move || respond(vectors, tokens, &request)).await??;
+    let inputs = std::mem::take(&mut request.input.0);
+    let embedded = model.embed(inputs, options).await?;
+    span.record("tokens", embedded.tokens);
+    span.record("queue_ms", embedded.queued.as_secs_f64() * 1000.0);
+    span.record("inference_ms", embedded.inference.as_secs_f64() * 1000.0);
+    let body = blocking(move || respond(embedded, &request)).await??;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -159,27 +134,20 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-fn respond(
-    vectors: Vec<Vec<f32>>,
-    tokens: usize,
-    request: &EmbeddingRequest,
-) -> Result<Vec<u8>, ApiError> {
+/// The response body: encoding a large answer is CPU work, so it runs on the blocking pool.
+fn respond(embedded: Embedded, request: &EmbeddingRequest) -> Result<Vec<u8>, ApiError> {
     let format = request.encoding_format.unwrap_or_default();
-    let data = vectors
+    let data = embedded
+        .vectors
         .into_iter()
         .enumerate()
-        .map(|(index, mut vector)| {
-            if let Some(dimensions) = request.dimensions {
-                vector.truncate(dimensions);
-                l2_normalize(&mut vector);
-            }
-            EmbeddingObject {
-                object: "embedding",
-                index,
-                embedding: encode(vector, format),
-            }
+        .map(|(index, vector)| EmbeddingObject {
+            object: "embedding",
+            index,
+            embedding: encode(vector, format),
         })
         .collect();
+    let tokens = embedded.tokens;
     let response = EmbeddingResponse {
         object: "list",
         data,

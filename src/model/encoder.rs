@@ -62,6 +62,19 @@ pub struct Encoder {
     device: Device,
 }
 
+impl crate::batcher::Engine for Encoder {
+    type Input = TokenSeq;
+    type Output = Vec<f32>;
+
+    fn tokens(seq: &TokenSeq) -> usize {
+        seq.len()
+    }
+
+    fn run(&mut self, batch: &[&TokenSeq]) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.embed(batch)
+    }
+}
+
 impl Encoder {
     /// Opens `onnx` on the chosen device and matches its inputs and outputs to what the
     /// model folder said.

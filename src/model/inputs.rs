@@ -19,21 +19,25 @@ pub enum TokenInput {
     Reject,
 }
 
+/// What a request asks of `Model::embed` besides its inputs.
 #[derive(Debug, Clone)]
-pub struct EmbedOptions<'a> {
+pub struct EmbedOptions {
     /// A key of the model's prompts; the model's default prompt applies when `None`.
-    pub prompt_name: Option<&'a str>,
+    pub prompt_name: Option<String>,
     /// Whether over-long inputs are truncated (else refused); the model's setting when `None`.
     pub truncate: Option<bool>,
+    /// Keep this many leading dimensions (then normalize again); all when `None`.
+    pub dimensions: Option<usize>,
     /// Most tokens the request may hold, all inputs together.
     pub max_tokens: usize,
 }
 
-impl Default for EmbedOptions<'_> {
+impl Default for EmbedOptions {
     fn default() -> Self {
         Self {
             prompt_name: None,
             truncate: None,
+            dimensions: None,
             max_tokens: usize::MAX,
         }
     }
@@ -49,7 +53,10 @@ impl Model {
         inputs: &[Input],
         options: &EmbedOptions,
     ) -> Result<Vec<TokenSeq>, EmbedError> {
-        let prompt_name = options.prompt_name.or(self.default_prompt_name.as_deref());
+        let prompt_name = options
+            .prompt_name
+            .as_deref()
+            .or(self.default_prompt_name.as_deref());
         let prompt = match prompt_name {
             None => "",
             Some(name) => self.prompts.get(name).ok_or_else(|| {

@@ -11,7 +11,7 @@ use super::source;
 use super::st_config::{HeadModule, InputModule, StConfig};
 use super::static_embedding::StaticEmbedding;
 use super::tokenize::{TextPreparation, TextTokenizer};
-use super::{Batching, Engine, Input, LoadError, Model, ModelSpec};
+use super::{Backend, Batching, EmbedOptions, Input, LoadError, Model, ModelSpec};
 use crate::batcher::{BatchLimits, Batcher};
 use crate::runtime::{Device, Runtime};
 
@@ -36,9 +36,9 @@ impl Model {
         };
         // One real run proves the model works end to end and tells its output width.
         let probe = model
-            .embed_blocking(&[Input::Text(PROBE_TEXT.into())], None)
+            .embed_blocking(&[Input::Text(PROBE_TEXT.into())], &EmbedOptions::default())
             .map_err(|e| LoadError::file(&what, format!("a test run failed: {e}")))?;
-        model.dimension = probe[0].len();
+        model.dimension = probe.vectors[0].len();
         Ok(model)
     }
 
@@ -130,7 +130,7 @@ impl Model {
                 excluded_prompt_lengths.insert(name.clone(), length);
             }
         }
-        let mut model = Self::common(spec, dir, st, tokenizer, Engine::Graph(batcher));
+        let mut model = Self::common(spec, dir, st, tokenizer, Backend::Graph(batcher));
         model.onnx_file = Some(onnx_file);
         model.max_seq_length = Some(max_seq_length);
         model.excluded_prompt_lengths = excluded_prompt_lengths;
@@ -150,7 +150,7 @@ impl Model {
         let table = StaticEmbedding::load(folder, head, tokenizer.vocab_size())?;
         tracing::info!(model = %spec.name, "{} is a static embedding table: no graph, no batcher", spec.name);
         let max_length = tokenizer.max_length();
-        let mut model = Self::common(spec, dir, st, tokenizer, Engine::Static(table));
+        let mut model = Self::common(spec, dir, st, tokenizer, Backend::Static(table));
         model.max_seq_length = max_length;
         Ok(model)
     }
@@ -161,7 +161,7 @@ impl Model {
         dir: &Path,
         st: &StConfig,
         tokenizer: TextTokenizer,
-        engine: Engine,
+        backend: Backend,
     ) -> Self {
         Self {
             name: spec.name.clone(),
@@ -176,7 +176,7 @@ impl Model {
             truncate: spec.truncate,
             embeds_empty: true,
             tokenizer,
-            engine,
+            backend,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the one path that turns inputs into the vectors sentence-transformers computes.
 
 mod dense;
+mod embed;
 mod encoder;
 mod head;
 mod inputs;
@@ -15,8 +16,8 @@ mod weights;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
+pub use embed::Embedded;
 pub use encoder::Encoder;
 pub use inputs::{EmbedOptions, TokenInput, warm_up_tiktoken};
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
@@ -26,9 +27,8 @@ pub use tokenize::TokenSeq;
 use static_embedding::StaticEmbedding;
 use tokenize::TextTokenizer;
 
-use crate::batcher::{BatchError, Batcher, Pending};
+use crate::batcher::{BatchError, Batcher};
 use crate::config::BatchSettings;
-use crate::metrics::METRICS;
 use crate::runtime::Device;
 
 /// Why a model could not be loaded. Messages name the file and the reason.
@@ -64,6 +64,8 @@ pub enum EmbedError {
     Tokenizer(String),
     #[error(transparent)]
     Batch(#[from] BatchError),
+    #[error("the embedding task stopped: {0}")]
+    Task(String),
 }
 
 /// One input of a request.
@@ -125,17 +127,11 @@ impl ModelSpec {
 }
 
 /// What computes a model's vectors.
-enum Engine {
+enum Backend {
     /// An ONNX graph, run on the model's batcher thread.
-    Graph(Batcher),
+    Graph(Batcher<Encoder>),
     /// A static embedding table, looked up on the request's own blocking thread.
     Static(StaticEmbedding),
-}
-
-/// A request's vectors: computed already, or queued on the model's batcher.
-pub enum Embedding {
-    Ready(Vec<Vec<f32>>),
-    Queued(Pending),
 }
 
 pub struct Model {
@@ -155,7 +151,7 @@ pub struct Model {
     /// Whether an input of no tokens can be embedded (else it is refused).
     embeds_empty: bool,
     tokenizer: TextTokenizer,
-    engine: Engine,
+    backend: Backend,
 }
 
 impl Model {
@@ -178,61 +174,6 @@ impl Model {
 
     pub fn max_seq_length(&self) -> Option<usize> {
         self.max_seq_length
-    }
-
-    /// Tokenizes (and for static models embeds) on the calling thread, which must not be an
-    /// async worker; graph models' inputs are queued on the batcher.
-    pub fn start(
-        &self,
-        inputs: &[Input],
-        options: &EmbedOptions,
-    ) -> Result<(Embedding, usize), EmbedError> {
-        let seqs = self.tokenize(inputs, options)?;
-        let tokens: usize = seqs.iter().map(TokenSeq::len).sum();
-        if tokens > options.max_tokens {
-            return Err(EmbedError::Invalid {
-                param: "input",
-                message: format!(
-                    "the inputs hold {tokens} tokens; at most {} are allowed per request \
-                     (server.max_tokens_per_request): split them over several requests",
-                    options.max_tokens
-                ),
-            });
-        }
-        let embedding = match &self.engine {
-            Engine::Graph(batcher) => Embedding::Queued(batcher.submit(seqs)?),
-            Engine::Static(table) => {
-                let started = Instant::now();
-                let vectors = table.embed(&seqs).map_err(BatchError::Inference)?;
-                let model = [self.name.as_str()];
-                METRICS
-                    .inference_seconds
-                    .with_label_values(&model)
-                    .observe(started.elapsed().as_secs_f64());
-                METRICS
-                    .tokens
-                    .with_label_values(&model)
-                    .inc_by(tokens as u64);
-                Embedding::Ready(vectors)
-            }
-        };
-        Ok((embedding, tokens))
-    }
-
-    /// Tokenizes and embeds, blocking the calling thread (never an async worker).
-    pub fn embed_blocking(
-        &self,
-        inputs: &[Input],
-        prompt_name: Option<&str>,
-    ) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let options = EmbedOptions {
-            prompt_name,
-            ..EmbedOptions::default()
-        };
-        match self.start(inputs, &options)?.0 {
-            Embedding::Ready(vectors) => Ok(vectors),
-            Embedding::Queued(pending) => Ok(pending.wait_blocking()?.vectors),
-        }
     }
 }
 
