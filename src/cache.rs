@@ -4,19 +4,22 @@
 //!
 //! Requests hold an `Arc<Model>`, so eviction only drops the cache's reference: work in
 //! flight finishes on the evicted model, and its memory is freed when the last request ends.
+//!
+//! What a load does is the `Loader`'s business; this module decides only which models are
+//! loaded, so its tests drive it with a fake loader.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lru::LruCache;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::OnceCell;
 
 use crate::catalog::{Catalog, Servable};
 use crate::config::CacheConfig;
+use crate::loader::{Loaded, Loader, ModelLoader};
 use crate::metrics::METRICS;
-use crate::model::{LoadError, Model};
-use crate::runtime::Runtime;
+use crate::model::LoadError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -31,19 +34,21 @@ pub enum CacheError {
     },
 }
 
-type Slot = Arc<OnceCell<Arc<Model>>>;
+type Slot<M> = Arc<OnceCell<Arc<M>>>;
 
-struct Entry {
-    slot: Slot,
+struct Entry<M> {
+    slot: Slot<M>,
     pinned: bool,
     idle_timeout: Option<Duration>,
     /// Resident memory the load added, in bytes.
     memory: u64,
+    /// The one record of recency: eviction for room takes the unpinned model used longest
+    /// ago, and idle eviction compares it with the timeout.
     last_used: Instant,
 }
 
-impl Entry {
-    fn model(&self) -> Option<&Arc<Model>> {
+impl<M> Entry<M> {
+    fn model(&self) -> Option<&Arc<M>> {
         self.slot.get()
     }
 }
@@ -53,10 +58,21 @@ struct Failure {
     error: Arc<LoadError>,
 }
 
-struct Inner {
-    /// Loaded and loading models, most recently used first.
-    entries: LruCache<String, Entry>,
+struct Inner<M> {
+    /// Loaded and loading models.
+    entries: HashMap<String, Entry<M>>,
     failures: HashMap<String, Failure>,
+    /// The latest `last_used` handed out: stamps strictly increase, so two uses within one
+    /// clock tick still have an order.
+    latest_use: Instant,
+}
+
+impl<M> Inner<M> {
+    fn stamp(&mut self) -> Instant {
+        let now = Instant::now().max(self.latest_use + Duration::from_nanos(1));
+        self.latest_use = now;
+        now
+    }
 }
 
 /// A model's state as `/v1/models` reports it.
@@ -67,26 +83,24 @@ pub struct ModelState {
     pub memory_bytes: u64,
 }
 
-pub struct ModelCache {
+pub struct ModelCache<L: Loader = ModelLoader> {
     catalog: Catalog,
-    runtime: Arc<Runtime>,
+    loader: L,
     limits: CacheConfig,
-    inner: Mutex<Inner>,
-    /// Loads run one at a time so that each one's memory can be measured on its own.
-    load_lock: Arc<Mutex<()>>,
+    inner: Mutex<Inner<L::Model>>,
 }
 
-impl ModelCache {
-    pub fn new(catalog: Catalog, runtime: Arc<Runtime>, limits: CacheConfig) -> Self {
+impl<L: Loader> ModelCache<L> {
+    pub fn new(catalog: Catalog, loader: L, limits: CacheConfig) -> Self {
         Self {
             catalog,
-            runtime,
+            loader,
             limits,
             inner: Mutex::new(Inner {
-                entries: LruCache::unbounded(),
+                entries: HashMap::new(),
                 failures: HashMap::new(),
+                latest_use: Instant::now(),
             }),
-            load_lock: Arc::new(Mutex::new(())),
         }
     }
 
@@ -94,13 +108,13 @@ impl ModelCache {
         &self.catalog
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inner<L::Model>> {
+        self.inner.lock()
     }
 
     /// The model `name` refers to, loading it if need be. A hit touches no file and takes
     /// the lock only to look up and mark the entry as just used.
-    pub async fn get(&self, name: &str) -> Result<Arc<Model>, CacheError> {
+    pub async fn get(&self, name: &str) -> Result<Arc<L::Model>, CacheError> {
         let key = self.catalog.canonical(name);
         if let Some(model) = self.hit(key) {
             METRICS.cache_hits.inc();
@@ -114,28 +128,30 @@ impl ModelCache {
         self.load(servable).await
     }
 
-    fn hit(&self, key: &str) -> Option<Arc<Model>> {
+    fn hit(&self, key: &str) -> Option<Arc<L::Model>> {
         let mut inner = self.lock();
+        let now = inner.stamp();
         let entry = inner.entries.get_mut(key)?;
         let model = entry.model()?.clone();
-        entry.last_used = Instant::now();
+        entry.last_used = now;
         tracing::debug!(model = key, "cache hit");
         Some(model)
     }
 
     /// Loads `servable` unless it is loaded, then makes room by evicting.
-    pub async fn load(&self, servable: Servable) -> Result<Arc<Model>, CacheError> {
+    pub async fn load(&self, servable: Servable) -> Result<Arc<L::Model>, CacheError> {
         let name = servable.spec.name.clone();
         let slot = {
             let mut inner = self.lock();
-            let entry = inner.entries.get_or_insert_mut(name.clone(), || Entry {
+            let now = inner.stamp();
+            let entry = inner.entries.entry(name.clone()).or_insert_with(|| Entry {
                 slot: Slot::default(),
                 pinned: servable.pin,
                 idle_timeout: servable.idle_timeout,
                 memory: 0,
-                last_used: Instant::now(),
+                last_used: now,
             });
-            entry.last_used = Instant::now();
+            entry.last_used = now;
             entry.slot.clone()
         };
         let mut loaded_here = false;
@@ -157,10 +173,10 @@ impl ModelCache {
                 let mut inner = self.lock();
                 if inner
                     .entries
-                    .peek(&name)
+                    .get(&name)
                     .is_some_and(|e| Arc::ptr_eq(&e.slot, &slot) && e.model().is_none())
                 {
-                    inner.entries.pop(&name);
+                    inner.entries.remove(&name);
                 }
                 Err(CacheError::Load {
                     name,
@@ -173,7 +189,7 @@ impl ModelCache {
     /// The one load of a model (single flight: callers wait on the same slot). A recent
     /// failure is answered from memory, so a broken model cannot make every request pay
     /// for a failed load.
-    async fn load_model(&self, servable: Servable) -> Result<Arc<Model>, Arc<LoadError>> {
+    async fn load_model(&self, servable: Servable) -> Result<Arc<L::Model>, Arc<LoadError>> {
         let name = servable.spec.name.clone();
         if let Some(failure) = self.lock().failures.get(&name)
             && failure.at.elapsed() < self.limits.load_failure_backoff
@@ -182,8 +198,8 @@ impl ModelCache {
         }
         tracing::info!(model = %name, source = %servable.spec.source, "loading {name} for the first time");
         let started = Instant::now();
-        match self.load_from_source(servable).await {
-            Ok((model, memory)) => {
+        match self.loader.load(servable.spec).await {
+            Ok(Loaded { model, memory }) => {
                 METRICS
                     .model_loads
                     .with_label_values(&[name.as_str(), "ok"])
@@ -193,19 +209,9 @@ impl ModelCache {
                     .with_label_values(&[name.as_str()])
                     .observe(started.elapsed().as_secs_f64());
                 METRICS.models_loaded.inc();
-                tracing::info!(
-                    model = %name,
-                    dir = %model.dir().display(),
-                    onnx = model.onnx_file(),
-                    dimension = model.dimension(),
-                    max_seq_length = model.max_seq_length(),
-                    memory_mib = memory / (1 << 20),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "loaded {name}"
-                );
                 let mut inner = self.lock();
                 inner.failures.remove(&name);
-                if let Some(entry) = inner.entries.peek_mut(&name) {
+                if let Some(entry) = inner.entries.get_mut(&name) {
                     entry.memory = memory;
                 }
                 Ok(Arc::new(model))
@@ -232,27 +238,6 @@ impl ModelCache {
                 Err(error)
             }
         }
-    }
-
-    /// Fetches the files if need be, then loads off the async runtime, measuring the
-    /// resident memory the load added.
-    async fn load_from_source(&self, servable: Servable) -> Result<(Model, u64), LoadError> {
-        let spec = servable.spec;
-        let dir = self
-            .catalog
-            .hub()
-            .resolve(&spec.source, spec.onnx_file.as_deref())
-            .await?;
-        let runtime = self.runtime.clone();
-        let load_lock = self.load_lock.clone();
-        tokio::task::spawn_blocking(move || {
-            let _one_at_a_time = load_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let before = resident_bytes();
-            let model = Model::load_dir(&spec, &dir, &runtime)?;
-            Ok((model, resident_bytes().saturating_sub(before)))
-        })
-        .await
-        .map_err(|e| LoadError::Source(format!("model loader stopped: {e}")))?
     }
 
     /// Evicts least recently used, unpinned, loaded models (never `keep`) until the cache is
@@ -282,14 +267,14 @@ impl ModelCache {
                 let victim = inner
                     .entries
                     .iter()
-                    .rev()
-                    .find(|(k, e)| !e.pinned && e.model().is_some() && k.as_str() != keep)
+                    .filter(|(k, e)| !e.pinned && e.model().is_some() && k.as_str() != keep)
+                    .min_by_key(|(k, e)| (e.last_used, k.as_str()))
                     .map(|(k, _)| k.clone());
                 let Some(victim) = victim else {
                     tracing::warn!("{reason}, but every other loaded model is pinned");
                     break;
                 };
-                if let Some(entry) = inner.entries.pop(&victim) {
+                if let Some(entry) = inner.entries.remove(&victim) {
                     evicted.push((
                         victim,
                         entry,
@@ -307,7 +292,7 @@ impl ModelCache {
     /// Unloads every model idle for longer than its timeout. Returns how many it unloaded.
     pub fn evict_idle(&self) -> usize {
         let now = Instant::now();
-        let idle: Vec<(String, Entry, String)> = {
+        let idle: Vec<(String, Entry<L::Model>, String)> = {
             let mut inner = self.lock();
             let expired: Vec<(String, Duration)> = inner
                 .entries
@@ -321,7 +306,7 @@ impl ModelCache {
             expired
                 .into_iter()
                 .filter_map(|(k, timeout)| {
-                    let entry = inner.entries.pop(&k)?;
+                    let entry = inner.entries.remove(&k)?;
                     Some((
                         k,
                         entry,
@@ -355,12 +340,9 @@ impl ModelCache {
         let entry = {
             let mut inner = self.lock();
             // A model still loading stays: its waiters share that load.
-            let loaded = inner
-                .entries
-                .peek(&key)
-                .is_some_and(|e| e.model().is_some());
+            let loaded = inner.entries.get(&key).is_some_and(|e| e.model().is_some());
             if loaded {
-                inner.entries.pop(&key)
+                inner.entries.remove(&key)
             } else {
                 None
             }
@@ -378,7 +360,7 @@ impl ModelCache {
     /// Loaded state of `name`, without loading it.
     pub fn state(&self, name: &str) -> ModelState {
         let key = self.catalog.canonical(name);
-        let cached = self.lock().entries.peek(key).map(|entry| ModelState {
+        let cached = self.lock().entries.get(key).map(|entry| ModelState {
             loaded: entry.model().is_some(),
             pinned: entry.pinned,
             memory_bytes: entry.memory,
@@ -394,18 +376,20 @@ impl ModelCache {
     /// Names of loaded models, most recently used first.
     pub fn loaded_names(&self) -> Vec<String> {
         let inner = self.lock();
-        inner
+        let mut loaded: Vec<(&String, Instant)> = inner
             .entries
             .iter()
             .filter(|(_, e)| e.model().is_some())
-            .map(|(k, _)| k.clone())
-            .collect()
+            .map(|(k, e)| (k, e.last_used))
+            .collect();
+        loaded.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        loaded.into_iter().map(|(k, _)| k.clone()).collect()
     }
 }
 
 /// Drops the cache's reference to an evicted model. Requests still using it keep it alive;
 /// the session's memory is freed when the last of them finishes.
-fn release(name: &str, entry: Entry, kind: &str, reason: &str) {
+fn release<M: Send + Sync + 'static>(name: &str, entry: Entry<M>, kind: &str, reason: &str) {
     let in_flight = entry.model().map_or(0, |m| Arc::strong_count(m) - 1);
     METRICS.evictions.with_label_values(&[name, kind]).inc();
     METRICS.models_loaded.dec();
@@ -421,14 +405,255 @@ fn release(name: &str, entry: Entry, kind: &str, reason: &str) {
     }
 }
 
-/// The process's resident memory in bytes (0 where /proc is unavailable).
-pub fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Poll;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::config::{Config, ModelConfig};
+    use crate::model::ModelSpec;
+
+    struct FakeModel {
+        drops: Arc<AtomicUsize>,
+    }
+
+    impl Drop for FakeModel {
+        fn drop(&mut self) {
+            self.drops.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Loads instantly (or once released, when gated), fails for `broken`, and reports
+    /// `memory` per model.
+    #[derive(Default)]
+    struct FakeLoader {
+        loads: Mutex<Vec<String>>,
+        gate: Option<Semaphore>,
+        memory: u64,
+        drops: Arc<AtomicUsize>,
+    }
+
+    impl Loader for FakeLoader {
+        type Model = FakeModel;
+
+        async fn load(&self, spec: ModelSpec) -> Result<Loaded<FakeModel>, LoadError> {
+            self.loads.lock().push(spec.name.clone());
+            if let Some(gate) = &self.gate {
+                drop(gate.acquire().await);
+            }
+            if spec.name == "broken" {
+                return Err(LoadError::Config("the fake cannot load `broken`".into()));
+            }
+            Ok(Loaded {
+                model: FakeModel {
+                    drops: self.drops.clone(),
+                },
+                memory: self.memory,
+            })
+        }
+    }
+
+    fn model(name: &str) -> ModelConfig {
+        ModelConfig {
+            source: format!("/fake/{name}"),
+            ..ModelConfig::default()
+        }
+    }
+
+    fn cache(
+        models: Vec<ModelConfig>,
+        limits: CacheConfig,
+        loader: FakeLoader,
+    ) -> ModelCache<FakeLoader> {
+        let config = Config {
+            models,
+            ..Config::default()
+        };
+        ModelCache::new(Catalog::from_config(&config).unwrap(), loader, limits)
+    }
+
+    fn plain(names: &[&str]) -> Vec<ModelConfig> {
+        names.iter().map(|n| model(n)).collect()
+    }
+
+    fn limits(max_loaded_models: usize) -> CacheConfig {
+        CacheConfig {
+            max_loaded_models,
+            ..CacheConfig::default()
+        }
+    }
+
+    async fn get_all(cache: &ModelCache<FakeLoader>, names: &[&str]) {
+        for name in names {
+            cache.get(name).await.unwrap();
+        }
+    }
+
+    /// Polls `future` once: it must be waiting.
+    async fn assert_pending<F: Future>(future: std::pin::Pin<&mut F>) {
+        let mut future = future;
+        std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx).is_pending()))
+            .await
+            .then_some(())
+            .expect("the future should wait");
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_load() {
+        let loader = FakeLoader {
+            gate: Some(Semaphore::new(0)),
+            ..FakeLoader::default()
+        };
+        let cache = cache(plain(&["a"]), limits(4), loader);
+        let mut first = pin!(cache.get("a"));
+        let mut second = pin!(cache.get("a"));
+        let mut third = pin!(cache.get("a"));
+        assert_pending(first.as_mut()).await;
+        assert_pending(second.as_mut()).await;
+        assert_pending(third.as_mut()).await;
+        cache.loader.gate.as_ref().unwrap().add_permits(1);
+        let models = [
+            first.await.unwrap(),
+            second.await.unwrap(),
+            third.await.unwrap(),
+        ];
+        assert_eq!(*cache.loader.loads.lock(), ["a"]);
+        assert!(models.iter().all(|m| Arc::ptr_eq(m, &models[0])));
+        assert!(cache.get("a").await.is_ok());
+        assert_eq!(cache.loader.loads.lock().len(), 1, "a hit never loads");
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_answered_from_memory_until_the_backoff_ends() {
+        let cache = cache(
+            plain(&["broken"]),
+            CacheConfig {
+                load_failure_backoff: Duration::from_secs(3600),
+                ..limits(4)
+            },
+            FakeLoader::default(),
+        );
+        for _ in 0..3 {
+            let error = cache.get("broken").await.err().unwrap();
+            assert!(
+                error.to_string().contains("cannot load `broken`"),
+                "{error}"
+            );
+        }
+        assert_eq!(cache.loader.loads.lock().len(), 1);
+        assert!(cache.loaded_names().is_empty());
+
+        let retrying = self::cache(
+            plain(&["broken"]),
+            CacheConfig {
+                load_failure_backoff: Duration::ZERO,
+                ..limits(4)
+            },
+            FakeLoader::default(),
+        );
+        for _ in 0..3 {
+            assert!(retrying.get("broken").await.is_err());
+        }
+        assert_eq!(retrying.loader.loads.lock().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn evicts_the_least_recently_used_model() {
+        let cache = cache(plain(&["a", "b", "c"]), limits(2), FakeLoader::default());
+        get_all(&cache, &["a", "b", "a", "c"]).await;
+        assert_eq!(cache.loaded_names(), ["c", "a"]);
+        get_all(&cache, &["b"]).await;
+        assert_eq!(cache.loaded_names(), ["b", "c"]);
+        assert_eq!(*cache.loader.loads.lock(), ["a", "b", "c", "b"]);
+    }
+
+    #[tokio::test]
+    async fn pinned_models_stay_and_the_new_model_is_never_the_victim() {
+        let mut models = plain(&["a", "b", "c"]);
+        models[0].pin = true;
+        let cache = cache(models, limits(1), FakeLoader::default());
+        get_all(&cache, &["a", "b"]).await;
+        assert_eq!(
+            cache.loaded_names(),
+            ["b", "a"],
+            "over the limit, but a is pinned"
+        );
+        get_all(&cache, &["c"]).await;
+        assert_eq!(cache.loaded_names(), ["c", "a"]);
+        assert!(cache.state("a").pinned && cache.state("a").loaded);
+    }
+
+    #[tokio::test]
+    async fn evicts_for_memory() {
+        let loader = FakeLoader {
+            memory: 30 << 20,
+            ..FakeLoader::default()
+        };
+        let limits = CacheConfig {
+            max_model_memory: Some(50 << 20),
+            ..limits(4)
+        };
+        let cache = cache(plain(&["a", "b"]), limits, loader);
+        get_all(&cache, &["a", "b"]).await;
+        assert_eq!(cache.loaded_names(), ["b"]);
+        assert_eq!(cache.state("b").memory_bytes, 30 << 20);
+    }
+
+    #[tokio::test]
+    async fn unloads_models_idle_past_their_timeout() {
+        let mut models = plain(&["quick", "slow", "pinned"]);
+        models[0].idle_timeout = Some(Duration::ZERO);
+        models[1].idle_timeout = Some(Duration::from_secs(3600));
+        models[2].idle_timeout = Some(Duration::ZERO);
+        models[2].pin = true;
+        let cache = cache(models, limits(4), FakeLoader::default());
+        get_all(&cache, &["quick", "slow", "pinned"]).await;
+        assert_eq!(cache.evict_idle(), 1);
+        assert_eq!(cache.loaded_names(), ["pinned", "slow"]);
+        assert_eq!(
+            cache.idle_check_interval(),
+            Some(Duration::from_millis(10)),
+            "a quarter of the shortest timeout, at least 10 ms"
+        );
+    }
+
+    #[test]
+    fn an_evicted_model_lives_on_while_a_request_holds_it() {
+        let cache = cache(plain(&["a", "b"]), limits(1), FakeLoader::default());
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let held = runtime.block_on(async {
+            let held = cache.get("a").await.unwrap();
+            get_all(&cache, &["b"]).await;
+            held
+        });
+        // Dropping the runtime waits for the blocking task that released the cache's copy.
+        drop(runtime);
+        assert_eq!(cache.loaded_names(), ["b"]);
+        assert_eq!(cache.loader.drops.load(Ordering::SeqCst), 0);
+        assert_eq!(Arc::strong_count(&held), 1, "only the request holds it now");
+        drop(held);
+        assert_eq!(cache.loader.drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn unload_leaves_a_loading_model_to_its_waiters() {
+        let loader = FakeLoader {
+            gate: Some(Semaphore::new(0)),
+            ..FakeLoader::default()
+        };
+        let cache = cache(plain(&["a"]), limits(4), loader);
+        let mut loading = pin!(cache.get("a"));
+        assert_pending(loading.as_mut()).await;
+        assert!(!cache.unload("a").unwrap());
+        cache.loader.gate.as_ref().unwrap().add_permits(1);
+        loading.await.unwrap();
+        assert!(cache.unload("a").unwrap());
+        assert!(cache.loaded_names().is_empty());
+        assert!(matches!(cache.unload("nope"), Err(CacheError::NotFound(_))));
+    }
 }

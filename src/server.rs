@@ -12,6 +12,7 @@ use crate::api::{self, AppState, Readiness};
 use crate::cache::ModelCache;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::loader::ModelLoader;
 use crate::runtime::Runtime;
 
 /// Serves until SIGINT or SIGTERM, then lets requests in flight finish (within
@@ -49,6 +50,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let address = listener.local_addr()?;
     tracing::info!("embedserve listening on http://{address}");
+    if let Some(path) = &config.server.port_file {
+        write_port_file(path, address.port())?;
+    }
     let preloading = async {
         for servable in preloads {
             let name = servable.spec.name.clone();
@@ -95,11 +99,17 @@ pub async fn start_cache(config: &Config) -> anyhow::Result<ModelCache> {
     let runtime = tokio::task::spawn_blocking(move || Runtime::init(&runtime_config)).await??;
     let catalog =
         Catalog::from_config(config).map_err(|e| anyhow!("invalid configuration: {e}"))?;
-    Ok(ModelCache::new(
-        catalog,
-        Arc::new(runtime),
-        config.cache.clone(),
-    ))
+    let loader = ModelLoader::new(catalog.hub().clone(), Arc::new(runtime));
+    Ok(ModelCache::new(catalog, loader, config.cache.clone()))
+}
+
+/// Writes `port` whole or not at all (a reader polling for the file never sees it half
+/// written): to a temporary file beside it, then renamed.
+fn write_port_file(path: &std::path::Path, port: u16) -> anyhow::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, format!("{port}\n"))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("cannot write the port file {}", path.display()))
 }
 
 fn spawn_idle_reaper(cache: &Arc<ModelCache>) {
