@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;
 
-use embedserve::config::{Config, Overrides};
+use embedserve::config::{Config, ModelFlags, Overrides};
 use embedserve::server::start_cache;
 
 fn main() {
@@ -14,11 +14,13 @@ fn main() {
     let iterations: u32 = if full { 1_000_000 } else { 1_000 };
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
     let overrides = Overrides {
-        models_dirs: vec![models.clone()],
-        models: vec![format!(
-            "configured={}",
-            models.join("tiny/bert-mean").display()
-        )],
+        models: ModelFlags {
+            models_dirs: vec![models.clone()],
+            models: vec![format!(
+                "configured={}",
+                models.join("tiny/bert-mean").display()
+            )],
+        },
         ..Overrides::default()
     };
     let config = Config::load(None, overrides).expect("config");

@@ -11,25 +11,24 @@ use common::{Server, assert_error, config_file, cosine, model_dir, reference};
 use serde_json::json;
 
 const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
-const DEBUG_BATCHES: (&str, &str) = ("EMBEDSERVE_LOG", "info,ort=warn,embedserve::batcher=debug");
 
-/// `(rows, requests)` of every batch the server logged, in order.
-fn batches(server: &Server) -> Vec<(usize, usize)> {
-    let field = |line: &str, name: &str| -> usize {
-        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-        line[start..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    server
-        .logs()
-        .lines()
-        .filter(|l| l.contains("running batch"))
-        .map(|l| (field(l, "rows"), field(l, "requests")))
-        .collect()
+/// Inference runs of `model` so far.
+fn runs(server: &Server, model: &str) -> f64 {
+    server.metric("embedserve_batch_size_count", &[("model", model)])
+}
+
+/// Runs of `model` whose `histogram` value was at most `le`.
+fn runs_at_most(server: &Server, histogram: &str, model: &str, le: &str) -> f64 {
+    server.metric(
+        &format!("embedserve_{histogram}_bucket"),
+        &[("model", model), ("le", le)],
+    )
+}
+
+/// Runs of `model` that held inputs of more than one request.
+fn shared_runs(server: &Server, model: &str) -> f64 {
+    server.metric("embedserve_batch_requests_count", &[("model", model)])
+        - runs_at_most(server, "batch_requests", model, "1")
 }
 
 fn long_input() -> String {
@@ -48,18 +47,23 @@ fn minilm_server(extra: &[&str]) -> Arc<Server> {
     let spec = format!("{MINILM}={}", dir.to_str().unwrap());
     let mut args = vec!["--model", spec.as_str()];
     args.extend_from_slice(extra);
-    Arc::new(Server::start_with_env(&args, &[DEBUG_BATCHES]))
+    Arc::new(Server::start(&args))
 }
 
 /// Starts a request of `count` long inputs on another thread and returns once its first
 /// batch is running.
 fn keep_busy(server: &Arc<Server>, count: usize) -> std::thread::JoinHandle<Vec<Vec<f32>>> {
+    let before = runs(server, MINILM);
     let busy = {
         let server = server.clone();
         let inputs = vec![long_input(); count];
         std::thread::spawn(move || server.embed(MINILM, json!(inputs), json!({})))
     };
-    server.wait_for_log("rows=32", 1);
+    server.wait_for_metric(
+        "embedserve_batch_size_count",
+        &[("model", MINILM)],
+        before + 1.0,
+    );
     busy
 }
 
@@ -73,7 +77,7 @@ fn concurrent_requests_share_a_run() {
         .iter()
         .map(|t| server.embed(MINILM, json!(t), json!({})).remove(0))
         .collect();
-    assert!(batches(&server).iter().all(|&(_, requests)| requests == 1));
+    assert_eq!(shared_runs(&server, MINILM), 0.0, "one request at a time");
 
     let busy = keep_busy(&server, 64);
     let start = Arc::new(Barrier::new(texts.len()));
@@ -91,30 +95,23 @@ fn concurrent_requests_share_a_run() {
         assert!(cosine(&client.join().unwrap(), want) >= 0.999999);
     }
     busy.join().unwrap();
-    let shared = batches(&server)
-        .into_iter()
-        .filter(|&(_, requests)| requests > 1)
-        .count();
     assert!(
-        shared > 0,
-        "no run held inputs of several requests: {:?}",
-        batches(&server)
+        shared_runs(&server, MINILM) > 0.0,
+        "no run held inputs of several requests"
     );
 }
 
 #[test]
 fn a_request_split_over_many_runs_keeps_its_order() {
-    let server = Server::start_with_env(
-        &["--models-dir", common::models_root().to_str().unwrap()],
-        &[DEBUG_BATCHES],
-    );
+    let server = Server::start(&["--models-dir", common::models_root().to_str().unwrap()]);
     let model = "tiny/bert-mean";
     let inputs: Vec<String> = (0..300)
         .map(|i| format!("input {i}: {}", "word ".repeat(i % 37)))
         .collect();
     let together = server.embed(model, json!(inputs), json!({}));
-    let runs = batches(&server).len();
-    assert!(runs >= 10, "300 inputs in only {runs} runs");
+    // One run was the load's probe.
+    let runs = runs(&server, model) - 1.0;
+    assert!(runs >= 10.0, "300 inputs in only {runs} runs");
     for (input, vector) in inputs.iter().zip(&together) {
         let alone = server.embed(model, json!(input), json!({})).remove(0);
         assert!(cosine(&alone, vector) >= 0.999999, "{input}");
@@ -124,6 +121,8 @@ fn a_request_split_over_many_runs_keeps_its_order() {
 #[test]
 fn a_cancelled_request_does_not_run() {
     let server = minilm_server(&[]);
+    let before = runs(&server, MINILM);
+    let rows_before = server.metric("embedserve_batch_size_sum", &[("model", MINILM)]);
     let body = json!({"model": MINILM, "input": vec![long_input(); 200]}).to_string();
     let address = server.base.trim_start_matches("http://").to_string();
     let mut client = std::net::TcpStream::connect(&address).unwrap();
@@ -134,19 +133,23 @@ fn a_cancelled_request_does_not_run() {
     )
     .unwrap();
     // Its first batch runs; then the client hangs up.
-    server.wait_for_log("rows=32", 1);
+    server.wait_for_metric(
+        "embedserve_batch_size_count",
+        &[("model", MINILM)],
+        before + 1.0,
+    );
     drop(client);
-    server.wait_for_log("dropped inputs of cancelled requests", 1);
+    let model = [("model", MINILM)];
+    server.wait_for_metric("embedserve_cancelled_inputs_total", &model, 1.0);
     // A later request is served, and the cancelled one ran far fewer than its 200 inputs.
     server.embed(MINILM, json!("after"), json!({}));
-    let long_rows: usize = batches(&server)
-        .iter()
-        .map(|&(rows, _)| rows)
-        .filter(|&rows| rows > 1)
-        .sum();
-    assert!(
-        long_rows < 200,
-        "{long_rows} inputs of the cancelled request ran"
+    let rows = server.metric("embedserve_batch_size_sum", &model) - rows_before - 1.0;
+    let cancelled = server.metric("embedserve_cancelled_inputs_total", &model);
+    assert!(rows < 200.0, "{rows} inputs of the cancelled request ran");
+    assert_eq!(
+        rows + cancelled,
+        200.0,
+        "every input either ran or was withdrawn"
     );
 }
 
@@ -218,9 +221,10 @@ fn assert_stable_under_load(server: Arc<Server>, model: &'static str) {
 fn fp32_vectors_do_not_depend_on_batch_mates() {
     let server = minilm_server(&[]);
     assert_stable_under_load(server.clone(), MINILM);
+    let up_to_four = runs_at_most(&server, "batch_size", MINILM, "4");
     assert!(
-        batches(&server).iter().any(|&(rows, _)| rows > 5),
-        "load produced shared runs"
+        runs(&server, MINILM) > up_to_four,
+        "load produced runs of more than 4 inputs"
     );
 }
 
@@ -230,15 +234,13 @@ fn an_isolated_int8_model_gives_identical_vectors_under_load() {
         "[[models]]\nname = \"int8\"\nsource = {:?}\nonnx_file = \"onnx/model_qint8.onnx\"\npreload = true\n",
         model_dir(MINILM).to_str().unwrap()
     ));
-    let server = Arc::new(Server::start_with_env(
-        &["--config", config.to_str().unwrap()],
-        &[DEBUG_BATCHES],
-    ));
-    assert!(
-        server.logs().contains("batching isolated"),
-        "{}",
-        server.logs()
-    );
+    let server = Arc::new(Server::start(&["--config", config.to_str().unwrap()]));
     assert_stable_under_load(server.clone(), "int8");
-    assert!(batches(&server).iter().all(|&(rows, _)| rows == 1));
+    let runs = runs(&server, "int8");
+    assert!(runs > 100.0, "{runs} runs");
+    assert_eq!(
+        runs_at_most(&server, "batch_size", "int8", "1"),
+        runs,
+        "every run held one input"
+    );
 }

@@ -36,6 +36,21 @@ fn sorted(names: &[&str]) -> Vec<String> {
     v
 }
 
+/// Successful loads of `model` so far.
+fn loads(server: &Server, model: &str) -> f64 {
+    server.metric(
+        "embedserve_model_loads_total",
+        &[("model", model), ("result", "ok")],
+    )
+}
+
+fn evictions(server: &Server, model: &str, reason: &str) -> f64 {
+    server.metric(
+        "embedserve_model_evictions_total",
+        &[("model", model), ("reason", reason)],
+    )
+}
+
 #[test]
 fn cycling_four_models_through_two_slots_evicts_in_lru_order() {
     let server = Server::start(&[
@@ -65,13 +80,7 @@ fn cycling_four_models_through_two_slots_evicts_in_lru_order() {
     assert_correct(&server, a, a);
     assert_eq!(server.loaded(), sorted(&[c, a]));
     // Each use after an eviction was a real reload.
-    assert_eq!(
-        server
-            .logs()
-            .matches("loading tiny/bert-mean for the first time")
-            .count(),
-        3
-    );
+    assert_eq!(loads(&server, "tiny/bert-mean"), 3.0);
 }
 
 #[test]
@@ -96,13 +105,7 @@ fn a_pinned_preloaded_model_is_never_evicted() {
         }
     }
     assert_correct(&server, "pinned", "tiny/bert-mean");
-    assert_eq!(
-        server
-            .logs()
-            .matches("loading pinned for the first time")
-            .count(),
-        1
-    );
+    assert_eq!(loads(&server, "pinned"), 1.0);
 }
 
 #[test]
@@ -121,13 +124,7 @@ fn concurrent_first_requests_share_one_load() {
     let vectors: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert!(vectors.iter().all(|v| v == &vectors[0]));
     assert_correct(&server, "tiny/bert-cls", "tiny/bert-cls");
-    let logs = server.logs();
-    assert_eq!(
-        logs.matches("loading tiny/bert-cls for the first time")
-            .count(),
-        1,
-        "{logs}"
-    );
+    assert_eq!(loads(&server, "tiny/bert-cls"), 1.0);
 }
 
 #[test]
@@ -151,26 +148,23 @@ fn eviction_does_not_cut_off_a_request_in_flight() {
         std::thread::spawn(move || server.embed(MINILM, json!(inputs), json!({})))
     };
     // The request holds the model from the moment its load completes.
-    server.wait_for_log(&format!("loaded {MINILM}"), 1);
+    server.wait_for_metric(
+        "embedserve_model_loads_total",
+        &[("model", MINILM), ("result", "ok")],
+        1.0,
+    );
     assert_correct(&server, TINY[0], TINY[0]);
     assert_eq!(
         server.loaded(),
         [TINY[0]],
         "MiniLM was evicted to make room"
     );
-    let logs = server.logs();
-    assert!(
-        logs.contains(&format!("evicted {MINILM}: least recently used"))
-            && logs.contains("requests still using it: 1"),
-        "{logs}"
-    );
+    assert_eq!(evictions(&server, MINILM, "lru"), 1.0);
     let vectors = in_flight.join().unwrap();
     assert_eq!(vectors.len(), 100);
     for vector in &vectors {
         assert!(cosine(vector, &long.embedding) >= 0.99999);
     }
-    // Its memory is released once that request is done.
-    server.wait_for_log(&format!("unloaded {MINILM}"), 1);
 }
 
 #[test]
@@ -183,7 +177,11 @@ fn idle_models_are_unloaded() {
         &models_root_arg(),
     ]);
     assert_correct(&server, TINY[0], TINY[0]);
-    server.wait_for_log("evicted tiny/bert-mean: unused for 300ms", 1);
+    server.wait_for_metric(
+        "embedserve_model_evictions_total",
+        &[("model", TINY[0]), ("reason", "idle")],
+        1.0,
+    );
     assert!(server.loaded().is_empty());
     assert_correct(&server, TINY[0], TINY[0]);
 }
@@ -204,11 +202,7 @@ fn the_memory_budget_evicts_by_measured_size() {
     assert!(memory > 40 << 20, "MiniLM's load added {memory} bytes");
     assert_correct(&server, TINY[0], TINY[0]);
     assert_eq!(server.loaded(), [TINY[0]]);
-    assert!(
-        server.logs().contains("max_model_memory is 40 MiB"),
-        "{}",
-        server.logs()
-    );
+    assert_eq!(evictions(&server, MINILM, "memory"), 1.0);
 }
 
 #[test]

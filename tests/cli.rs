@@ -126,6 +126,11 @@ fn assert_broken_fails_and_healthy_serves(server: &Server) {
     assert_eq!(status, 200, "{body}");
 }
 
+fn failed_loads(server: &Server) -> f64 {
+    let labels = [("model", "broken/bert"), ("result", "error")];
+    server.metric("embedserve_model_loads_total", &labels)
+}
+
 #[test]
 fn a_corrupt_model_fails_cleanly_and_is_retried_after_the_backoff() {
     let mirror = broken_mirror();
@@ -142,12 +147,7 @@ fn a_corrupt_model_fails_cleanly_and_is_retried_after_the_backoff() {
         assert_broken_fails_and_healthy_serves(&server);
     }
     // Not cached as loaded: with no back-off, each request tried again.
-    assert_eq!(
-        server.logs().matches("cannot load broken/bert").count(),
-        2,
-        "{}",
-        server.logs()
-    );
+    assert_eq!(failed_loads(&server), 2.0);
     assert!(!server.loaded().contains(&"broken/bert".to_string()));
 }
 
@@ -163,12 +163,7 @@ fn within_the_backoff_a_failed_load_is_not_repeated() {
     for _ in 0..3 {
         assert_broken_fails_and_healthy_serves(&server);
     }
-    assert_eq!(
-        server.logs().matches("cannot load broken/bert").count(),
-        1,
-        "{}",
-        server.logs()
-    );
+    assert_eq!(failed_loads(&server), 1.0);
 }
 
 #[test]
@@ -181,13 +176,6 @@ fn aliases_reach_one_loaded_model() {
     let a = server.embed("mini", json!("Hello"), json!({}));
     let b = server.embed("text-embedding-3-small", json!("Hello"), json!({}));
     assert_eq!(a, b);
-    assert_eq!(
-        server
-            .logs()
-            .matches("loading mini for the first time")
-            .count(),
-        1,
-        "{}",
-        server.logs()
-    );
+    let loads = [("model", "mini"), ("result", "ok")];
+    assert_eq!(server.metric("embedserve_model_loads_total", &loads), 1.0);
 }

@@ -46,41 +46,28 @@ impl Config {
     }
 
     fn apply(&mut self, o: Overrides) -> Result<(), ConfigError> {
-        if let Some(host) = o.host {
-            self.server.host = host;
-        }
-        if let Some(port) = o.port {
-            self.server.port = port;
-        }
-        if let Some(bytes) = o.max_body_bytes {
-            self.server.max_body_bytes = bytes;
-        }
-        if let Some(library) = o.ort_library {
-            self.runtime.library = Some(library);
-        }
-        if let Some(threads) = o.intra_threads {
-            self.runtime.intra_threads = Some(threads);
-        }
-        if let Some(max) = o.max_loaded_models {
-            self.cache.max_loaded_models = max;
-        }
-        self.cache.allow_hub_downloads |= o.allow_hub_downloads;
-        if let Some(n) = o.max_batch_size {
-            self.batcher.max_batch_size = Some(n);
-        }
-        if let Some(n) = o.max_batch_tokens {
-            self.batcher.max_batch_tokens = Some(n);
-        }
-        if let Some(n) = o.max_queued_inputs {
-            self.batcher.max_queued_inputs = Some(n);
-        }
-        if let Some(device) = o.device {
-            self.runtime.device = device;
-        }
-        self.server.api_keys.extend(o.api_keys);
-        if let Some(file) = o.api_key_file {
-            self.server.api_key_file = Some(file);
-        }
+        let Overrides {
+            server,
+            models,
+            cache,
+            batcher,
+            runtime,
+        } = o;
+        set(&mut self.server.host, server.host);
+        set(&mut self.server.port, server.port);
+        self.server.port_file = server.port_file.or(self.server.port_file.take());
+        set(&mut self.server.max_body_bytes, server.max_body_bytes);
+        self.server.api_keys.extend(server.api_keys);
+        self.server.api_key_file = server.api_key_file.or(self.server.api_key_file.take());
+        self.runtime.library = runtime.ort_library.or(self.runtime.library.take());
+        self.runtime.intra_threads = runtime.intra_threads.or(self.runtime.intra_threads);
+        set(&mut self.runtime.device, runtime.device);
+        set(&mut self.cache.max_loaded_models, cache.max_loaded_models);
+        self.cache.allow_hub_downloads |= cache.allow_hub_downloads;
+        let b = &mut self.batcher;
+        b.max_batch_size = batcher.max_batch_size.or(b.max_batch_size);
+        b.max_batch_tokens = batcher.max_batch_tokens.or(b.max_batch_tokens);
+        b.max_queued_inputs = batcher.max_queued_inputs.or(b.max_queued_inputs);
         if let Some(file) = self.server.api_key_file.take() {
             let text = std::fs::read_to_string(&file).map_err(|e| {
                 ConfigError::invalid(
@@ -95,8 +82,8 @@ impl Config {
                     .map(String::from),
             );
         }
-        self.models_dirs.extend(o.models_dirs);
-        for spec in &o.models {
+        self.models_dirs.extend(models.models_dirs);
+        for spec in &models.models {
             self.models.push(ModelConfig::from_spec(spec)?);
         }
         Ok(())
@@ -199,6 +186,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// A flag given on the command line replaces the file's value.
+fn set<T>(target: &mut T, flag: Option<T>) {
+    if let Some(value) = flag {
+        *target = value;
     }
 }
 
@@ -347,13 +341,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[server]\nport = 1234\nhost = \"0.0.0.0\"\n").unwrap();
-        let overrides = Overrides {
-            port: Some(0),
-            models: vec!["mini=org/model@v2".into()],
-            ..Overrides::default()
-        };
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            overrides: Overrides,
+        }
+        let args = [
+            "embedserve",
+            "--port",
+            "0",
+            "--model",
+            "mini=org/model@v2",
+            "--max-batch-size",
+            "8",
+        ];
+        let overrides = <Cli as clap::Parser>::try_parse_from(args)
+            .unwrap()
+            .overrides;
         let config = Config::load(Some(&path), overrides).unwrap();
         assert_eq!(config.server.port, 0);
+        assert_eq!(config.batcher.max_batch_size, Some(8));
         assert_eq!(config.server.host, "0.0.0.0");
         assert_eq!(config.models[0].effective_name(), "mini");
         assert_eq!(config.models[0].source, "org/model@v2");

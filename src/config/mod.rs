@@ -6,6 +6,7 @@
 //! their defaults.
 
 mod load;
+mod overrides;
 mod units;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use overrides::{BatchFlags, CacheFlags, ModelFlags, Overrides, RuntimeFlags, ServerFlags};
 use units::{byte_size, duration, duration_required};
 
 use crate::batcher::BatchLimits;
@@ -41,6 +43,9 @@ pub struct ServerConfig {
     pub host: String,
     /// 0 picks a free port; the server logs the one it got.
     pub port: u16,
+    /// A file the server writes its port to once it accepts connections, for scripts and
+    /// tests that start it on port 0.
+    pub port_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     /// Most inputs in one request (OpenAI's limit is 2048).
     pub max_inputs_per_request: usize,
@@ -69,6 +74,7 @@ impl Default for ServerConfig {
         Self {
             host: "127.0.0.1".into(),
             port: 8080,
+            port_file: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_inputs_per_request: 2048,
             max_tokens_per_request: 300_000,
@@ -257,26 +263,6 @@ impl ModelConfig {
         }
         source.to_string()
     }
-}
-
-/// What the command line adds on top of the file.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub models_dirs: Vec<PathBuf>,
-    pub models: Vec<String>,
-    pub max_body_bytes: Option<usize>,
-    pub ort_library: Option<PathBuf>,
-    pub intra_threads: Option<usize>,
-    pub max_loaded_models: Option<usize>,
-    pub allow_hub_downloads: bool,
-    pub max_batch_size: Option<usize>,
-    pub max_batch_tokens: Option<usize>,
-    pub max_queued_inputs: Option<usize>,
-    pub api_keys: Vec<String>,
-    pub api_key_file: Option<PathBuf>,
-    pub device: Option<Device>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,7 @@ pub mod fake_hub;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -48,23 +47,30 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> Output {
 pub struct Server {
     child: Child,
     pub base: String,
-    log: Arc<Log>,
+    log: Arc<Mutex<Vec<String>>>,
     client: reqwest::blocking::Client,
+    /// Holds the port file.
+    _scratch: tempfile::TempDir,
 }
 
-/// The server's stderr lines, with a condition variable to wait for a line to appear.
-#[derive(Default)]
-struct Log {
-    lines: Mutex<Vec<String>>,
-    grew: Condvar,
+/// How far a launch waits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// The port file is written: the server accepts connections.
+    Listening,
+    /// `/ready` answers 200: every preload is done.
+    Ready,
 }
+
+/// How often start-up and metric conditions are checked.
+const POLL: Duration = Duration::from_millis(10);
 
 impl Server {
     pub fn start(args: &[&str]) -> Self {
         Self::start_with_env(args, &[])
     }
 
-    /// Starts the server on port 0 and waits for the line in which it logs its address.
+    /// Starts the server on port 0 and waits until it is ready.
     pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
         match Self::try_start(args, envs) {
             Ok(server) => server,
@@ -74,20 +80,24 @@ impl Server {
 
     /// Like `start`, but returns the server's log if it exits before it is ready.
     pub fn try_start(args: &[&str], envs: &[(&str, &str)]) -> Result<Self, String> {
-        Self::launch(args, envs, "embedserve ready")
+        Self::launch(args, envs, Until::Ready)
     }
 
     /// Starts the server and returns as soon as it listens, before its preloads are done.
     pub fn start_listening(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        Self::launch(args, envs, "listening on ")
+        Self::launch(args, envs, Until::Listening)
             .unwrap_or_else(|log| panic!("embedserve did not start:\n{log}"))
     }
 
-    /// Spawns `embedserve serve` on a free port and waits for a log line containing `until`.
-    fn launch(args: &[&str], envs: &[(&str, &str)], until: &'static str) -> Result<Self, String> {
+    /// Spawns `embedserve serve` on a free port, reads the port from `--port-file`, and
+    /// (for `Until::Ready`) polls `/ready`. Fails with the log if the server exits first.
+    fn launch(args: &[&str], envs: &[(&str, &str)], until: Until) -> Result<Self, String> {
+        let scratch = tempfile::tempdir().unwrap();
+        let port_file = scratch.path().join("port");
         let mut child = binary()
             .arg("serve")
-            .args(["--port", "0", "--host", "127.0.0.1"])
+            .args(["--port", "0", "--host", "127.0.0.1", "--port-file"])
+            .arg(&port_file)
             .args(args)
             .env("EMBEDSERVE_LOG", "info,ort=warn")
             .envs(envs.iter().copied())
@@ -97,63 +107,109 @@ impl Server {
             .spawn()
             .expect("spawn embedserve");
         let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Log::default());
-        let (tx, rx) = mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            // Keeps draining after start-up so the server never blocks on a full pipe; the
-            // channel closes when the server's stderr does (it exited).
-            let mut base = None;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    // Text or JSON logs: the address ends at whitespace or a quote.
-                    let end = rest
-                        .find(|c: char| c.is_whitespace() || c == '"')
-                        .unwrap_or(rest.len());
-                    base = Some(rest[..end].to_string());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // Drains stderr for the server's whole life, so it never blocks on a full pipe; the
+        // thread ends when the server exits.
+        let drain = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
                 }
-                if line.contains(until) {
-                    let _ = tx.send(base.clone().unwrap_or_default());
-                }
-                sink.lines.lock().unwrap().push(line);
-                sink.grew.notify_all();
+            })
+        };
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut base = None;
+        loop {
+            if base.is_none()
+                && let Ok(text) = std::fs::read_to_string(&port_file)
+            {
+                base = Some(format!("http://127.0.0.1:{}", text.trim()));
             }
-        });
-        let logged = |log: &Arc<Log>| log.lines.lock().unwrap().join("\n");
-        match rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(base) => Ok(Self {
-                child,
-                base,
-                log,
-                client: reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(300))
-                    .build()
-                    .unwrap(),
-            }),
-            Err(_) => {
+            let started = match (&base, until) {
+                (Some(_), Until::Listening) => true,
+                (Some(base), Until::Ready) => client
+                    .get(format!("{base}/ready"))
+                    .send()
+                    .is_ok_and(|r| r.status() == 200),
+                (None, _) => false,
+            };
+            if started {
+                let base = base.unwrap_or_default();
+                return Ok(Self {
+                    child,
+                    base,
+                    log,
+                    client,
+                    _scratch: scratch,
+                });
+            }
+            let exited = child.try_wait().expect("try_wait").is_some();
+            if exited || Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(logged(&log))
+                let _ = drain.join();
+                return Err(log.lock().unwrap().join("\n"));
             }
+            std::thread::sleep(POLL);
         }
     }
 
-    pub fn logs(&self) -> String {
-        self.log.lines.lock().unwrap().join("\n")
+    /// Polls `/ready` until it answers 200.
+    pub fn wait_until_ready(&self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while self.get("/ready").0 != 200 {
+            assert!(Instant::now() < deadline, "not ready:\n{}", self.logs());
+            std::thread::sleep(POLL);
+        }
     }
 
-    /// Blocks until the server has logged `count` lines containing `needle`.
-    pub fn wait_for_log(&self, needle: &str, count: usize) {
+    /// The server's log so far, for failure messages (tests assert on responses and
+    /// metrics, not on log wording).
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// The value of metric `name` in `/metrics` whose labels include `labels` (summed over
+    /// the other labels); 0 when there is no such sample yet.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let response = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .expect("GET /metrics");
+        let text = response.text().expect("metrics text");
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (sample, value) = line.rsplit_once(' ')?;
+                let (metric, rest) = sample.split_once('{').unwrap_or((sample, ""));
+                let labelled = labels.iter().all(|(k, v)| {
+                    rest.split(',')
+                        .any(|pair| pair.trim_end_matches('}') == format!("{k}=\"{v}\""))
+                });
+                (metric == name && labelled).then(|| value.parse::<f64>().ok())?
+            })
+            .sum()
+    }
+
+    /// Polls `/metrics` until `name` (as `metric` reads it) reaches `at_least`.
+    pub fn wait_for_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let mut lines = self.log.lines.lock().unwrap();
-        while lines.iter().filter(|l| l.contains(needle)).count() < count {
-            let left = deadline.saturating_duration_since(Instant::now());
+        loop {
+            let value = self.metric(name, labels);
+            if value >= at_least {
+                return;
+            }
             assert!(
-                !left.is_zero(),
-                "no log line {needle:?} in:\n{}",
-                lines.join("\n")
+                Instant::now() < deadline,
+                "{name}{labels:?} is {value}, never reached {at_least}"
             );
-            lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
+            std::thread::sleep(POLL);
         }
     }
 
