@@ -28,22 +28,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "loading {} preloaded models",
         preloads.len()
     )));
-    let state = Arc::new(AppState {
-        cache: cache.clone(),
-        max_body_bytes: config.server.max_body_bytes,
-        limits: api::RequestLimits {
-            max_inputs_per_request: config.server.max_inputs_per_request,
-            max_tokens_per_request: config.server.max_tokens_per_request,
-        },
-        ready: ready.clone(),
-        api_keys: config.server.api_keys.clone(),
-        protect_metrics: config.server.protect_metrics,
-        cors_origins: config.server.cors_origins.clone(),
-        request_timeout: config.server.request_timeout,
-        started_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    });
+    let state = Arc::new(app_state(&config, cache.clone(), ready.clone()));
     // The cl100k_base vocabulary takes a moment to load: not on the first request's time.
     tokio::task::spawn_blocking(crate::model::warm_up_tiktoken);
     spawn_idle_reaper(&cache);
@@ -90,6 +75,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("embedserve stopped");
     Ok(())
+}
+
+/// The HTTP API's state for `config`, over `cache`.
+pub fn app_state(config: &Config, cache: Arc<ModelCache>, ready: Arc<Readiness>) -> AppState {
+    let server = &config.server;
+    AppState {
+        cache,
+        max_body_bytes: server.max_body_bytes,
+        limits: api::RequestLimits {
+            max_inputs_per_request: server.max_inputs_per_request,
+            max_tokens_per_request: server.max_tokens_per_request,
+        },
+        ready,
+        api_keys: server.api_keys.clone(),
+        protect_metrics: server.protect_metrics,
+        cors_origins: server.cors_origins.clone(),
+        request_timeout: server.request_timeout,
+        started_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
 }
 
 /// ONNX Runtime (initialised off the async runtime: it loads a shared library) and an empty

@@ -328,19 +328,7 @@ fn request_errors_use_the_openai_envelope() {
             "a bad field is named: {json}"
         );
     }
-    let (status, json) = server.post_raw("/v1/embeddings", "application/json", "{\"model\": ");
-    assert_error(status, &json, 400, Some("invalid_json"));
-    let (status, json) = server.post_raw(
-        "/v1/embeddings",
-        "application/x-www-form-urlencoded",
-        "model=x&input=y",
-    );
-    let message = assert_error(status, &json, 415, Some("unsupported_media_type"));
-    assert!(message.contains("application/json"), "{message}");
-    let (status, json) = server.get("/v1/nothing-here");
-    assert_error(status, &json, 404, Some("not_found"));
-    let (status, json) = server.get("/v1/embeddings");
-    assert_error(status, &json, 405, Some("method_not_allowed"));
+    // Errors that need no model: tests/envelopes.rs, in process.
 }
 
 #[test]

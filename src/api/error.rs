@@ -1,8 +1,9 @@
 //! The one error type of the HTTP API, rendered as OpenAI's envelope
 //! `{"error":{"message","type","param","code"}}` so every OpenAI client can read it.
 
+use std::borrow::Cow;
+
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -15,7 +16,7 @@ use crate::model::EmbedError;
 pub struct ApiError {
     status: StatusCode,
     message: String,
-    param: Option<&'static str>,
+    param: Option<Cow<'static, str>>,
     code: Option<&'static str>,
     /// Seconds for the `Retry-After` header.
     retry_after: Option<u64>,
@@ -36,8 +37,8 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message).param(param)
     }
 
-    pub fn param(mut self, param: &'static str) -> Self {
-        self.param = Some(param);
+    pub fn param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
+        self.param = Some(param.into());
         self
     }
 
@@ -46,59 +47,17 @@ impl ApiError {
         self
     }
 
-    /// Maps axum's JSON body rejections; `max_body_bytes` makes the 413 message actionable.
-    pub fn from_json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> Self {
-        match rejection {
-            JsonRejection::MissingJsonContentType(_) => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "the request body must be JSON sent with `Content-Type: application/json`",
-            )
-            .code("unsupported_media_type"),
-            JsonRejection::JsonSyntaxError(e) => Self::new(
-                StatusCode::BAD_REQUEST,
-                format!("the request body is not valid JSON: {}", e.body_text()),
-            )
-            .code("invalid_json"),
-            JsonRejection::JsonDataError(e) => {
-                let text = e.body_text();
-                let message = text
-                    .strip_prefix("Failed to deserialize the JSON body into the target type: ")
-                    .unwrap_or(&text);
-                let error = Self::new(StatusCode::BAD_REQUEST, message).code("invalid_request");
-                match field_of(message) {
-                    Some(field) => error.param(field),
-                    None => error,
-                }
-            }
-            rejection if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than this server's limit of {max_body_bytes} bytes \
-                     (server.max_body_bytes); send fewer inputs per request"
-                ),
-            )
-            .code("request_too_large"),
-            rejection => Self::new(rejection.status(), rejection.body_text()),
-        }
+    pub fn message(&self) -> &str {
+        &self.message
     }
-}
 
-/// The request field a serde message is about: `input[0]: ...` or ``missing field `model` ``.
-fn field_of(message: &str) -> Option<&'static str> {
-    const FIELDS: [&str; 5] = [
-        "model",
-        "input",
-        "encoding_format",
-        "dimensions",
-        "prompt_name",
-    ];
-    let path_root = message.split([':', '[', '.']).next().unwrap_or_default();
-    let missing = message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split('`').next());
-    FIELDS
-        .into_iter()
-        .find(|field| path_root == *field || missing == Some(*field))
+    pub fn param_name(&self) -> Option<&str> {
+        self.param.as_deref()
+    }
+
+    pub fn code_name(&self) -> Option<&'static str> {
+        self.code
+    }
 }
 
 impl From<CacheError> for ApiError {

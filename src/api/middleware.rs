@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
 use crate::metrics::METRICS;
+// Constant-time: response time tells nothing about how much of a key was right.
+use subtle::ConstantTimeEq;
 
 /// The canonical model a response was for, for the `model` label of the request metrics.
 /// Set only for models that exist, so clients cannot mint label values.
@@ -38,7 +40,7 @@ pub async fn require_api_key(
             if state
                 .api_keys
                 .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
+                .any(|k| bool::from(k.as_bytes().ct_eq(key.as_bytes()))) =>
         {
             return next.run(request).await;
         }
@@ -47,11 +49,6 @@ pub async fn require_api_key(
     ApiError::new(StatusCode::UNAUTHORIZED, message)
         .code("invalid_api_key")
         .into_response()
-}
-
-/// Compares without an early exit, so response time tells nothing about a key's prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Counts each request by route, model and status, and times it.

@@ -3,18 +3,18 @@
 mod embeddings;
 mod error;
 mod input;
+mod json;
 mod middleware;
 mod models;
 mod ops;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -22,6 +22,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use json::ApiJson;
 pub use ops::Readiness;
 
 use crate::cache::ModelCache;
@@ -133,21 +134,4 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_methods(Any)
         .allow_headers(Any)
         .expose_headers([axum::http::HeaderName::from_static("x-request-id")])
-}
-
-/// `axum::Json` whose rejections are OpenAI envelopes with actionable messages.
-pub struct ApiJson<T>(pub T);
-
-impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::from_json_rejection(
-                rejection,
-                state.max_body_bytes,
-            )),
-        }
-    }
 }

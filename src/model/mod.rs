@@ -188,12 +188,9 @@ impl Drop for Model {
 /// resident memory (and the cache's memory budget) reflects the models really loaded.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn return_freed_memory() {
-    unsafe extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
-    }
     // SAFETY: glibc's malloc_trim only walks the allocator's own free lists.
     unsafe {
-        malloc_trim(0);
+        libc::malloc_trim(0);
     }
 }
 

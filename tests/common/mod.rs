@@ -265,22 +265,6 @@ impl Server {
         decode(response)
     }
 
-    pub fn post_raw(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::blocking::Body>,
-    ) -> (u16, Value) {
-        let response = self
-            .client
-            .post(self.url(path))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .expect("POST");
-        decode(response)
-    }
-
     pub fn get(&self, path: &str) -> (u16, Value) {
         decode(self.client.get(self.url(path)).send().expect("GET"))
     }
