@@ -5,9 +5,13 @@
 # (official wheels from PyPI; --gpu adds the CUDA and cuDNN libraries, so the runtime image
 # needs no CUDA install, only the driver from the NVIDIA container toolkit) and a locked
 # release build.
+# The bases are the usual public images; BUILD_IMAGE and RUNTIME_IMAGE replace them where no
+# registry is reachable (scripts/test-image makes both from Debian packages).
 ARG VARIANT=cpu
+ARG BUILD_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-FROM rust:1.95-bookworm AS build
+FROM ${BUILD_IMAGE} AS build
 ARG VARIANT
 RUN apt-get update && apt-get install -y --no-install-recommends python3-pip && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -17,7 +21,7 @@ RUN if [ "$VARIANT" = cuda ]; then scripts/fetch-onnxruntime --gpu --dest /out/l
     && cargo build --locked --release \
     && install -D target/release/embedserve /out/bin/embedserve
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libstdc++6 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --create-home --home-dir /data embedserve

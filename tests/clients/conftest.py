@@ -5,7 +5,9 @@ import math
 import os
 import pathlib
 import subprocess
-import threading
+import tempfile
+import time
+import urllib.request
 
 import pytest
 
@@ -15,36 +17,46 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class Server:
+    """Started on port 0 with --port-file; ready once /ready answers 200."""
+
     def __init__(self, *args):
         binary = os.environ.get("EMBEDSERVE_BIN", str(ROOT / "target" / "debug" / "embedserve"))
+        self.scratch = tempfile.TemporaryDirectory()
+        port_file = pathlib.Path(self.scratch.name) / "port"
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [binary, "serve", "--host", "127.0.0.1", "--port", "0", *map(str, args)],
+            [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--port-file", port_file,
+             *map(str, args)],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            stderr=self.log,
         )
-        self.log = []
+        deadline = time.monotonic() + 300
         self.base = None
-        ready = False
-        for line in self.process.stderr:
-            self.log.append(line)
-            if "listening on " in line:
-                self.base = line.split("listening on ", 1)[1].split()[0]
-            if "embedserve ready" in line:
-                ready = True
-                break
-        if not ready:
-            self.base = None
+        while not self._ready(port_file):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                self.log.seek(0)
+                raise RuntimeError("embedserve did not start:\n" + self.log.read())
+            time.sleep(0.05)
+
+    def _ready(self, port_file):
+        if self.base is None and port_file.exists():
+            self.base = f"http://127.0.0.1:{port_file.read_text().strip()}"
         if self.base is None:
-            raise RuntimeError("embedserve did not start:\n" + "".join(self.log))
-        # Keep draining so the server never blocks on a full pipe.
-        threading.Thread(target=lambda: self.log.extend(self.process.stderr), daemon=True).start()
+            return False
+        try:
+            with urllib.request.urlopen(self.base + "/ready", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=30)
+        self.log.close()
+        self.scratch.cleanup()
 
 
 @pytest.fixture(scope="module")
