@@ -1,0 +1,243 @@
+//! Unit tests of the batcher, driven through its seam with a fake, without ONNX Runtime.
+
+use std::sync::mpsc;
+
+use super::*;
+
+/// Inputs are token counts and come back as outputs. Every run is reported on `runs`;
+/// a gated engine then waits for the test to release the run.
+struct Fake {
+    runs: mpsc::Sender<Vec<usize>>,
+    gate: Option<mpsc::Receiver<()>>,
+    fails_on: Option<usize>,
+}
+
+impl Engine for Fake {
+    type Input = usize;
+    type Output = usize;
+
+    fn tokens(input: &usize) -> usize {
+        *input
+    }
+
+    fn run(&mut self, batch: &[&usize]) -> anyhow::Result<Vec<usize>> {
+        let inputs: Vec<usize> = batch.iter().map(|&&n| n).collect();
+        self.runs.send(inputs.clone())?;
+        if let Some(gate) = &self.gate {
+            gate.recv()?;
+        }
+        if self.fails_on.is_some_and(|n| inputs.contains(&n)) {
+            anyhow::bail!("input {} is poisoned", self.fails_on.unwrap_or_default());
+        }
+        Ok(inputs)
+    }
+}
+
+const LIMITS: BatchLimits = BatchLimits {
+    max_batch_size: 3,
+    max_batch_tokens: 100,
+    max_queued_inputs: 10,
+};
+
+struct Harness {
+    batcher: Batcher<Fake>,
+    runs: mpsc::Receiver<Vec<usize>>,
+    gate: mpsc::Sender<()>,
+}
+
+impl Harness {
+    fn start(limits: BatchLimits, gated: bool, fails_on: Option<usize>) -> Self {
+        let (runs_tx, runs) = mpsc::channel();
+        let (gate, gate_rx) = mpsc::channel();
+        let engine = Fake {
+            runs: runs_tx,
+            gate: gated.then_some(gate_rx),
+            fails_on,
+        };
+        let batcher = Batcher::start("fake", engine, limits).unwrap();
+        Self {
+            batcher,
+            runs,
+            gate,
+        }
+    }
+
+    /// The inputs of the next run, once the worker is inside it.
+    fn next_run(&self) -> Vec<usize> {
+        self.runs
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a run")
+    }
+
+    fn release(&self) {
+        self.gate.send(()).unwrap();
+    }
+
+    fn submit(&self, inputs: &[usize]) -> Pending<usize> {
+        self.batcher.submit(inputs.to_vec()).unwrap()
+    }
+}
+
+fn outputs(pending: Pending<usize>) -> Vec<usize> {
+    pending.wait_blocking().unwrap().outputs
+}
+
+#[test]
+fn requests_that_arrive_during_a_run_share_the_next_one() {
+    let harness = Harness::start(LIMITS, true, None);
+    let first = harness.submit(&[10]);
+    assert_eq!(harness.next_run(), [10]);
+    let second = harness.submit(&[11, 12]);
+    let third = harness.submit(&[13]);
+    harness.release();
+    assert_eq!(harness.next_run(), [11, 12, 13]);
+    harness.release();
+    assert_eq!(outputs(first), [10]);
+    assert_eq!(outputs(second), [11, 12]);
+    assert_eq!(outputs(third), [13]);
+}
+
+#[test]
+fn outputs_come_back_in_input_order_across_runs() {
+    let limits = BatchLimits {
+        max_batch_size: 2,
+        ..LIMITS
+    };
+    let harness = Harness::start(limits, true, None);
+    let blocker = harness.submit(&[1]);
+    assert_eq!(harness.next_run(), [1]);
+    let pending = harness.submit(&[50, 10, 40, 11, 45, 12]);
+    harness.release();
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(harness.next_run());
+        harness.release();
+    }
+    assert_eq!(runs, [vec![50, 45], vec![10, 11], vec![40, 12]]);
+    assert_eq!(outputs(pending), [50, 10, 40, 11, 45, 12]);
+    assert_eq!(outputs(blocker), [1]);
+}
+
+#[test]
+fn a_dropped_request_never_runs() {
+    let harness = Harness::start(LIMITS, true, None);
+    let first = harness.submit(&[10]);
+    assert_eq!(harness.next_run(), [10]);
+    let abandoned = harness.submit(&[20, 21]);
+    let kept = harness.submit(&[30]);
+    drop(abandoned);
+    harness.release();
+    assert_eq!(harness.next_run(), [30]);
+    harness.release();
+    assert_eq!(outputs(kept), [30]);
+    assert_eq!(outputs(first), [10]);
+}
+
+#[test]
+fn a_full_queue_refuses_at_once_but_an_idle_model_takes_any_request() {
+    let limits = BatchLimits {
+        max_queued_inputs: 2,
+        ..LIMITS
+    };
+    let harness = Harness::start(limits, true, None);
+    let running = harness.submit(&[1, 2, 3]);
+    assert_eq!(harness.next_run(), [1, 2, 3]);
+    let waiting = harness.submit(&[4, 5]);
+    let refused = harness.batcher.submit(vec![7]);
+    assert!(
+        matches!(
+            refused,
+            Err(BatchError::QueueFull {
+                queued: 2,
+                max: 2,
+                ..
+            })
+        ),
+        "{:?}",
+        refused.err()
+    );
+    harness.release();
+    assert_eq!(harness.next_run(), [4, 5]);
+    harness.release();
+    assert_eq!(outputs(running), [1, 2, 3]);
+    assert_eq!(outputs(waiting), [4, 5]);
+}
+
+#[test]
+fn a_failed_run_fails_its_requests_only() {
+    let harness = Harness::start(LIMITS, true, Some(13));
+    let first = harness.submit(&[1]);
+    assert_eq!(harness.next_run(), [1]);
+    let poisoned = harness.submit(&[13, 14]);
+    let beside_it = harness.submit(&[15]);
+    harness.release();
+    assert_eq!(harness.next_run(), [13, 14, 15]);
+    harness.release();
+    let after = harness.submit(&[16]);
+    assert_eq!(harness.next_run(), [16]);
+    harness.release();
+    for failed in [poisoned, beside_it] {
+        match failed.wait_blocking() {
+            Err(BatchError::Inference(message)) => {
+                assert!(message.contains("input 13 is poisoned"), "{message}")
+            }
+            other => panic!("expected an inference error, got {other:?}"),
+        }
+    }
+    assert_eq!(outputs(first), [1]);
+    assert_eq!(outputs(after), [16]);
+}
+
+#[test]
+fn stopping_finishes_what_is_queued() {
+    let harness = Harness::start(LIMITS, false, None);
+    let pending = harness.submit(&[1, 2, 3, 4]);
+    drop(harness.batcher);
+    assert_eq!(outputs(pending), [1, 2, 3, 4]);
+    let runs: Vec<Vec<usize>> = harness.runs.try_iter().collect();
+    assert_eq!(runs, [vec![1, 2, 3], vec![4]]);
+}
+
+#[test]
+fn an_empty_request_is_answered_without_a_run() {
+    let harness = Harness::start(LIMITS, false, None);
+    assert!(outputs(harness.submit(&[])).is_empty());
+    assert!(harness.runs.try_recv().is_err());
+}
+
+fn items(lengths: &[usize]) -> VecDeque<Item<Fake>> {
+    let request = Arc::new(Request::new(0, oneshot::channel().0));
+    lengths
+        .iter()
+        .enumerate()
+        .map(|(index, &input)| Item {
+            input,
+            index,
+            request: request.clone(),
+        })
+        .collect()
+}
+
+fn lengths(batch: &[Item<Fake>]) -> Vec<usize> {
+    batch.iter().map(|i| i.input).collect()
+}
+
+#[test]
+fn groups_the_oldest_with_inputs_of_similar_length() {
+    let mut queue = items(&[10, 50, 11, 30, 9, 12]);
+    let batch = take_batch(&mut queue, &LIMITS);
+    assert_eq!(lengths(&batch), [10, 11, 9]);
+    assert_eq!(
+        queue.iter().map(|i| i.input).collect::<Vec<_>>(),
+        [50, 30, 12]
+    );
+}
+
+#[test]
+fn respects_the_token_budget_but_always_takes_the_oldest() {
+    let mut queue = items(&[60, 45, 40]);
+    assert_eq!(lengths(&take_batch(&mut queue, &LIMITS)), [60]);
+    assert_eq!(lengths(&take_batch(&mut queue, &LIMITS)), [45, 40]);
+    let mut long = items(&[500]);
+    assert_eq!(lengths(&take_batch(&mut long, &LIMITS)), [500]);
+}
