@@ -5,93 +5,56 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, ModelConfig};
 use crate::model::source::{is_hub_id, looks_like_model};
 use crate::model::{HubSettings, ModelSource, ModelSpec};
 
-/// A model the server may load, with how the cache must treat it.
-#[derive(Debug, Clone)]
-pub struct Servable {
-    pub spec: ModelSpec,
-    pub pin: bool,
-    pub preload: bool,
-    pub idle_timeout: Option<Duration>,
-}
-
-impl Servable {
-    /// A model that is not configured: the server-wide defaults apply.
-    fn found(name: &str, source: ModelSource, defaults: &ModelSpec) -> Self {
-        Self {
-            spec: ModelSpec {
-                name: name.to_string(),
-                source,
-                ..defaults.clone()
-            },
-            pin: false,
-            preload: false,
-            idle_timeout: None,
-        }
-    }
-}
-
 pub struct Catalog {
     /// Configured models in file order.
-    configured: Vec<Servable>,
+    configured: Vec<ModelSpec>,
     /// Every configured name and alias, to its index in `configured`.
     names: HashMap<String, usize>,
     hub: HubSettings,
     allow_hub_downloads: bool,
     /// Settings for models that are not configured: the server-wide defaults.
-    defaults: ModelSpec,
+    defaults: ModelConfig,
 }
 
 impl Catalog {
-    pub fn from_config(config: &Config) -> Result<Self, String> {
+    pub fn from_config(config: &Config) -> Self {
         let mut configured = Vec::new();
         let mut names = HashMap::new();
         for (i, model) in config.models.iter().enumerate() {
-            let source = ModelSource::parse(&model.source)
-                .map_err(|e| format!("models[{i}].source: {e}"))?;
             let name = model.effective_name();
-            let spec = ModelSpec {
-                onnx_file: model.onnx_file.clone(),
-                pooling: model.pooling,
-                normalize: model.normalize,
-                max_seq_length: model.max_seq_length,
-                batching: model.batching,
-                batch: config.batcher.for_model(model),
-                token_input: model.token_input.unwrap_or(config.server.token_input),
-                truncate: model.truncate.unwrap_or(true),
-                device: model.device.unwrap_or(config.runtime.device),
-                gpu_mem_limit: model.gpu_mem_limit.or(config.runtime.gpu_mem_limit),
-                ..ModelSpec::new(name.clone(), source)
-            };
-            names.insert(name, i);
+            names.insert(name.clone(), i);
             for alias in &model.aliases {
                 names.insert(alias.clone(), i);
             }
-            configured.push(Servable {
-                spec,
-                pin: model.pin,
-                preload: model.preload,
-                idle_timeout: model.idle_timeout,
+            configured.push(ModelSpec {
+                name,
+                config: model.clone(),
             });
         }
-        Ok(Self {
+        Self {
             configured,
             names,
             hub: HubSettings {
                 models_dirs: config.models_dirs.clone(),
             },
             allow_hub_downloads: config.cache.allow_hub_downloads,
-            defaults: ModelSpec {
-                batch: config.batcher.settings(),
-                token_input: config.server.token_input,
-                device: config.runtime.device,
-                gpu_mem_limit: config.runtime.gpu_mem_limit,
-                ..ModelSpec::new("", ModelSource::Dir(Default::default()))
+            defaults: config.model_defaults(),
+        }
+    }
+
+    /// A model that is not configured: the server-wide defaults apply.
+    fn found(&self, name: &str, source: ModelSource) -> ModelSpec {
+        ModelSpec {
+            name: name.to_string(),
+            config: ModelConfig {
+                source,
+                ..self.defaults.clone()
             },
-        })
+        }
     }
 
     pub fn hub(&self) -> &HubSettings {
@@ -102,22 +65,22 @@ impl Catalog {
     /// reached by two names loads once. Touches no file.
     pub fn canonical<'a>(&'a self, name: &'a str) -> &'a str {
         match self.names.get(name) {
-            Some(&i) => &self.configured[i].spec.name,
+            Some(&i) => &self.configured[i].name,
             None => name,
         }
     }
 
     /// What `name` loads, if it is servable. May look at the models directories.
-    pub fn lookup(&self, name: &str) -> Option<Servable> {
+    pub fn lookup(&self, name: &str) -> Option<ModelSpec> {
         if let Some(&i) = self.names.get(name) {
             return Some(self.configured[i].clone());
         }
         if let Some(dir) = self.hub.find_in_models_dirs(name) {
-            return Some(Servable::found(name, ModelSource::Dir(dir), &self.defaults));
+            return Some(self.found(name, ModelSource::Dir(dir)));
         }
         match ModelSource::parse(name) {
             Ok(source @ ModelSource::Hub { .. }) if self.allow_hub_downloads => {
-                Some(Servable::found(name, source, &self.defaults))
+                Some(self.found(name, source))
             }
             _ => None,
         }
@@ -125,12 +88,12 @@ impl Catalog {
 
     /// Idle timeouts set on configured models.
     pub fn configured_idle_timeouts(&self) -> impl Iterator<Item = Duration> + '_ {
-        self.configured.iter().filter_map(|s| s.idle_timeout)
+        self.configured.iter().filter_map(|s| s.config.idle_timeout)
     }
 
     /// Models to load before serving.
-    pub fn preloads(&self) -> impl Iterator<Item = &Servable> {
-        self.configured.iter().filter(|s| s.preload)
+    pub fn preloads(&self) -> impl Iterator<Item = &ModelSpec> {
+        self.configured.iter().filter(|s| s.config.preload)
     }
 
     /// Every servable name that can be listed: configured models, then the models
@@ -139,7 +102,7 @@ impl Catalog {
         let mut names: Vec<String> = self
             .configured
             .iter()
-            .map(|s| s.spec.name.clone())
+            .map(|s| s.name.clone())
             .collect();
         let mut found = Vec::new();
         for dir in &self.hub.models_dirs {

@@ -11,13 +11,13 @@ use crate::server::start_cache;
 /// Embeds `texts` with the one model in `config` and prints one JSON array per line.
 pub async fn embed(config: Config, texts: Vec<String>) -> anyhow::Result<()> {
     let cache = start_cache(&config).await?;
-    let servable = cache
+    let spec = cache
         .catalog()
         .preloads()
         .next()
         .cloned()
         .ok_or_else(|| anyhow!("no model given"))?;
-    let model = cache.load(servable).await?;
+    let model = cache.load(spec).await?;
     let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
     let embedded = model.embed(inputs, EmbedOptions::default()).await?;
     let mut out = std::io::stdout().lock();

@@ -52,7 +52,7 @@ impl Loader for ModelLoader {
         let started = Instant::now();
         let dir = self
             .hub
-            .resolve(&spec.source, spec.onnx_file.as_deref())
+            .resolve(&spec.config.source, spec.config.onnx_file.as_deref())
             .await?;
         let runtime = self.runtime.clone();
         let one_at_a_time = self.one_at_a_time.clone();

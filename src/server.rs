@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -39,11 +39,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         write_port_file(path, address.port())?;
     }
     let preloading = async {
-        for servable in preloads {
-            let name = servable.spec.name.clone();
+        for spec in preloads {
+            let name = spec.name.clone();
             ready.set_not_ready(format!("loading preloaded model `{name}`"));
             cache
-                .load(servable)
+                .load(spec)
                 .await
                 .with_context(|| format!("cannot preload `{name}`"))?;
         }
@@ -103,8 +103,7 @@ pub fn app_state(config: &Config, cache: Arc<ModelCache>, ready: Arc<Readiness>)
 pub async fn start_cache(config: &Config) -> anyhow::Result<ModelCache> {
     let runtime_config = config.runtime.clone();
     let runtime = tokio::task::spawn_blocking(move || Runtime::init(&runtime_config)).await??;
-    let catalog =
-        Catalog::from_config(config).map_err(|e| anyhow!("invalid configuration: {e}"))?;
+    let catalog = Catalog::from_config(config);
     let loader = ModelLoader::new(catalog.hub().clone(), Arc::new(runtime));
     Ok(ModelCache::new(catalog, loader, config.cache.clone()))
 }

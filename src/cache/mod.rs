@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::OnceCell;
 
-use crate::catalog::{Catalog, Servable};
+use crate::catalog::Catalog;
 use crate::config::CacheConfig;
 use crate::loader::{Loaded, Loader, ModelLoader};
 use crate::metrics::METRICS;
-use crate::model::LoadError;
+use crate::model::{LoadError, ModelSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -121,11 +121,11 @@ impl<L: Loader> ModelCache<L> {
             return Ok(model);
         }
         METRICS.cache_misses.inc();
-        let servable = self
+        let spec = self
             .catalog
             .lookup(name)
             .ok_or_else(|| CacheError::NotFound(name.to_string()))?;
-        self.load(servable).await
+        self.load(spec).await
     }
 
     fn hit(&self, key: &str) -> Option<Arc<L::Model>> {
@@ -138,16 +138,16 @@ impl<L: Loader> ModelCache<L> {
         Some(model)
     }
 
-    /// Loads `servable` unless it is loaded, then makes room by evicting.
-    pub async fn load(&self, servable: Servable) -> Result<Arc<L::Model>, CacheError> {
-        let name = servable.spec.name.clone();
+    /// Loads `spec` unless it is loaded, then makes room by evicting.
+    pub async fn load(&self, spec: ModelSpec) -> Result<Arc<L::Model>, CacheError> {
+        let name = spec.name.clone();
         let slot = {
             let mut inner = self.lock();
             let now = inner.stamp();
             let entry = inner.entries.entry(name.clone()).or_insert_with(|| Entry {
                 slot: Slot::default(),
-                pinned: servable.pin,
-                idle_timeout: servable.idle_timeout,
+                pinned: spec.config.pin,
+                idle_timeout: spec.config.idle_timeout,
                 memory: 0,
                 last_used: now,
             });
@@ -158,7 +158,7 @@ impl<L: Loader> ModelCache<L> {
         let result = slot
             .get_or_try_init(|| {
                 loaded_here = true;
-                self.load_model(servable)
+                self.load_model(spec)
             })
             .await
             .cloned();
@@ -189,16 +189,16 @@ impl<L: Loader> ModelCache<L> {
     /// The one load of a model (single flight: callers wait on the same slot). A recent
     /// failure is answered from memory, so a broken model cannot make every request pay
     /// for a failed load.
-    async fn load_model(&self, servable: Servable) -> Result<Arc<L::Model>, Arc<LoadError>> {
-        let name = servable.spec.name.clone();
+    async fn load_model(&self, spec: ModelSpec) -> Result<Arc<L::Model>, Arc<LoadError>> {
+        let name = spec.name.clone();
         if let Some(failure) = self.lock().failures.get(&name)
             && failure.at.elapsed() < self.limits.load_failure_backoff
         {
             return Err(failure.error.clone());
         }
-        tracing::info!(model = %name, source = %servable.spec.source, "loading {name} for the first time");
+        tracing::info!(model = %name, source = %spec.config.source, "loading {name} for the first time");
         let started = Instant::now();
-        match self.loader.load(servable.spec).await {
+        match self.loader.load(spec).await {
             Ok(Loaded { model, memory }) => {
                 METRICS
                     .model_loads
@@ -368,7 +368,7 @@ impl<L: Loader> ModelCache<L> {
         // The catalog may look at the models directories: never under the cache's lock,
         // which every request takes.
         cached.unwrap_or_else(|| ModelState {
-            pinned: self.catalog.lookup(name).is_some_and(|s| s.pin),
+            pinned: self.catalog.lookup(name).is_some_and(|s| s.config.pin),
             ..ModelState::default()
         })
     }

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 
 use super::*;
 use crate::config::{Config, ModelConfig};
-use crate::model::ModelSpec;
+use crate::model::{ModelSource, ModelSpec};
 
 struct FakeModel {
     drops: Arc<AtomicUsize>,
@@ -53,7 +53,7 @@ impl Loader for FakeLoader {
 
 fn model(name: &str) -> ModelConfig {
     ModelConfig {
-        source: format!("/fake/{name}"),
+        source: ModelSource::Dir(format!("/fake/{name}").into()),
         ..ModelConfig::default()
     }
 }
@@ -67,7 +67,7 @@ fn cache(
         models,
         ..Config::default()
     };
-    ModelCache::new(Catalog::from_config(&config).unwrap(), loader, limits)
+    ModelCache::new(Catalog::from_config(&config), loader, limits)
 }
 
 fn plain(names: &[&str]) -> Vec<ModelConfig> {

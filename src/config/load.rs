@@ -1,9 +1,10 @@
 //! Reading the file, applying the command line, and validating the result.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use super::{Config, ConfigError, ModelConfig, Overrides};
+use crate::model::ModelSource;
 
 impl Config {
     /// Reads `path` (or starts from the defaults), applies the overrides and validates.
@@ -14,6 +15,10 @@ impl Config {
         };
         config.apply(overrides)?;
         config.validate()?;
+        let defaults = config.model_defaults();
+        for model in &mut config.models {
+            model.inherit(&defaults);
+        }
         Ok(config)
     }
 
@@ -22,9 +27,16 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse_error = |message: String| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message,
+        };
+        let document =
+            toml::Deserializer::parse(&text).map_err(|e| parse_error(e.to_string()))?;
+        // The key that does not parse leads the message, e.g. `models[0].source: ...`.
+        let mut config: Config = serde_path_to_error::deserialize(document).map_err(|e| {
+            let key = e.path().to_string();
+            parse_error(format!("`{key}`: {}", e.into_inner()))
         })?;
         // Paths in a config file mean what they say from where the file lives, not from
         // wherever the server happens to be started.
@@ -38,8 +50,13 @@ impl Config {
         config.runtime.library.as_mut().map(rebase);
         config.server.api_key_file.as_mut().map(rebase);
         for model in &mut config.models {
-            if model.source.starts_with("./") || model.source.starts_with("../") {
-                model.source = base.join(&model.source).to_string_lossy().into_owned();
+            if let ModelSource::Dir(dir) = &mut model.source
+                && matches!(
+                    dir.components().next(),
+                    Some(Component::CurDir | Component::ParentDir)
+                )
+            {
+                *dir = base.join(&*dir);
             }
         }
         Ok(config)
@@ -154,7 +171,7 @@ impl Config {
         let mut owners: HashMap<String, String> = HashMap::new();
         for (i, model) in self.models.iter().enumerate() {
             let key = format!("models[{i}]");
-            if model.source.trim().is_empty() {
+            if model.source == ModelSource::default() {
                 return Err(ConfigError::invalid(
                     format!("{key}.source"),
                     "is required: a local directory or a Hub id `org/name`",
@@ -262,15 +279,14 @@ mod tests {
         )
         .unwrap();
         // Explicit values equal to the CPU defaults stay on a GPU.
-        let a = config.batcher.for_model(&config.models[0]).resolve(true);
+        let a = config.models[0].batch_limits(true);
         assert_eq!((a.max_batch_size, a.max_batch_tokens), (32, 16_384));
-        let c = config.batcher.for_model(&config.models[1]);
-        assert_eq!(c.resolve(true).max_batch_size, 128);
-        assert_eq!(c.resolve(false).max_batch_size, 32);
-        assert_eq!(
-            config.batcher.settings().resolve(true).max_queued_inputs,
-            4096
-        );
+        let c = &config.models[1];
+        assert_eq!(c.batch_limits(true).max_batch_size, 128);
+        assert_eq!(c.batch_limits(false).max_batch_size, 32);
+        let found = config.model_defaults();
+        assert_eq!(found.batch_limits(true).max_queued_inputs, 4096);
+        assert_eq!(found.batch_limits(true).max_batch_tokens, 16_384);
     }
 
     #[test]
@@ -363,7 +379,7 @@ mod tests {
         assert_eq!(config.batcher.max_batch_size, Some(8));
         assert_eq!(config.server.host, "0.0.0.0");
         assert_eq!(config.models[0].effective_name(), "mini");
-        assert_eq!(config.models[0].source, "org/model@v2");
+        assert_eq!(config.models[0].source.to_string(), "org/model@v2");
         assert!(config.models[0].preload);
     }
 

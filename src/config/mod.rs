@@ -9,16 +9,16 @@ mod load;
 mod overrides;
 mod units;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 pub use overrides::{BatchFlags, CacheFlags, ModelFlags, Overrides, RuntimeFlags, ServerFlags};
-use units::{byte_size, duration, duration_required};
+use units::byte_size;
 
 use crate::batcher::BatchLimits;
-use crate::model::{Batching, PoolingMode, TokenInput};
+use crate::model::{Batching, ModelSource, PoolingMode, TokenInput};
 use crate::runtime::Device;
 
 /// Largest request body accepted unless configured otherwise: room for LangChain's batches of
@@ -62,10 +62,10 @@ pub struct ServerConfig {
     /// Origins allowed by CORS; `["*"]` allows any. Empty: no CORS headers.
     pub cors_origins: Vec<String>,
     /// A request still running after this long gets 408 and its work is dropped.
-    #[serde(deserialize_with = "duration_required")]
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
-    #[serde(deserialize_with = "duration_required")]
+    #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
 }
 
@@ -115,13 +115,13 @@ pub struct CacheConfig {
     #[serde(deserialize_with = "byte_size")]
     pub max_model_memory: Option<u64>,
     /// Unload a model nobody used for this long, e.g. "30m".
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     /// Let requests load any Hub id (downloading it). Off: an unauthenticated client must not
     /// be able to fill the disk.
     pub allow_hub_downloads: bool,
     /// After a failed load, answer with that failure for this long before trying again.
-    #[serde(deserialize_with = "duration_required")]
+    #[serde(with = "humantime_serde")]
     pub load_failure_backoff: Duration,
 }
 
@@ -138,7 +138,7 @@ impl Default for CacheConfig {
 }
 
 /// Server-wide batch limits; each `[[models]]` entry may override them. Unset, they take the
-/// defaults of the device the model runs on (`BatchSettings::resolve`).
+/// defaults of the device the model runs on (`ModelConfig::batch_limits`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatcherConfig {
@@ -147,53 +147,17 @@ pub struct BatcherConfig {
     pub max_queued_inputs: Option<usize>,
 }
 
-impl BatcherConfig {
-    /// The settings of a model: its own, else these.
-    pub fn for_model(&self, model: &ModelConfig) -> BatchSettings {
-        BatchSettings {
-            max_batch_size: model.max_batch_size.or(self.max_batch_size),
-            max_batch_tokens: model.max_batch_tokens.or(self.max_batch_tokens),
-            max_queued_inputs: model.max_queued_inputs.or(self.max_queued_inputs),
-        }
-    }
-
-    /// The settings of a model that is not configured.
-    pub fn settings(&self) -> BatchSettings {
-        self.for_model(&ModelConfig::default())
-    }
-}
-
-/// One model's batch limits as configured: unset ones are the device's defaults, known only
-/// once the model is loaded (a GPU runs bigger batches at little extra cost).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BatchSettings {
-    pub max_batch_size: Option<usize>,
-    pub max_batch_tokens: Option<usize>,
-    pub max_queued_inputs: Option<usize>,
-}
-
-impl BatchSettings {
-    /// The limits on a CPU (`gpu = false`) or a GPU. On a CPU, 32 rows amortise a run and
-    /// 16,384 padded tokens (32 rows of 512) keep activations bounded; on a GPU a run of 128
-    /// costs little more than one of 32. The queue holds two full requests either way.
-    pub fn resolve(&self, gpu: bool) -> BatchLimits {
-        let (rows, tokens) = if gpu { (128, 65_536) } else { (32, 16_384) };
-        BatchLimits {
-            max_batch_size: self.max_batch_size.unwrap_or(rows),
-            max_batch_tokens: self.max_batch_tokens.unwrap_or(tokens),
-            max_queued_inputs: self.max_queued_inputs.unwrap_or(4096),
-        }
-    }
-}
-
-/// One `[[models]]` entry.
+/// One `[[models]]` entry: every per-model setting. After `Config::load` a model's entry
+/// also holds the server-wide settings it did not override (`inherit`), and models found in
+/// a models directory or on the Hub get `Config::model_defaults`: the loader reads nothing
+/// else. A new per-model setting is a field here and the code that uses it.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     /// The name clients send as `model`; defaults to the Hub id or the folder name.
     pub name: Option<String>,
     /// A local directory or a Hub id `org/name[@revision]`.
-    pub source: String,
+    pub source: ModelSource,
     /// ONNX file inside the model folder; `onnx/model.onnx` (else `model.onnx`) by default.
     pub onnx_file: Option<String>,
     pub pooling: Option<PoolingMode>,
@@ -221,7 +185,7 @@ pub struct ModelConfig {
     /// Never evict this model to make room for another.
     pub pin: bool,
     /// Overrides `cache.idle_timeout` for this model.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
 }
 
@@ -239,9 +203,11 @@ impl ModelConfig {
                 format!("`{spec}` is not SOURCE or NAME=SOURCE"),
             ));
         }
+        let source =
+            ModelSource::parse(source).map_err(|e| ConfigError::invalid("--model", e))?;
         Ok(Self {
             name,
-            source: source.to_string(),
+            source,
             preload: true,
             ..Self::default()
         })
@@ -253,15 +219,51 @@ impl ModelConfig {
         if let Some(name) = &self.name {
             return name.clone();
         }
-        let source = self.source.split('@').next().unwrap_or(&self.source);
-        if Path::new(source).is_dir() || source.starts_with(['.', '/', '~']) {
-            let trimmed = source.trim_end_matches('/');
-            return Path::new(trimmed)
+        match &self.source {
+            ModelSource::Hub { repo, .. } => repo.clone(),
+            ModelSource::Dir(dir) => dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| trimmed.to_string());
+                .unwrap_or_else(|| dir.display().to_string()),
         }
-        source.to_string()
+    }
+
+    /// Takes the server-wide value of every setting this entry leaves unset.
+    fn inherit(&mut self, defaults: &ModelConfig) {
+        self.max_batch_size = self.max_batch_size.or(defaults.max_batch_size);
+        self.max_batch_tokens = self.max_batch_tokens.or(defaults.max_batch_tokens);
+        self.max_queued_inputs = self.max_queued_inputs.or(defaults.max_queued_inputs);
+        self.token_input = self.token_input.or(defaults.token_input);
+        self.device = self.device.or(defaults.device);
+        self.gpu_mem_limit = self.gpu_mem_limit.or(defaults.gpu_mem_limit);
+    }
+
+    /// The batch limits on a CPU (`gpu = false`) or a GPU; unset ones are the device's
+    /// defaults, known only once the model is loaded. On a CPU, 32 rows amortise a run and
+    /// 16,384 padded tokens (32 rows of 512) keep activations bounded; on a GPU a run of 128
+    /// costs little more than one of 32. The queue holds two full requests either way.
+    pub fn batch_limits(&self, gpu: bool) -> BatchLimits {
+        let (rows, tokens) = if gpu { (128, 65_536) } else { (32, 16_384) };
+        BatchLimits {
+            max_batch_size: self.max_batch_size.unwrap_or(rows),
+            max_batch_tokens: self.max_batch_tokens.unwrap_or(tokens),
+            max_queued_inputs: self.max_queued_inputs.unwrap_or(4096),
+        }
+    }
+}
+
+impl Config {
+    /// The settings of a model without a `[[models]]` entry: the server-wide ones.
+    pub fn model_defaults(&self) -> ModelConfig {
+        ModelConfig {
+            max_batch_size: self.batcher.max_batch_size,
+            max_batch_tokens: self.batcher.max_batch_tokens,
+            max_queued_inputs: self.batcher.max_queued_inputs,
+            token_input: Some(self.server.token_input),
+            device: Some(self.runtime.device),
+            gpu_mem_limit: self.runtime.gpu_mem_limit,
+            ..ModelConfig::default()
+        }
     }
 }
 

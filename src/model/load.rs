@@ -25,7 +25,7 @@ impl Model {
             return Err(LoadError::file(dir, "not a directory"));
         }
         let st = StConfig::read(dir)?;
-        let head = Head::load(&head_modules(&st, spec.normalize))?;
+        let head = Head::load(&head_modules(&st, spec.config.normalize))?;
         let mut model = match &st.input {
             InputModule::Transformer => Self::load_graph(spec, dir, runtime, &st, head)?,
             InputModule::Static(folder) => Self::load_static(spec, dir, folder, &st, head)?,
@@ -49,7 +49,8 @@ impl Model {
         st: &StConfig,
         head: Head,
     ) -> Result<Self, LoadError> {
-        let onnx_file = match &spec.onnx_file {
+        let settings = &spec.config;
+        let onnx_file = match &settings.onnx_file {
             Some(file) => file.clone(),
             None => source::DEFAULT_ONNX_FILES
                 .into_iter()
@@ -64,14 +65,14 @@ impl Model {
                 "missing (set `onnx_file` to choose another graph)",
             ));
         }
-        let max_seq_length = spec.max_seq_length.or(st.max_seq_length).ok_or_else(|| {
+        let max_seq_length = settings.max_seq_length.or(st.max_seq_length).ok_or_else(|| {
             LoadError::Config(format!(
                 "{}: cannot tell the maximum sequence length (no sentence_bert_config.json, \
                  tokenizer_config.json or config.json gives one); set `max_seq_length`",
                 dir.display()
             ))
         })?;
-        let pooling = spec.pooling.map(Pooling::single).or(st.pooling.clone());
+        let pooling = settings.pooling.map(Pooling::single).or(st.pooling.clone());
 
         let tokenizer = TextTokenizer::load(
             &dir.join("tokenizer.json"),
@@ -83,14 +84,14 @@ impl Model {
         let graph = GraphOptions {
             pooling,
             head,
-            device: spec.device,
-            gpu_mem_limit: spec.gpu_mem_limit,
+            device: settings.device.unwrap_or_default(),
+            gpu_mem_limit: settings.gpu_mem_limit,
         };
         let encoder = Encoder::load(runtime, &onnx, graph, tokenizer.pad_id)?;
         let device = encoder.device();
         tracing::info!(model = %spec.name, %device, "{} runs on {device}", spec.name);
         let embeds_empty = encoder.embeds_empty_sequences();
-        let batching = spec.batching.unwrap_or_else(|| {
+        let batching = settings.batching.unwrap_or_else(|| {
             if encoder.quantizes_activations() {
                 Batching::Isolated
             } else {
@@ -104,14 +105,14 @@ impl Model {
                 Batching::Dynamic => "dynamic",
                 Batching::Isolated => "isolated",
             },
-            match (spec.batching, batching) {
+            match (settings.batching, batching) {
                 (Some(_), _) => "set in the configuration",
                 (None, Batching::Isolated) =>
                     "the graph quantizes activations per run (DynamicQuantizeLinear), so batch-mates would change its vectors",
                 (None, Batching::Dynamic) => "the graph's rows are independent of each other",
             }
         );
-        let limits = spec.batch.resolve(matches!(device, Device::Cuda(_)));
+        let limits = settings.batch_limits(matches!(device, Device::Cuda(_)));
         let limits = match batching {
             Batching::Dynamic => limits,
             Batching::Isolated => BatchLimits {
@@ -172,8 +173,8 @@ impl Model {
             prompts: st.prompts.clone(),
             excluded_prompt_lengths: BTreeMap::new(),
             default_prompt_name: st.default_prompt_name.clone(),
-            token_input: spec.token_input,
-            truncate: spec.truncate,
+            token_input: spec.config.token_input.unwrap_or_default(),
+            truncate: spec.config.truncate.unwrap_or(true),
             embeds_empty: true,
             tokenizer,
             backend,

@@ -28,8 +28,7 @@ use static_embedding::StaticEmbedding;
 use tokenize::TextTokenizer;
 
 use crate::batcher::{BatchError, Batcher};
-use crate::config::BatchSettings;
-use crate::runtime::Device;
+use crate::config::ModelConfig;
 
 /// Why a model could not be loaded. Messages name the file and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -76,24 +75,25 @@ pub enum Input {
     Tokens(Vec<u32>),
 }
 
-/// How a model is to be loaded: where from, and the per-model overrides of its own files.
+/// A model to load: the name it is cached under, and its settings (where from, and how
+/// to read and run it).
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
     pub name: String,
-    pub source: ModelSource,
-    pub onnx_file: Option<String>,
-    pub pooling: Option<PoolingMode>,
-    pub normalize: Option<bool>,
-    pub max_seq_length: Option<usize>,
-    pub batching: Option<Batching>,
-    /// Batch limits as configured, resolved for the device at load.
-    pub batch: BatchSettings,
-    pub token_input: TokenInput,
-    /// Truncate over-long inputs (else refuse them) unless a request says otherwise.
-    pub truncate: bool,
-    pub device: Device,
-    /// Cap on the CUDA memory arena, in bytes.
-    pub gpu_mem_limit: Option<u64>,
+    pub config: ModelConfig,
+}
+
+impl ModelSpec {
+    /// `source` with every setting at its default.
+    pub fn new(name: impl Into<String>, source: ModelSource) -> Self {
+        Self {
+            name: name.into(),
+            config: ModelConfig {
+                source,
+                ..ModelConfig::default()
+            },
+        }
+    }
 }
 
 /// Whether inputs may share an ONNX Runtime run.
@@ -105,25 +105,6 @@ pub enum Batching {
     /// Every input runs alone: dynamically quantized graphs pick their activation scale per
     /// run, so a vector would change with its batch-mates (cosine about 0.98 to 0.994).
     Isolated,
-}
-
-impl ModelSpec {
-    pub fn new(name: impl Into<String>, source: ModelSource) -> Self {
-        Self {
-            name: name.into(),
-            source,
-            onnx_file: None,
-            pooling: None,
-            normalize: None,
-            max_seq_length: None,
-            batching: None,
-            batch: BatchSettings::default(),
-            token_input: TokenInput::default(),
-            truncate: true,
-            device: Device::Cpu,
-            gpu_mem_limit: None,
-        }
-    }
 }
 
 /// What computes a model's vectors.

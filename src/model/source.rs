@@ -27,7 +27,10 @@ const METADATA_FILES: [&str; 8] = [
     "README.md",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a model comes from. Read from the config file (or `--model`) once, when the
+/// configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum ModelSource {
     Dir(PathBuf),
     Hub {
@@ -49,6 +52,21 @@ impl fmt::Display for ModelSource {
                 revision: Some(rev),
             } => write!(f, "{repo}@{rev}"),
         }
+    }
+}
+
+impl TryFrom<String> for ModelSource {
+    type Error = String;
+
+    fn try_from(source: String) -> Result<Self, String> {
+        Self::parse(&source)
+    }
+}
+
+/// No source: the config's validation says it is required.
+impl Default for ModelSource {
+    fn default() -> Self {
+        Self::Dir(PathBuf::new())
     }
 }
 
