@@ -22,6 +22,7 @@ pub struct Metrics {
     pub inference_seconds: HistogramVec,
     pub tokens: IntCounterVec,
     pub models_loaded: IntGauge,
+    pub model_device: IntGaugeVec,
     pub model_loads: IntCounterVec,
     pub model_load_seconds: HistogramVec,
     pub evictions: IntCounterVec,
@@ -108,6 +109,12 @@ impl Metrics {
                 models_loaded: register_int_gauge_with_registry!(
                     "models_loaded",
                     "Models in memory",
+                    r
+                )?,
+                model_device: register_int_gauge_vec_with_registry!(
+                    "model_device",
+                    "Models in memory, by the device they run on (cpu, cuda:N)",
+                    &["model", "device"],
                     r
                 )?,
                 model_loads: register_int_counter_vec_with_registry!(

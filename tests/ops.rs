@@ -352,15 +352,14 @@ fn an_explicit_cuda_model_fails_with_the_reason_while_cpu_models_serve() {
 }
 
 #[test]
-fn auto_falls_back_to_the_cpu_and_says_so() {
+fn auto_falls_back_to_the_cpu_and_reports_the_device() {
     let server = Server::start(&["--models-dir", &models_root_arg(), "--device", "auto"]);
     let reference = common::reference("tiny/bert-mean");
     let got = server.embed("tiny/bert-mean", json!(reference.cases[0].input), json!({}));
     assert!(common::cosine(&got[0], &reference.cases[0].embedding) >= 0.99999);
-    let logs = server.logs();
-    assert!(
-        logs.contains("device auto: CUDA is not available")
-            && logs.contains("tiny/bert-mean runs on cpu"),
-        "{logs}"
-    );
+    let on = |device| {
+        let labels = [("model", "tiny/bert-mean"), ("device", device)];
+        server.metric("embedserve_model_device", &labels)
+    };
+    assert_eq!((on("cpu"), on("cuda:0")), (1.0, 0.0));
 }

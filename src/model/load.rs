@@ -13,6 +13,7 @@ use super::static_embedding::StaticEmbedding;
 use super::tokenize::{TextPreparation, TextTokenizer};
 use super::{Backend, Batching, EmbedOptions, Input, LoadError, Model, ModelSpec};
 use crate::batcher::{BatchLimits, Batcher};
+use crate::metrics::METRICS;
 use crate::runtime::{Device, Runtime};
 
 /// The graph probed at load: a word, since some tokenizers turn "" into no tokens at all.
@@ -30,6 +31,12 @@ impl Model {
             InputModule::Transformer => Self::load_graph(spec, dir, runtime, &st, head)?,
             InputModule::Static(folder) => Self::load_static(spec, dir, folder, &st, head)?,
         };
+        // Counted from here on: Drop uncounts it, also when the probe fails.
+        let device = model.device.to_string();
+        METRICS
+            .model_device
+            .with_label_values(&[model.name.as_str(), device.as_str()])
+            .inc();
         let what = match &model.onnx_file {
             Some(file) => dir.join(file),
             None => dir.to_path_buf(),
@@ -136,6 +143,7 @@ impl Model {
         model.max_seq_length = Some(max_seq_length);
         model.excluded_prompt_lengths = excluded_prompt_lengths;
         model.embeds_empty = embeds_empty;
+        model.device = device;
         Ok(model)
     }
 
@@ -178,6 +186,7 @@ impl Model {
             embeds_empty: true,
             tokenizer,
             backend,
+            device: Device::Cpu,
         }
     }
 }

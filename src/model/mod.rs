@@ -29,6 +29,8 @@ use tokenize::TextTokenizer;
 
 use crate::batcher::{BatchError, Batcher};
 use crate::config::ModelConfig;
+use crate::metrics::METRICS;
+use crate::runtime::Device;
 
 /// Why a model could not be loaded. Messages name the file and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +135,8 @@ pub struct Model {
     embeds_empty: bool,
     tokenizer: TextTokenizer,
     backend: Backend,
+    /// Where it runs: the device the graph got (after `auto`), the CPU for static tables.
+    device: Device,
 }
 
 impl Model {
@@ -160,6 +164,11 @@ impl Model {
 
 impl Drop for Model {
     fn drop(&mut self) {
+        let device = self.device.to_string();
+        METRICS
+            .model_device
+            .with_label_values(&[self.name.as_str(), device.as_str()])
+            .dec();
         tracing::info!(model = %self.name, "unloaded {}: its memory is released", self.name);
         return_freed_memory();
     }
