@@ -99,11 +99,7 @@ impl Catalog {
     /// Every servable name that can be listed: configured models, then the models
     /// directories' contents, sorted. (Hub ids allowed on request are not enumerable.)
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .configured
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
+        let mut names: Vec<String> = self.configured.iter().map(|s| s.name.clone()).collect();
         let mut found = Vec::new();
         for dir in &self.hub.models_dirs {
             let Ok(orgs) = std::fs::read_dir(dir) else {

@@ -31,8 +31,7 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
-        let document =
-            toml::Deserializer::parse(&text).map_err(|e| parse_error(e.to_string()))?;
+        let document = toml::Deserializer::parse(&text).map_err(|e| parse_error(e.to_string()))?;
         // The key that does not parse leads the message, e.g. `models[0].source: ...`.
         let mut config: Config = serde_path_to_error::deserialize(document).map_err(|e| {
             let key = e.path().to_string();

@@ -203,8 +203,7 @@ impl ModelConfig {
                 format!("`{spec}` is not SOURCE or NAME=SOURCE"),
             ));
         }
-        let source =
-            ModelSource::parse(source).map_err(|e| ConfigError::invalid("--model", e))?;
+        let source = ModelSource::parse(source).map_err(|e| ConfigError::invalid("--model", e))?;
         Ok(Self {
             name,
             source,

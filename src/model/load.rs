@@ -72,13 +72,16 @@ impl Model {
                 "missing (set `onnx_file` to choose another graph)",
             ));
         }
-        let max_seq_length = settings.max_seq_length.or(st.max_seq_length).ok_or_else(|| {
-            LoadError::Config(format!(
-                "{}: cannot tell the maximum sequence length (no sentence_bert_config.json, \
+        let max_seq_length = settings
+            .max_seq_length
+            .or(st.max_seq_length)
+            .ok_or_else(|| {
+                LoadError::Config(format!(
+                    "{}: cannot tell the maximum sequence length (no sentence_bert_config.json, \
                  tokenizer_config.json or config.json gives one); set `max_seq_length`",
-                dir.display()
-            ))
-        })?;
+                    dir.display()
+                ))
+            })?;
         let pooling = settings.pooling.map(Pooling::single).or(st.pooling.clone());
 
         let tokenizer = TextTokenizer::load(
