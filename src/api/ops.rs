@@ -1,11 +1,12 @@
 //! What operators and orchestrators poll: liveness, readiness and Prometheus metrics.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use parking_lot::RwLock;
 use serde_json::json;
 
 use super::AppState;
@@ -21,15 +22,15 @@ impl Readiness {
     }
 
     pub fn set_ready(&self) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.0.write() = None;
     }
 
     pub fn set_not_ready(&self, reason: impl Into<String>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
+        *self.0.write() = Some(reason.into());
     }
 
     fn reason(&self) -> Option<String> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.read().clone()
     }
 }
 
