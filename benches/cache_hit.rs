@@ -10,6 +10,8 @@ use embedserve::config::{Config, ModelFlags, Overrides};
 use embedserve::server::start_cache;
 
 fn main() {
+    // SAFETY: no other thread exists yet.
+    unsafe { embedserve::runtime::disable_telemetry() };
     let full = std::env::args().any(|a| a == "--bench");
     let iterations: u32 = if full { 1_000_000 } else { 1_000 };
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models");

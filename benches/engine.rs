@@ -18,6 +18,8 @@ use serde_json::json;
 use tokenizers::{Tokenizer, TruncationParams};
 
 fn main() {
+    // SAFETY: no other thread exists yet.
+    unsafe { embedserve::runtime::disable_telemetry() };
     let full = std::env::args().any(|a| a == "--bench");
     let seconds: f64 = std::env::var("BENCH_SECONDS")
         .ok()

@@ -77,6 +77,8 @@ struct PullArgs {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet.
+    unsafe { embedserve::runtime::disable_telemetry() };
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(

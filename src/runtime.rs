@@ -98,6 +98,19 @@ impl Runtime {
     }
 }
 
+/// ONNX Runtime 1.32's Linux library starts its own telemetry (1DS, which looks up and
+/// reports to mobile.events.data.microsoft.com about 9 s after start, then every minute or
+/// so) when it loads, whatever the environment's telemetry setting says. Only the
+/// `ORT_DISABLE_TELEMETRY` variable stops it, so it must be set before the library loads.
+///
+/// # Safety
+/// Changes the process environment: call it before any other thread exists (first thing in
+/// `main`), as `std::env::set_var` requires.
+pub unsafe fn disable_telemetry() {
+    // SAFETY: the caller guarantees the process is still single-threaded.
+    unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+}
+
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Device {

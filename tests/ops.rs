@@ -363,3 +363,46 @@ fn auto_falls_back_to_the_cpu_and_reports_the_device() {
     };
     assert_eq!((on("cpu"), on("cuda:0")), (1.0, 0.0));
 }
+
+/// ONNX Runtime's own telemetry looks up mobile.events.data.microsoft.com about 9 s after
+/// the library loads, then every minute or so, unless the server turns it off. Watched
+/// under strace for 15 s idle and 15 s serving, the server connects to nothing but
+/// loopback and local sockets.
+#[test]
+fn no_outbound_connection_idle_or_serving() {
+    let scratch = tempfile::tempdir().unwrap();
+    let trace = scratch.path().join("connect.log");
+    let trace_arg = trace.to_str().unwrap();
+    let wrapper = ["strace", "-f", "-q", "-e", "trace=connect", "-o", trace_arg];
+    let mut server = Server::start_under(
+        &wrapper,
+        &[
+            "--models-dir",
+            &models_root_arg(),
+            "--model",
+            "tiny/bert-mean",
+        ],
+    );
+    let window = std::time::Duration::from_secs(15);
+    // Idle: the telemetry would look up its collector within this window.
+    let idle_until = std::time::Instant::now() + window;
+    while std::time::Instant::now() < idle_until {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let serving_until = std::time::Instant::now() + window;
+    while std::time::Instant::now() < serving_until {
+        server.embed("tiny/bert-mean", json!(["Hello", "world"]), json!({}));
+    }
+    assert!(server.terminate().success());
+    let connects = std::fs::read_to_string(&trace).expect("strace output");
+    assert!(
+        connects.contains("+++ exited with 0 +++"),
+        "strace did not follow the server to its exit: {connects}"
+    );
+    let outbound: Vec<&str> = connects
+        .lines()
+        .filter(|l| l.contains("connect(") && !l.contains("AF_UNIX"))
+        .filter(|l| !l.contains("inet_addr(\"127.0.0.1\")") && !l.contains("::1"))
+        .collect();
+    assert!(outbound.is_empty(), "outbound connections: {outbound:#?}");
+}

@@ -80,21 +80,43 @@ impl Server {
 
     /// Like `start`, but returns the server's log if it exits before it is ready.
     pub fn try_start(args: &[&str], envs: &[(&str, &str)]) -> Result<Self, String> {
-        Self::launch(args, envs, Until::Ready)
+        Self::launch(&[], args, envs, Until::Ready)
+    }
+
+    /// Starts the server under `wrapper` (a command that runs the program after its own
+    /// arguments, such as strace) and waits until it is ready.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Self {
+        Self::launch(wrapper, args, &[], Until::Ready)
+            .unwrap_or_else(|log| panic!("embedserve did not start:\n{log}"))
     }
 
     /// Starts the server and returns as soon as it listens, before its preloads are done.
     pub fn start_listening(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        Self::launch(args, envs, Until::Listening)
+        Self::launch(&[], args, envs, Until::Listening)
             .unwrap_or_else(|log| panic!("embedserve did not start:\n{log}"))
     }
 
     /// Spawns `embedserve serve` on a free port, reads the port from `--port-file`, and
     /// (for `Until::Ready`) polls `/ready`. Fails with the log if the server exits first.
-    fn launch(args: &[&str], envs: &[(&str, &str)], until: Until) -> Result<Self, String> {
+    fn launch(
+        wrapper: &[&str],
+        args: &[&str],
+        envs: &[(&str, &str)],
+        until: Until,
+    ) -> Result<Self, String> {
         let scratch = tempfile::tempdir().unwrap();
         let port_file = scratch.path().join("port");
-        let mut child = binary()
+        let mut command = match wrapper.split_first() {
+            None => binary(),
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command
+                    .args(wrapper_args)
+                    .arg(env!("CARGO_BIN_EXE_embedserve"));
+                command
+            }
+        };
+        let mut child = command
             .arg("serve")
             .args(["--port", "0", "--host", "127.0.0.1", "--port-file"])
             .arg(&port_file)
@@ -283,9 +305,15 @@ impl Server {
 }
 
 impl Server {
-    /// Sends SIGTERM and waits for the process to exit.
+    /// Sends SIGTERM to the server (under a wrapper, to the wrapper's child) and waits for
+    /// the process started to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
+        let started = self.child.id();
+        let children = format!("/proc/{started}/task/{started}/children");
+        let pid = std::fs::read_to_string(children)
+            .ok()
+            .and_then(|c| c.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| started.to_string());
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
