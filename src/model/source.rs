@@ -84,6 +84,12 @@ impl ModelSource {
             Some(_) => return Err(format!("`{source}` has an empty revision after `@`")),
             None => (source, None),
         };
+        if let Some(revision) = revision.as_deref().filter(|r| !is_revision(r)) {
+            return Err(format!(
+                "`{revision}` is not a revision: a branch, tag or commit of letters, digits, \
+                 `.`, `_`, `-` and `/`, with no `..` and no empty or hidden part"
+            ));
+        }
         if is_hub_id(repo) {
             Ok(Self::Hub {
                 repo: repo.to_string(),
@@ -110,6 +116,21 @@ pub fn is_hub_id(id: &str) -> bool {
         })
     };
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+/// A git ref or commit as the Hub names them (`main`, `v1.0`, `refs/pr/1`, a hash). hf-hub
+/// puts the revision in a cache path, so nothing that could climb out of it (`..`, an
+/// absolute path, a hidden part) gets through.
+fn is_revision(revision: &str) -> bool {
+    revision.len() <= 255
+        && revision.split('/').all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+        && !revision.contains("..")
 }
 
 /// Where to look for and fetch Hub models.
@@ -376,6 +397,29 @@ mod tests {
         );
         assert!(ModelSource::parse("justaname").is_err());
         assert!(ModelSource::parse("org/name@").is_err());
+    }
+
+    #[test]
+    fn revisions_cannot_leave_the_cache() {
+        for good in ["main", "v1.0", "refs/pr/1", "0123abcd", "release_2-x"] {
+            assert!(
+                ModelSource::parse(&format!("org/name@{good}")).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in [
+            "../../../../etc/hostname",
+            "/etc/passwd",
+            "refs//x",
+            "main/",
+            ".git",
+            "a..b",
+            "v1 beta",
+            "x\\y",
+        ] {
+            let error = ModelSource::parse(&format!("org/name@{bad}")).unwrap_err();
+            assert!(error.contains("is not a revision"), "{bad}: {error}");
+        }
     }
 
     #[test]
