@@ -60,7 +60,7 @@ const JSON: &str = "application/json";
 async fn bad_requests_get_openai_envelopes() {
     let app = app().await;
     // (body, status, code, param, words in the message)
-    let cases: [(&str, u16, &str, Option<&str>, &str); 7] = [
+    let cases: [(&str, u16, &str, Option<&str>, &str); 9] = [
         (r#"{"model": "#, 400, "invalid_json", None, "not valid JSON"),
         (
             r#"{"model":"m","input":"x"} extra"#,
@@ -103,6 +103,20 @@ async fn bad_requests_get_openai_envelopes() {
             "model_not_found",
             Some("model"),
             "no/such-model",
+        ),
+        (
+            r#"{"model":"m","input":"x","encoding_format":1}"#,
+            400,
+            "invalid_request",
+            Some("encoding_format"),
+            "encoding_format: invalid type",
+        ),
+        (
+            r#"{"model":"org/name@../../../../etc/hostname","input":"x"}"#,
+            404,
+            "model_not_found",
+            Some("model"),
+            "does not exist",
         ),
     ];
     for (body, status, code, param, words) in cases {

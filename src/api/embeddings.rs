@@ -30,13 +30,34 @@ pub struct EmbeddingRequest {
     // `user` and any other field are accepted and ignored, as OpenAI clients send them.
 }
 
+/// Read from a string, so that any other JSON value is a wrong type for this field, not
+/// (as serde_json says of a number where an enum belongs) broken JSON.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum EncodingFormat {
     #[default]
     Float,
     /// Little-endian f32 bytes, base64-encoded: what openai-python asks for by default.
     Base64,
+}
+
+impl TryFrom<String> for EncodingFormat {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.as_str() {
+            "float" => Ok(Self::Float),
+            "base64" => Ok(Self::Base64),
+            other => {
+                // Echo at most a little of what the client sent.
+                let shown: String = other.chars().take(32).collect();
+                let more = if shown.len() < other.len() { "…" } else { "" };
+                Err(format!(
+                    "unknown encoding_format `{shown}{more}`: expected `float` or `base64`"
+                ))
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]

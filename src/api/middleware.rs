@@ -32,8 +32,7 @@ pub async fn require_api_key(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let message = match presented {
         None => "no API key provided: send it as `Authorization: Bearer KEY`",
         Some(key)
@@ -49,6 +48,13 @@ pub async fn require_api_key(
     ApiError::new(StatusCode::UNAUTHORIZED, message)
         .code("invalid_api_key")
         .into_response()
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme is case-insensitive
+/// (RFC 9110), so `bearer` and `BEARER` work too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Counts each request by route, model and status, and times it.
@@ -89,5 +95,19 @@ pub async fn timeout(State(state): State<Arc<AppState>>, request: Request, next:
         )
         .code("timeout")
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer k1", "bearer k1", "BEARER  k1 ", "  Bearer k1"] {
+            assert_eq!(bearer_token(value), Some("k1"), "{value:?}");
+        }
+        assert_eq!(bearer_token("Basic k1"), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 }

@@ -136,6 +136,10 @@ impl Config {
                 "server.max_tokens_per_request",
                 Some(self.server.max_tokens_per_request),
             ),
+            (
+                "cache.max_loaded_models",
+                Some(self.cache.max_loaded_models),
+            ),
             ("batcher.max_batch_size", self.batcher.max_batch_size),
             ("batcher.max_batch_tokens", self.batcher.max_batch_tokens),
             ("batcher.max_queued_inputs", self.batcher.max_queued_inputs),
@@ -286,6 +290,14 @@ mod tests {
         let found = config.model_defaults();
         assert_eq!(found.batch_limits(true).max_queued_inputs, 4096);
         assert_eq!(found.batch_limits(true).max_batch_tokens, 16_384);
+    }
+
+    #[test]
+    fn a_cache_of_no_models_is_refused() {
+        let err = parse("[cache]\nmax_loaded_models = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.max_loaded_models"), "{err}");
     }
 
     #[test]
