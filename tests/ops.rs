@@ -4,7 +4,7 @@
 mod common;
 
 use common::fake_hub::{REPO, start_gated_hub};
-use common::{Server, assert_error, config_file, model_dir, models_root_arg};
+use common::{Server, assert_error, config_file, metric_in, model_dir, models_root_arg};
 use serde_json::json;
 
 #[test]
@@ -28,14 +28,6 @@ fn readiness_waits_for_preloads() {
     server.wait_until_ready();
     let (status, json) = server.get("/ready");
     assert_eq!((status, &json["status"]), (200, &json!("ready")));
-}
-
-/// The value of the sample `name{labels}` in a Prometheus text page (0 when absent).
-fn sample(page: &str, name_and_labels: &str) -> f64 {
-    page.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn metrics_page(server: &Server) -> String {
@@ -68,48 +60,51 @@ fn metrics_move_with_requests() {
             *tokens += json["usage"]["prompt_tokens"].as_u64().unwrap();
         }
     }
-    let tokens_of = |model: &str| format!(r#"embedserve_tokens_total{{model="{model}"}}"#);
     let (status, _) =
         server.post_json("/v1/embeddings", &json!({"model": "no/such", "input": "x"}));
     assert_eq!(status, 404);
     let after = metrics_page(&server);
-    let delta = |name: &str| sample(&after, name) - sample(&before, name);
-    let ok =
-        r#"embedserve_requests_total{model="tiny/bert-mean",route="/v1/embeddings",status="200"}"#;
-    assert_eq!(delta(ok), 2.0, "{after}");
-    let missing = r#"embedserve_requests_total{model="",route="/v1/embeddings",status="404"}"#;
-    assert_eq!(delta(missing), 1.0, "{after}");
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        metric_in(&after, name, labels) - metric_in(&before, name, labels)
+    };
+    let requests = "embedserve_requests_total";
+    let route = ("route", "/v1/embeddings");
+    let ok = [("model", "tiny/bert-mean"), route, ("status", "200")];
+    assert_eq!(delta(requests, &ok), 2.0, "{after}");
+    let missing = [("model", ""), route, ("status", "404")];
+    assert_eq!(delta(requests, &missing), 1.0, "{after}");
     for (model, tokens) in models.iter().zip(tokens) {
-        assert_eq!(delta(&tokens_of(model)), tokens as f64, "{after}");
+        let labels = [("model", *model)];
+        assert_eq!(
+            delta("embedserve_tokens_total", &labels),
+            tokens as f64,
+            "{after}"
+        );
     }
-    assert_eq!(delta("embedserve_cache_hits_total"), 4.0);
+    assert_eq!(delta("embedserve_cache_hits_total", &[]), 4.0);
     assert_eq!(
-        delta("embedserve_cache_misses_total"),
+        delta("embedserve_cache_misses_total", &[]),
         1.0,
         "the unknown model"
     );
+    let graph = [("model", "tiny/bert-mean")];
+    let table = [("model", "zoo/static-embedding")];
     assert!(
-        delta(r#"embedserve_batch_size_count{model="tiny/bert-mean"}"#) >= 2.0,
+        delta("embedserve_batch_size_count", &graph) >= 2.0,
         "{after}"
     );
-    assert!(delta(r#"embedserve_inference_duration_seconds_count{model="tiny/bert-mean"}"#) >= 2.0);
+    let inference = "embedserve_inference_duration_seconds_count";
+    assert!(delta(inference, &graph) >= 2.0);
+    assert_eq!(delta(inference, &table), 2.0);
+    let latency = "embedserve_request_duration_seconds_count";
+    assert!(delta(latency, &[route]) >= 3.0);
+    let loaded_ok = [("model", "tiny/bert-mean"), ("result", "ok")];
     assert_eq!(
-        delta(r#"embedserve_inference_duration_seconds_count{model="zoo/static-embedding"}"#),
-        2.0
-    );
-    assert!(delta(r#"embedserve_request_duration_seconds_count{route="/v1/embeddings"}"#) >= 3.0);
-    assert_eq!(
-        sample(
-            &after,
-            r#"embedserve_model_loads_total{model="tiny/bert-mean",result="ok"}"#
-        ),
+        metric_in(&after, "embedserve_model_loads_total", &loaded_ok),
         1.0
     );
-    assert_eq!(sample(&after, "embedserve_models_loaded"), 2.0);
-    assert_eq!(
-        sample(&after, r#"embedserve_queue_depth{model="tiny/bert-mean"}"#),
-        0.0
-    );
+    assert_eq!(metric_in(&after, "embedserve_models_loaded", &[]), 2.0);
+    assert_eq!(metric_in(&after, "embedserve_queue_depth", &graph), 0.0);
 }
 
 #[test]

@@ -88,12 +88,9 @@ async fn get_all(cache: &ModelCache<FakeLoader>, names: &[&str]) {
 }
 
 /// Polls `future` once: it must be waiting.
-async fn assert_pending<F: Future>(future: std::pin::Pin<&mut F>) {
-    let mut future = future;
-    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx).is_pending()))
-        .await
-        .then_some(())
-        .expect("the future should wait");
+async fn assert_pending<F: Future>(mut future: std::pin::Pin<&mut F>) {
+    let pending = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx).is_pending()));
+    assert!(pending.await, "the future should wait");
 }
 
 #[tokio::test]

@@ -204,19 +204,7 @@ impl Server {
             .get(self.url("/metrics"))
             .send()
             .expect("GET /metrics");
-        let text = response.text().expect("metrics text");
-        text.lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| {
-                let (sample, value) = line.rsplit_once(' ')?;
-                let (metric, rest) = sample.split_once('{').unwrap_or((sample, ""));
-                let labelled = labels.iter().all(|(k, v)| {
-                    rest.split(',')
-                        .any(|pair| pair.trim_end_matches('}') == format!("{k}=\"{v}\""))
-                });
-                (metric == name && labelled).then(|| value.parse::<f64>().ok())?
-            })
-            .sum()
+        metric_in(&response.text().expect("metrics text"), name, labels)
     }
 
     /// Polls `/metrics` until `name` (as `metric` reads it) reaches `at_least`.
@@ -336,6 +324,23 @@ fn decode(response: reqwest::blocking::Response) -> (u16, Value) {
     let json =
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
     (status, json)
+}
+
+/// The value of metric `name` in a Prometheus text `page` whose labels include `labels`
+/// (summed over the other labels); 0 when there is no such sample.
+pub fn metric_in(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (sample, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = sample.split_once('{').unwrap_or((sample, ""));
+            let labelled = labels.iter().all(|(k, v)| {
+                rest.split(',')
+                    .any(|pair| pair.trim_end_matches('}') == format!("{k}=\"{v}\""))
+            });
+            (metric == name && labelled).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 /// The `data[].embedding` float arrays of a response, checking `index` order.
