@@ -114,7 +114,7 @@ impl Model {
         }
         let mut encoded = self
             .tokenizer
-            .encode_batch(texts)
+            .encode_batch(&texts)
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
             .into_iter();
 

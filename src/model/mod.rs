@@ -7,6 +7,7 @@ mod encoder;
 mod head;
 mod inputs;
 mod load;
+mod long_text;
 mod pooling;
 pub mod source;
 mod st_config;

@@ -3,11 +3,13 @@
 //! counted, and never padded here (batches pad to their longest). Static embedding models
 //! take the text as it is, without special tokens, cut only where their tokenizer file says.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::LoadError;
+use super::long_text::{self, Shortening};
 
 /// Token ids of one text, and whether truncation cut it.
 #[derive(Debug, Default)]
@@ -56,6 +58,9 @@ pub struct TextTokenizer {
     preparation: TextPreparation,
     vocab_size: usize,
     pub pad_id: u32,
+    /// Texts longer than this many bytes are cut before tokenizing (`long_text`).
+    window: usize,
+    shortening: Shortening,
 }
 
 impl TextTokenizer {
@@ -86,11 +91,22 @@ impl TextTokenizer {
                 .map_err(|e| LoadError::file(path, format!("cannot set truncation: {e}")))?;
         }
         let vocab_size = tokenizer.get_vocab_size(true);
+        let (window, shortening) = match preparation {
+            TextPreparation::Transformer { max_seq_length, .. } => (
+                long_text::MIN_WINDOW
+                    .max(max_seq_length.saturating_mul(long_text::WINDOW_BYTES_PER_TOKEN)),
+                Shortening::for_tokenizer(&tokenizer),
+            ),
+            // Every token of a static model's text counts in its mean.
+            TextPreparation::Static => (usize::MAX, Shortening::default()),
+        };
         Ok(Self {
             tokenizer,
             preparation,
             vocab_size,
             pad_id,
+            window,
+            shortening,
         })
     }
 
@@ -130,11 +146,16 @@ impl TextTokenizer {
     /// Tokenizes prepared texts: many in parallel (the tokenizers crate's thread pool), a few
     /// on the calling thread, where handing them to the pool would cost more than it saves
     /// and its threads would compete with inference for the cores.
-    pub fn encode_batch(&self, texts: Vec<String>) -> Result<Vec<Encoded>, tokenizers::Error> {
+    /// Long texts are first cut to the part that decides their tokens (`long_text`).
+    pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<Encoded>, tokenizers::Error> {
         let ids = |e: tokenizers::Encoding| Encoded {
             truncated: !e.get_overflowing().is_empty(),
             ids: e.get_ids().to_vec(),
         };
+        let texts = texts
+            .iter()
+            .map(|text| long_text::bounded(&self.tokenizer, &self.shortening, text, self.window))
+            .collect::<Result<Vec<Cow<str>>, _>>()?;
         if texts.len() < PARALLEL_FROM {
             return texts
                 .into_iter()

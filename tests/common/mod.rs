@@ -181,6 +181,22 @@ impl Server {
         }
     }
 
+    /// The server's process id (under a wrapper, the wrapper's).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's peak resident memory so far, in bytes (Linux's VmHWM).
+    pub fn peak_resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/PID/status")
+            * 1024
+    }
+
     /// Polls `/ready` until it answers 200.
     pub fn wait_until_ready(&self) {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
