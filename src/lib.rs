@@ -7,6 +7,7 @@ pub mod cache;
 pub mod catalog;
 pub mod commands;
 pub mod config;
+pub mod connections;
 pub mod loader;
 pub mod metrics;
 pub mod model;

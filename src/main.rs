@@ -37,7 +37,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve POST /v1/embeddings for the configured models.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Embed TEXTs with one model and print one JSON array per line; no server.
     Embed(EmbedArgs),
     /// Download a Hub model into the Hugging Face cache (HF_HOME) with a progress bar.

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub evictions: IntCounterVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
+    pub open_connections: IntGauge,
+    pub connections_timed_out: IntCounter,
 }
 
 /// Latency buckets from 1 ms to 60 s.
@@ -144,6 +146,17 @@ impl Metrics {
                 cache_misses: register_int_counter_with_registry!(
                     "cache_misses_total",
                     "Requests that had to load a model",
+                    r
+                )?,
+                open_connections: register_int_gauge_with_registry!(
+                    "open_connections",
+                    "Client connections open (at most server.max_connections)",
+                    r
+                )?,
+                connections_timed_out: register_int_counter_with_registry!(
+                    "connections_timed_out_total",
+                    "Connections closed for sending no request head in time, idling past the \
+                     keep-alive timeout, or idling while the server drained",
                     r
                 )?,
                 registry: registry.clone(),

@@ -1,5 +1,6 @@
 //! Starting and stopping the HTTP server: runtime and cache, the listener, preloads behind
-//! the readiness check, the idle-model reaper, and graceful shutdown with a deadline.
+//! the readiness check, the idle-model reaper, and shutdown: drain, finish, or stop at a
+//! second signal.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,15 +13,18 @@ use crate::api::{self, AppState, Readiness};
 use crate::cache::ModelCache;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::connections::{self, BoundedListener, ConnectionActivity, ConnectionLimits, Draining};
 use crate::loader::ModelLoader;
 use crate::runtime::Runtime;
 
-/// Serves until SIGINT or SIGTERM, then lets requests in flight finish (within
-/// `server.shutdown_timeout`). A preloaded model that cannot load stops the server.
+/// Serves until SIGINT or SIGTERM, then drains: `/ready` answers 503 for
+/// `server.drain_delay` while requests are still served, then the listener closes and
+/// requests in flight get `server.shutdown_timeout` to finish. A second signal stops at
+/// once. A preloaded model that cannot load stops the server.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let cache = Arc::new(start_cache(&config).await?);
     let (host, port) = (config.server.host.as_str(), config.server.port);
-    let listener = TcpListener::bind((host, port))
+    let tcp = TcpListener::bind((host, port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let preloads: Vec<_> = cache.catalog().preloads().cloned().collect();
@@ -33,7 +37,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(crate::model::warm_up_tiktoken);
     spawn_idle_reaper(&cache);
 
-    let address = listener.local_addr()?;
+    let address = tcp.local_addr()?;
     tracing::info!("embedserve listening on http://{address}");
     if let Some(path) = &config.server.port_file {
         write_port_file(path, address.port())?;
@@ -52,28 +56,62 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         anyhow::Ok(())
     };
 
-    let stopping = Arc::new(Notify::new());
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown({
-        let (stopping, ready) = (stopping.clone(), ready.clone());
-        async move {
-            shutdown_signal().await;
-            ready.set_not_ready("shutting down");
-            stopping.notify_one();
-        }
+    let server_config = &config.server;
+    let draining = Arc::new(Draining::default());
+    let listener = BoundedListener::new(
+        tcp,
+        ConnectionLimits {
+            max_connections: server_config.max_connections,
+            header_read_timeout: server_config.header_read_timeout,
+            keep_alive_timeout: server_config.keep_alive_timeout,
+        },
+        draining.clone(),
+    );
+    let app = api::router(state)
+        .layer(axum::middleware::from_fn(connections::mark_busy))
+        .into_make_service_with_connect_info::<ConnectionActivity>();
+    let close_listener = Arc::new(Notify::new());
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let close_listener = close_listener.clone();
+        async move { close_listener.notified().await }
     });
-    let deadline = async {
-        stopping.notified().await;
-        tokio::time::sleep(config.server.shutdown_timeout).await;
-    };
+    let mut server = std::pin::pin!(server.into_future());
+    let mut preloading = std::pin::pin!(preloading);
+    let mut signals = Signals::new();
+
     tokio::select! {
-        served = server.into_future() => served.context("server stopped with an error")?,
-        () = deadline => tracing::warn!(
+        served = &mut server => return served.context("server stopped with an error"),
+        Err(error) = &mut preloading => return Err(error),
+        () = signals.next() => {}
+    }
+    ready.set_not_ready("shutting down");
+    tracing::info!(
+        "shutting down: /ready answers 503 for {} while requests are still served (a second \
+         signal stops at once)",
+        humantime::format_duration(server_config.drain_delay)
+    );
+    tokio::select! {
+        served = &mut server => return served.context("server stopped with an error"),
+        () = tokio::time::sleep(server_config.drain_delay) => {}
+        () = signals.next() => return stopped_by_second_signal(),
+    }
+    tracing::info!("no new connections; finishing the requests in flight");
+    close_listener.notify_one();
+    draining.start();
+    tokio::select! {
+        served = &mut server => served.context("server stopped with an error")?,
+        () = tokio::time::sleep(server_config.shutdown_timeout) => tracing::warn!(
             "requests still running after {}: stopping anyway",
-            humantime::format_duration(config.server.shutdown_timeout)
+            humantime::format_duration(server_config.shutdown_timeout)
         ),
-        Err(error) = preloading => return Err(error),
+        () = signals.next() => return stopped_by_second_signal(),
     }
     tracing::info!("embedserve stopped");
+    Ok(())
+}
+
+fn stopped_by_second_signal() -> anyhow::Result<()> {
+    tracing::warn!("second signal: stopping now, dropping the requests in flight");
     Ok(())
 }
 
@@ -130,25 +168,44 @@ fn spawn_idle_reaper(cache: &Arc<ModelCache>) {
     }
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, as many as come.
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await
-            }
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        let terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => Some(signal),
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    None
+                }
+            };
+        Self {
+            #[cfg(unix)]
+            terminate,
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {},
-        _ = terminate => {},
     }
-    tracing::info!("shutting down: no new connections; finishing requests in flight");
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        let terminate = async {
+            match &mut self.terminate {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            () = terminate => {},
+        }
+    }
 }

@@ -4,6 +4,10 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
 use common::{Server, assert_error, cosine, models_root_arg};
 use serde_json::json;
 
@@ -60,5 +64,177 @@ fn long_inputs_cost_what_is_embedded_and_keep_their_vectors() {
         grown < 96 * MIB,
         "four 4 MiB inputs raised peak memory by {} MiB",
         grown / MIB
+    );
+}
+
+/// A server with tight bounds: 1 s to send a head, 1 s of keep-alive idling.
+fn tight_server() -> (Server, tempfile::TempDir) {
+    let (dir, config) = common::config_file(
+        "[server]\nheader_read_timeout = \"1s\"\nkeep_alive_timeout = \"1s\"\n",
+    );
+    (server(&["--config", config.to_str().unwrap()]), dir)
+}
+
+fn connect(server: &Server) -> TcpStream {
+    let address = server.base.trim_start_matches("http://");
+    let stream = TcpStream::connect(address).unwrap();
+    // Only a bound on a test gone wrong: the server closes much sooner.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection; the bytes read.
+fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    match stream.read_to_end(&mut received) {
+        Ok(_) => received,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => received,
+        Err(e) => panic!("the server kept the connection open: {e}"),
+    }
+}
+
+/// A connection that sends nothing, or half a head, or its head a byte at a time, or idles
+/// after a response, is closed: it no longer holds a descriptor for 400 s and more.
+#[test]
+fn silent_slow_and_idle_connections_are_closed() {
+    let (server, _config) = tight_server();
+    let opened = Instant::now();
+    let mut silent = connect(&server);
+    let mut half = connect(&server);
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert!(read_until_closed(&mut silent).is_empty());
+    assert!(read_until_closed(&mut half).is_empty());
+
+    // One byte every 100 ms does not keep a head alive past the timeout.
+    let mut trickle = connect(&server);
+    let head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut sent_whole_head = true;
+    for byte in head {
+        if trickle.write_all(&[*byte]).is_err() {
+            sent_whole_head = false;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !sent_whole_head
+            || !String::from_utf8_lossy(&read_until_closed(&mut trickle)).contains("200"),
+        "a head sent over {:?} was answered",
+        opened.elapsed()
+    );
+
+    let mut idle = connect(&server);
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answered = String::from_utf8_lossy(&read_until_closed(&mut idle)).to_string();
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    assert!(server.metric("embedserve_connections_timed_out_total", &[]) >= 4.0);
+}
+
+/// With every connection slot held, a new client waits (it is not refused, nor does the
+/// server run out of descriptors) and is served as soon as a slot frees.
+#[test]
+fn connections_beyond_the_bound_wait_for_a_free_slot() {
+    let (dir, config) = common::config_file("[server]\nmax_connections = 2\n");
+    let server = server(&["--config", config.to_str().unwrap()]);
+    let _dir = dir;
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect(&server)).collect();
+    for stream in &mut held {
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut response = [0u8; 12];
+        stream.read_exact(&mut response).unwrap();
+        assert_eq!(&response, b"HTTP/1.1 200");
+    }
+    let mut waiting = connect(&server);
+    waiting
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut first = [0u8; 1];
+    let early = waiting.read(&mut first);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "served beyond max_connections: {early:?}"
+    );
+    drop(held.pop());
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let answered = String::from_utf8_lossy(&read_until_closed(&mut waiting)).to_string();
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+}
+
+fn wait_until_not_ready(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.get("/ready").0 != 503 {
+        assert!(Instant::now() < deadline, "/ready never said 503");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// On SIGTERM the server keeps serving for the drain delay (5 s by default) with `/ready`
+/// at 503, so a load balancer can see it and stop sending, then exits cleanly.
+#[test]
+fn a_draining_server_says_not_ready_and_still_serves() {
+    let mut server = server(&[]);
+    server.embed(
+        "tiny/bert-mean",
+        json!("loaded before the drain"),
+        json!({}),
+    );
+    server.signal("TERM");
+    wait_until_not_ready(&server);
+    let (status, body) = server.get("/ready");
+    assert_eq!(status, 503, "{body}");
+    let vectors = server.embed("tiny/bert-mean", json!(["still", "served"]), json!({}));
+    assert_eq!(vectors.len(), 2);
+    let exit = server.wait_for_exit(Duration::from_secs(60));
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?}\n{}",
+        server.logs()
+    );
+}
+
+/// A second signal stops a draining server at once.
+#[test]
+fn a_second_signal_stops_at_once() {
+    let mut server = server(&["--drain-delay", "10m"]);
+    server.signal("TERM");
+    wait_until_not_ready(&server);
+    server.signal("INT");
+    let exit = server.wait_for_exit(Duration::from_secs(20));
+    assert!(exit.is_some(), "still running 20 s after the second signal");
+}
+
+/// Clients that hold connections without a request in flight (silent, half a head, idle
+/// keep-alive) no longer hold shutdown until `shutdown_timeout` (30 s).
+#[test]
+fn idle_and_slow_clients_do_not_delay_shutdown() {
+    let mut server = server(&["--drain-delay", "0s"]);
+    let _silent = connect(&server);
+    let mut half = connect(&server);
+    half.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut idle = connect(&server);
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).unwrap();
+    let signalled = Instant::now();
+    server.signal("TERM");
+    let exit = server.wait_for_exit(Duration::from_secs(10));
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?} {:?} after SIGTERM\n{}",
+        signalled.elapsed(),
+        server.logs()
     );
 }

@@ -274,7 +274,7 @@ fn json_logs() {
 fn sigterm_finishes_requests_in_flight_then_exits_cleanly() {
     let minilm = model_dir("sentence-transformers/all-MiniLM-L6-v2");
     let spec = format!("minilm={}", minilm.to_str().unwrap());
-    let mut server = Server::start(&["--model", &spec]);
+    let mut server = Server::start(&["--model", &spec, "--drain-delay", "0s"]);
     let probe_runs = server.metric("embedserve_batch_size_count", &[("model", "minilm")]);
     let url = server.url("/v1/embeddings");
     let long = "many words ".repeat(300);
@@ -303,7 +303,14 @@ fn shutdown_stops_waiting_at_its_deadline() {
     let (_dir, config) = config_file("[server]\nshutdown_timeout = \"300ms\"\n");
     let minilm = model_dir("sentence-transformers/all-MiniLM-L6-v2");
     let spec = format!("minilm={}", minilm.to_str().unwrap());
-    let mut server = Server::start(&["--config", config.to_str().unwrap(), "--model", &spec]);
+    let mut server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--model",
+        &spec,
+        "--drain-delay",
+        "0s",
+    ]);
     let probe_runs = server.metric("embedserve_batch_size_count", &[("model", "minilm")]);
     let url = server.url("/v1/embeddings");
     let long = "many words ".repeat(300);

@@ -75,6 +75,8 @@ impl Config {
         set(&mut self.server.max_body_bytes, server.max_body_bytes);
         self.server.api_keys.extend(server.api_keys);
         self.server.api_key_file = server.api_key_file.or(self.server.api_key_file.take());
+        set(&mut self.server.max_connections, server.max_connections);
+        set(&mut self.server.drain_delay, server.drain_delay);
         self.runtime.library = runtime.ort_library.or(self.runtime.library.take());
         self.runtime.intra_threads = runtime.intra_threads.or(self.runtime.intra_threads);
         set(&mut self.runtime.device, runtime.device);
@@ -114,6 +116,23 @@ impl Config {
                 "server.max_body_bytes",
                 "must be at least 1",
             ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        for (key, timeout) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.keep_alive_timeout", self.server.keep_alive_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than 0s"));
+            }
         }
         if self.runtime.intra_threads == Some(0) {
             return Err(ConfigError::invalid(

@@ -64,9 +64,22 @@ pub struct ServerConfig {
     /// A request still running after this long gets 408 and its work is dropped.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
+    /// On SIGTERM or SIGINT, how long the server keeps serving with `/ready` at 503, so
+    /// load balancers stop sending before the listener closes.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// After the drain delay, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Most client connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head, from connecting (or from its
+    /// first byte after an idle spell).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a connection may idle between requests before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -84,7 +97,11 @@ impl Default for ServerConfig {
             protect_metrics: false,
             cors_origins: Vec::new(),
             request_timeout: Duration::from_secs(300),
+            drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -48,6 +48,12 @@ pub struct ServerFlags {
     /// A file of API keys, one per line.
     #[arg(long, value_name = "PATH", env = "EMBEDSERVE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// Most client connections open at once.
+    #[arg(long, env = "EMBEDSERVE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// On SIGTERM or SIGINT, how long to keep serving with /ready at 503 (e.g. `5s`).
+    #[arg(long, value_name = "DURATION", env = "EMBEDSERVE_DRAIN_DELAY", value_parser = humantime::parse_duration)]
+    pub drain_delay: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -26,6 +26,7 @@ class Server:
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--port-file", port_file,
+             "--drain-delay", "0s",
              *map(str, args)],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,

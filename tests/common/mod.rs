@@ -140,7 +140,9 @@ impl Server {
                 }
             })
         };
+        // No pooled connections: a test's raw connections are the only ones the server holds.
         let client = reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(300))
             .build()
             .unwrap();
@@ -309,6 +311,29 @@ impl Server {
 }
 
 impl Server {
+    /// Sends `signal` (as `kill` names it: TERM, INT) to the server, without waiting.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    }
+
+    /// Waits up to `within` for the server to exit.
+    pub fn wait_for_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Sends SIGTERM to the server (under a wrapper, to the wrapper's child) and waits for
     /// the process started to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
