@@ -28,9 +28,11 @@ fn main() {
     let config = Config::load(None, overrides).expect("config");
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     runtime.block_on(async {
-        let cache = start_cache(&config)
-            .await
-            .expect("ONNX Runtime (run scripts/fetch-onnxruntime)");
+        let cache = std::sync::Arc::new(
+            start_cache(&config)
+                .await
+                .expect("ONNX Runtime (run scripts/fetch-onnxruntime)"),
+        );
         for (kind, name) in [
             ("configured name", "configured"),
             ("models-dir name", "tiny/bert-cls"),

@@ -10,7 +10,7 @@ use crate::server::start_cache;
 
 /// Embeds `texts` with the one model in `config` and prints one JSON array per line.
 pub async fn embed(config: Config, texts: Vec<String>) -> anyhow::Result<()> {
-    let cache = start_cache(&config).await?;
+    let cache = std::sync::Arc::new(start_cache(&config).await?);
     let spec = cache
         .catalog()
         .preloads()

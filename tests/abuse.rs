@@ -238,3 +238,23 @@ fn idle_and_slow_clients_do_not_delay_shutdown() {
         server.logs()
     );
 }
+
+/// Clients that give up while their model loads do not waste the load: it finishes once and
+/// the model is cached (20 such clients once caused 20 full loads).
+#[test]
+fn a_load_abandoned_by_its_clients_happens_once() {
+    let server = server(&[]);
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        let _ = impatient
+            .post(server.url("/v1/embeddings"))
+            .json(&json!({"model": MINILM, "input": "gone before the model loads"}))
+            .send();
+    }
+    server.embed(MINILM, json!("patient"), json!({}));
+    let loads = server.metric("embedserve_model_loads_total", &[("model", MINILM)]);
+    assert_eq!(loads, 1.0, "{}", server.logs());
+}

@@ -1,5 +1,6 @@
 //! Loaded models by name, bounded: a model loads on its first request (once, however many
-//! requests ask at the same time), stays while it is among the most recently used, and is
+//! requests ask at the same time, in a task of its own that finishes and caches the model
+//! even when every requester has gone), stays while it is among the most recently used, and is
 //! evicted when the cache holds too many models or too much memory, or the model sat idle.
 //!
 //! Requests hold an `Arc<Model>`, so eviction only drops the cache's reference: work in
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
-use tokio::sync::OnceCell;
+use tokio::sync::watch;
 
 use crate::catalog::Catalog;
 use crate::config::CacheConfig;
@@ -34,7 +35,11 @@ pub enum CacheError {
     },
 }
 
-type Slot<M> = Arc<OnceCell<Arc<M>>>;
+/// How a model's load ended; `None` while it runs.
+type Outcome<M> = Option<Result<Arc<M>, Arc<LoadError>>>;
+
+/// Where requesters wait for a model's one load.
+type Slot<M> = watch::Receiver<Outcome<M>>;
 
 struct Entry<M> {
     slot: Slot<M>,
@@ -48,8 +53,8 @@ struct Entry<M> {
 }
 
 impl<M> Entry<M> {
-    fn model(&self) -> Option<&Arc<M>> {
-        self.slot.get()
+    fn model(&self) -> Option<Arc<M>> {
+        self.slot.borrow().as_ref()?.as_ref().ok().cloned()
     }
 }
 
@@ -114,7 +119,7 @@ impl<L: Loader> ModelCache<L> {
 
     /// The model `name` refers to, loading it if need be. A hit touches no file and takes
     /// the lock only to look up and mark the entry as just used.
-    pub async fn get(&self, name: &str) -> Result<Arc<L::Model>, CacheError> {
+    pub async fn get(self: &Arc<Self>, name: &str) -> Result<Arc<L::Model>, CacheError> {
         let key = self.catalog.canonical(name);
         if let Some(model) = self.hit(key) {
             METRICS.cache_hits.inc();
@@ -132,57 +137,83 @@ impl<L: Loader> ModelCache<L> {
         let mut inner = self.lock();
         let now = inner.stamp();
         let entry = inner.entries.get_mut(key)?;
-        let model = entry.model()?.clone();
+        let model = entry.model()?;
         entry.last_used = now;
         tracing::debug!(model = key, "cache hit");
         Some(model)
     }
 
-    /// Loads `spec` unless it is loaded, then makes room by evicting.
-    pub async fn load(&self, spec: ModelSpec) -> Result<Arc<L::Model>, CacheError> {
+    /// Loads `spec` unless it is loaded or loading, then makes room by evicting. The load
+    /// runs in its own task: a requester that goes away neither stops nor repeats it.
+    pub async fn load(self: &Arc<Self>, spec: ModelSpec) -> Result<Arc<L::Model>, CacheError> {
         let name = spec.name.clone();
-        let slot = {
+        let mut slot = {
             let mut inner = self.lock();
             let now = inner.stamp();
-            let entry = inner.entries.entry(name.clone()).or_insert_with(|| Entry {
-                slot: Slot::default(),
-                pinned: spec.config.pin,
-                idle_timeout: spec.config.idle_timeout,
-                memory: 0,
-                last_used: now,
-            });
-            entry.last_used = now;
-            entry.slot.clone()
+            match inner.entries.get_mut(&name) {
+                Some(entry) => {
+                    entry.last_used = now;
+                    entry.slot.clone()
+                }
+                None => {
+                    let (done, slot) = watch::channel(None);
+                    inner.entries.insert(
+                        name.clone(),
+                        Entry {
+                            slot: slot.clone(),
+                            pinned: spec.config.pin,
+                            idle_timeout: spec.config.idle_timeout,
+                            memory: 0,
+                            last_used: now,
+                        },
+                    );
+                    let cache = self.clone();
+                    tokio::spawn(async move { cache.finish_load(spec, done).await });
+                    slot
+                }
+            }
         };
-        let mut loaded_here = false;
-        let result = slot
-            .get_or_try_init(|| {
-                loaded_here = true;
-                self.load_model(spec)
-            })
+        let finished = slot
+            .wait_for(Option::is_some)
             .await
-            .cloned();
-        match result {
-            Ok(model) => {
-                if loaded_here {
-                    self.enforce_limits(&name);
-                }
-                Ok(model)
+            .map(|outcome| outcome.clone());
+        let outcome = match finished {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) | Err(_) => {
+                // The load's task ended without an outcome (it panicked): forget the entry,
+                // so the next request tries again.
+                self.forget_loading(&name, &slot);
+                Err(Arc::new(LoadError::Source(
+                    "the load stopped unexpectedly".to_string(),
+                )))
             }
-            Err(source) => {
-                let mut inner = self.lock();
-                if inner
-                    .entries
-                    .get(&name)
-                    .is_some_and(|e| Arc::ptr_eq(&e.slot, &slot) && e.model().is_none())
-                {
-                    inner.entries.remove(&name);
-                }
-                Err(CacheError::Load {
-                    name,
-                    reason: source,
-                })
-            }
+        };
+        outcome.map_err(|reason| CacheError::Load { name, reason })
+    }
+
+    /// Runs the load of `spec` and publishes its outcome; evicts for room after a success.
+    async fn finish_load(self: Arc<Self>, spec: ModelSpec, done: watch::Sender<Outcome<L::Model>>) {
+        let name = spec.name.clone();
+        let outcome = self.load_model(spec).await;
+        let loaded = outcome.is_ok();
+        if !loaded {
+            self.forget_loading(&name, &done.subscribe());
+        }
+        done.send_replace(Some(outcome));
+        if loaded {
+            self.enforce_limits(&name);
+        }
+    }
+
+    /// Removes `name`'s entry if it is still the unfinished load `slot` waits on.
+    fn forget_loading(&self, name: &str, slot: &Slot<L::Model>) {
+        let mut inner = self.lock();
+        if inner
+            .entries
+            .get(name)
+            .is_some_and(|e| e.slot.same_channel(slot) && e.model().is_none())
+        {
+            inner.entries.remove(name);
         }
     }
 
@@ -390,7 +421,8 @@ impl<L: Loader> ModelCache<L> {
 /// Drops the cache's reference to an evicted model. Requests still using it keep it alive;
 /// the session's memory is freed when the last of them finishes.
 fn release<M: Send + Sync + 'static>(name: &str, entry: Entry<M>, kind: &str, reason: &str) {
-    let in_flight = entry.model().map_or(0, |m| Arc::strong_count(m) - 1);
+    // Less the cache's own references: the slot's and the one `model()` just made.
+    let in_flight = entry.model().map_or(0, |m| Arc::strong_count(&m) - 2);
     METRICS.evictions.with_label_values(&[name, kind]).inc();
     METRICS.models_loaded.dec();
     tracing::info!(

@@ -62,12 +62,16 @@ fn cache(
     models: Vec<ModelConfig>,
     limits: CacheConfig,
     loader: FakeLoader,
-) -> ModelCache<FakeLoader> {
+) -> Arc<ModelCache<FakeLoader>> {
     let config = Config {
         models,
         ..Config::default()
     };
-    ModelCache::new(Catalog::from_config(&config), loader, limits)
+    Arc::new(ModelCache::new(
+        Catalog::from_config(&config),
+        loader,
+        limits,
+    ))
 }
 
 fn plain(names: &[&str]) -> Vec<ModelConfig> {
@@ -81,7 +85,7 @@ fn limits(max_loaded_models: usize) -> CacheConfig {
     }
 }
 
-async fn get_all(cache: &ModelCache<FakeLoader>, names: &[&str]) {
+async fn get_all(cache: &Arc<ModelCache<FakeLoader>>, names: &[&str]) {
     for name in names {
         cache.get(name).await.unwrap();
     }
@@ -116,6 +120,35 @@ async fn concurrent_requests_share_one_load() {
     assert!(models.iter().all(|m| Arc::ptr_eq(m, &models[0])));
     assert!(cache.get("a").await.is_ok());
     assert_eq!(cache.loader.loads.lock().len(), 1, "a hit never loads");
+}
+
+/// Requesters that go away do not stop the load, and the next request finds the model
+/// loaded: 20 requests that disconnected mid-load once caused 20 loads.
+#[tokio::test]
+async fn a_load_finishes_and_is_cached_when_its_requesters_are_gone() {
+    let loader = FakeLoader {
+        gate: Some(Semaphore::new(0)),
+        ..FakeLoader::default()
+    };
+    let cache = cache(plain(&["a"]), limits(4), loader);
+    for _ in 0..20 {
+        let mut abandoned = pin!(cache.get("a"));
+        assert_pending(abandoned.as_mut()).await;
+    }
+    // The load's own task runs once this test yields.
+    while cache.loader.loads.lock().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        *cache.loader.loads.lock(),
+        ["a"],
+        "one load, however many gave up"
+    );
+    cache.loader.gate.as_ref().unwrap().add_permits(1);
+    let model = cache.get("a").await.unwrap();
+    assert_eq!(*cache.loader.loads.lock(), ["a"]);
+    assert_eq!(cache.loaded_names(), ["a"]);
+    assert!(Arc::ptr_eq(&model, &cache.get("a").await.unwrap()));
 }
 
 #[tokio::test]
