@@ -258,3 +258,38 @@ fn a_load_abandoned_by_its_clients_happens_once() {
     let loads = server.metric("embedserve_model_loads_total", &[("model", MINILM)]);
     assert_eq!(loads, 1.0, "{}", server.logs());
 }
+
+/// A 1-input request sent while a large request runs is answered before the large one
+/// finishes: batches give each queued request a share (it once waited 83 s behind a
+/// 1,100-input request).
+#[test]
+fn a_small_request_does_not_wait_for_a_large_one() {
+    let server = server(&[]);
+    server.embed(MINILM, json!("load the model"), json!({}));
+    let runs_before = server.metric("embedserve_batch_size_count", &[("model", MINILM)]);
+    let url = server.url("/v1/embeddings");
+    let long = "many words ".repeat(300);
+    let large = std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .unwrap()
+            .post(url)
+            .json(&json!({"model": MINILM, "input": vec![long; 128]}))
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    server.wait_for_metric(
+        "embedserve_batch_size_count",
+        &[("model", MINILM)],
+        runs_before + 1.0,
+    );
+    let sent = Instant::now();
+    server.embed(MINILM, json!("a short one"), json!({}));
+    let waited = sent.elapsed();
+    assert!(
+        !large.is_finished(),
+        "the small request ({waited:?}) was answered only after the large one"
+    );
+    assert_eq!(large.join().unwrap().unwrap(), 200);
+}

@@ -2,12 +2,19 @@
 //! session) and a bounded queue of tokenized inputs from any number of requests, and runs
 //! them in batches of similar length.
 //!
+//! Fairness: a batch is anchored on each queued request in turn, and while other requests
+//! wait no request takes more than its share of a batch's rows (`max_batch_size` over the
+//! number of requests queued), so with up to `max_batch_size` requests queued each one has
+//! an input in the very next run: a small request waits for at most the run in progress,
+//! never for a large request to finish. With more requests queued, each still runs within
+//! as many runs as there are requests ahead of it.
+//!
 //! Waiting policy: the worker takes whatever is queued the moment it is free, and never
 //! waits for more. Under load, inputs pile up while a batch runs, so batches fill by
 //! themselves; a lone request runs at once and pays no added latency. `scripts/bench`
 //! measures both ends (concurrency 1 and 64) against the bare session.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -81,11 +88,14 @@ struct Request<O> {
     submitted: Instant,
     first_run: OnceLock<Instant>,
     inference_nanos: AtomicU64,
+    /// Submission order: the turn order of batch anchors.
+    seq: u64,
 }
 
 impl<O> Request<O> {
-    fn new(inputs: usize, reply: oneshot::Sender<Reply<O>>) -> Self {
+    fn new(inputs: usize, reply: oneshot::Sender<Reply<O>>, seq: u64) -> Self {
         Self {
+            seq,
             outputs: Mutex::new(std::iter::repeat_with(|| None).take(inputs).collect()),
             remaining: AtomicUsize::new(inputs),
             reply: Mutex::new(Some(reply)),
@@ -131,8 +141,10 @@ struct Item<E: Engine> {
 }
 
 struct Queue<E: Engine> {
+    /// In submission order: a request's inputs lie together, requests in `seq` order.
     items: VecDeque<Item<E>>,
     closed: bool,
+    next_seq: u64,
 }
 
 struct Shared<E: Engine> {
@@ -184,6 +196,7 @@ impl<E: Engine> Batcher<E> {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 closed: false,
+                next_seq: 1,
             }),
             ready: Condvar::new(),
         });
@@ -202,7 +215,9 @@ impl<E: Engine> Batcher<E> {
     /// runs on an idle model.
     pub fn submit(&self, inputs: Vec<E::Input>) -> Result<Pending<E::Output>, BatchError> {
         let (reply_tx, reply) = oneshot::channel();
-        let request = Arc::new(Request::new(inputs.len(), reply_tx));
+        let mut queue = self.shared.queue.lock();
+        queue.next_seq += 1;
+        let request = Arc::new(Request::new(inputs.len(), reply_tx, queue.next_seq));
         if inputs.is_empty() {
             request.send(Ok(Completed {
                 outputs: Vec::new(),
@@ -211,7 +226,6 @@ impl<E: Engine> Batcher<E> {
             }));
             return Ok(Pending { reply });
         }
-        let mut queue = self.shared.queue.lock();
         let queued = queue.items.len();
         let max = self.shared.limits.max_queued_inputs;
         if queued > 0 && queued + inputs.len() > max {
@@ -246,6 +260,7 @@ impl<E: Engine> Drop for Batcher<E> {
 }
 
 fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E) {
+    let mut last_anchor = 0;
     loop {
         let batch = {
             let mut queue = shared.queue.lock();
@@ -268,7 +283,7 @@ fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E) {
                 }
                 shared.ready.wait(&mut queue);
             }
-            let batch = take_batch(&mut queue.items, &shared.limits);
+            let batch = take_batch(&mut queue.items, &shared.limits, &mut last_anchor);
             shared.report_depth(queue.items.len());
             batch
         };
@@ -276,24 +291,52 @@ fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E) {
     }
 }
 
-/// The oldest input and the queued inputs closest to it in length, within the limits: the
-/// oldest always goes (no input waits forever), and similar lengths keep padding small.
-fn take_batch<E: Engine>(items: &mut VecDeque<Item<E>>, limits: &BatchLimits) -> Vec<Item<E>> {
-    let anchor = E::tokens(&items[0].input);
-    let mut candidates: Vec<usize> = (1..items.len()).collect();
-    candidates.sort_by_key(|&i| (E::tokens(&items[i].input).abs_diff(anchor), i));
-    let mut chosen = vec![0];
-    let mut longest = anchor;
-    for i in candidates {
-        if chosen.len() == limits.max_batch_size {
-            break;
+/// The first input of the request after `last_anchor` (in turn, so no request waits
+/// forever), then the queued inputs closest to it in length (similar lengths keep padding
+/// small), within the limits: first at most a fair share of rows per request, then any.
+fn take_batch<E: Engine>(
+    items: &mut VecDeque<Item<E>>,
+    limits: &BatchLimits,
+    last_anchor: &mut u64,
+) -> Vec<Item<E>> {
+    let seq = |i: usize| items[i].request.seq;
+    let firsts: Vec<usize> = (0..items.len())
+        .filter(|&i| i == 0 || seq(i) != seq(i - 1))
+        .collect();
+    let anchor = firsts
+        .iter()
+        .copied()
+        .find(|&i| seq(i) > *last_anchor)
+        .unwrap_or(0);
+    *last_anchor = seq(anchor);
+    let share = (limits.max_batch_size / firsts.len()).max(1);
+    let anchor_tokens = E::tokens(&items[anchor].input);
+    let mut candidates: Vec<usize> = (0..items.len()).filter(|&i| i != anchor).collect();
+    candidates.sort_by_key(|&i| (E::tokens(&items[i].input).abs_diff(anchor_tokens), i));
+
+    let mut chosen = vec![anchor];
+    let mut taken = vec![false; items.len()];
+    taken[anchor] = true;
+    let mut rows_of: HashMap<u64, usize> = HashMap::from([(seq(anchor), 1)]);
+    let mut longest = anchor_tokens;
+    for fair in [true, false] {
+        for &i in &candidates {
+            if chosen.len() == limits.max_batch_size {
+                break;
+            }
+            let rows = rows_of.entry(seq(i)).or_default();
+            if taken[i] || (fair && *rows >= share) {
+                continue;
+            }
+            let longer = longest.max(E::tokens(&items[i].input));
+            if (chosen.len() + 1) * longer > limits.max_batch_tokens {
+                continue;
+            }
+            longest = longer;
+            *rows += 1;
+            taken[i] = true;
+            chosen.push(i);
         }
-        let longer = longest.max(E::tokens(&items[i].input));
-        if (chosen.len() + 1) * longer > limits.max_batch_tokens {
-            continue;
-        }
-        longest = longer;
-        chosen.push(i);
     }
     chosen.sort_unstable();
     let mut batch = Vec::with_capacity(chosen.len());

@@ -39,10 +39,12 @@ const LIMITS: BatchLimits = BatchLimits {
     max_queued_inputs: 10,
 };
 
+/// Fields drop in order: the gate first, so a worker waiting in a gated run is let go
+/// before the batcher joins it.
 struct Harness {
+    gate: mpsc::Sender<()>,
     batcher: Batcher<Fake>,
     runs: mpsc::Receiver<Vec<usize>>,
-    gate: mpsc::Sender<()>,
 }
 
 impl Harness {
@@ -56,9 +58,9 @@ impl Harness {
         };
         let batcher = Batcher::start("fake", engine, limits).unwrap();
         Self {
+            gate,
             batcher,
             runs,
-            gate,
         }
     }
 
@@ -115,6 +117,62 @@ fn outputs_come_back_in_input_order_across_runs() {
     }
     assert_eq!(runs, [vec![50, 45], vec![10, 11], vec![40, 12]]);
     assert_eq!(outputs(pending), [50, 10, 40, 11, 45, 12]);
+    assert_eq!(outputs(blocker), [1]);
+}
+
+/// A 1-input request queued behind a large one runs in the next run, beside it: it once
+/// waited 83 s for a 1,100-input request to finish.
+#[test]
+fn a_small_request_runs_in_the_next_run_beside_a_large_one() {
+    let harness = Harness::start(LIMITS, true, None);
+    let blocker = harness.submit(&[1]);
+    assert_eq!(harness.next_run(), [1]);
+    let large = harness.submit(&[20; 9]);
+    let small = harness.submit(&[5]);
+    harness.release();
+    assert_eq!(harness.next_run(), [20, 20, 5]);
+    harness.release();
+    assert_eq!(outputs(small), [5]);
+    for _ in 0..2 {
+        assert_eq!(harness.next_run(), [20, 20, 20]);
+        harness.release();
+    }
+    assert_eq!(harness.next_run(), [20]);
+    harness.release();
+    assert_eq!(outputs(large), [20; 9]);
+    assert_eq!(outputs(blocker), [1]);
+}
+
+/// With more requests queued than a batch has rows, batches are anchored on each request in
+/// turn: every request runs within as many runs as there are requests.
+#[test]
+fn requests_take_turns_when_they_outnumber_the_rows() {
+    let limits = BatchLimits {
+        max_batch_size: 2,
+        max_queued_inputs: 100,
+        ..LIMITS
+    };
+    let harness = Harness::start(limits, true, None);
+    let blocker = harness.submit(&[1]);
+    assert_eq!(harness.next_run(), [1]);
+    let large: Vec<_> = (0..3).map(|_| harness.submit(&[10; 8])).collect();
+    let odd_one = harness.submit(&[40]);
+    let mut runs_before_it = 0;
+    loop {
+        harness.release();
+        let run = harness.next_run();
+        if run.contains(&40) {
+            break;
+        }
+        runs_before_it += 1;
+    }
+    assert!(
+        runs_before_it < 4,
+        "the odd request waited {runs_before_it} runs"
+    );
+    harness.release();
+    assert_eq!(outputs(odd_one), [40]);
+    drop(large);
     assert_eq!(outputs(blocker), [1]);
 }
 
@@ -206,7 +264,7 @@ fn an_empty_request_is_answered_without_a_run() {
 }
 
 fn items(lengths: &[usize]) -> VecDeque<Item<Fake>> {
-    let request = Arc::new(Request::new(0, oneshot::channel().0));
+    let request = Arc::new(Request::new(0, oneshot::channel().0, 1));
     lengths
         .iter()
         .enumerate()
@@ -225,7 +283,7 @@ fn lengths(batch: &[Item<Fake>]) -> Vec<usize> {
 #[test]
 fn groups_the_oldest_with_inputs_of_similar_length() {
     let mut queue = items(&[10, 50, 11, 30, 9, 12]);
-    let batch = take_batch(&mut queue, &LIMITS);
+    let batch = take_batch(&mut queue, &LIMITS, &mut 0);
     assert_eq!(lengths(&batch), [10, 11, 9]);
     assert_eq!(
         queue.iter().map(|i| i.input).collect::<Vec<_>>(),
@@ -236,8 +294,8 @@ fn groups_the_oldest_with_inputs_of_similar_length() {
 #[test]
 fn respects_the_token_budget_but_always_takes_the_oldest() {
     let mut queue = items(&[60, 45, 40]);
-    assert_eq!(lengths(&take_batch(&mut queue, &LIMITS)), [60]);
-    assert_eq!(lengths(&take_batch(&mut queue, &LIMITS)), [45, 40]);
+    assert_eq!(lengths(&take_batch(&mut queue, &LIMITS, &mut 0)), [60]);
+    assert_eq!(lengths(&take_batch(&mut queue, &LIMITS, &mut 0)), [45, 40]);
     let mut long = items(&[500]);
-    assert_eq!(lengths(&take_batch(&mut long, &LIMITS)), [500]);
+    assert_eq!(lengths(&take_batch(&mut long, &LIMITS, &mut 0)), [500]);
 }
