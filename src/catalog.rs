@@ -70,6 +70,11 @@ impl Catalog {
         }
     }
 
+    /// Whether `name` is a configured model or alias.
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
     /// What `name` loads, if it is servable. May look at the models directories.
     pub fn lookup(&self, name: &str) -> Option<ModelSpec> {
         if let Some(&i) = self.names.get(name) {

@@ -293,3 +293,132 @@ fn a_small_request_does_not_wait_for_a_large_one() {
     );
     assert_eq!(large.join().unwrap().unwrap(), 200);
 }
+
+/// With `allow_hub_downloads`, any name is a Hub id to try: names that fail to load add no
+/// metric series of their own, and credentials in HF_ENDPOINT never reach a client.
+#[test]
+fn unknown_hub_ids_mint_no_metric_series_and_leak_no_credentials() {
+    let home = tempfile::tempdir().unwrap();
+    // Port 9 (discard) refuses: the "mirror" fails fast, with its URL in the error.
+    let server = Server::start_with_env(
+        &["--allow-hub-downloads"],
+        &[
+            ("HF_ENDPOINT", "http://mirror-user:s3cret-token@127.0.0.1:9"),
+            ("HF_HOME", home.path().to_str().unwrap()),
+        ],
+    );
+    for i in 0..5 {
+        let (status, body) = server.post_json(
+            "/v1/embeddings",
+            &json!({"model": format!("someone/missing-{i}"), "input": "x"}),
+        );
+        let message = assert_error(status, &body, 500, Some("model_load_failed"));
+        assert!(message.contains("127.0.0.1:9"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+    let page = server.metrics_page();
+    assert!(!page.contains("missing-"), "{page}");
+    let failed = server.metric(
+        "embedserve_model_loads_total",
+        &[("model", "(unlisted hub id)"), ("result", "error")],
+    );
+    assert_eq!(failed, 5.0);
+}
+
+/// Errors tell a client what went wrong without the server's paths, and repeat at most a
+/// bounded part of what it sent.
+#[test]
+fn errors_hide_server_paths_and_bound_what_they_echo() {
+    let models = tempfile::tempdir().unwrap();
+    let broken = models.path().join("org/broken");
+    common::copy_dir(&common::model_dir("tiny/bert-mean"), &broken);
+    std::fs::write(broken.join("onnx/model.onnx"), b"not a graph").unwrap();
+    let server = Server::start(&["--models-dir", models.path().to_str().unwrap()]);
+
+    let (status, body) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "org/broken", "input": "x"}),
+    );
+    let message = assert_error(status, &body, 500, Some("model_load_failed"));
+    assert!(message.contains("onnx/model.onnx"), "{message}");
+    let root = models.path().to_str().unwrap();
+    assert!(!message.contains(root), "{message}");
+
+    let huge_name = "m".repeat(1 << 20);
+    let (status, body) =
+        server.post_json("/v1/embeddings", &json!({"model": huge_name, "input": "x"}));
+    let message = assert_error(status, &body, 404, Some("model_not_found"));
+    assert!(message.len() < 1024, "a {} byte error", message.len());
+    let (status, body) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "org/broken", "input": "x", "dimensions": "9".repeat(1 << 20)}),
+    );
+    let message = assert_error(status, &body, 400, None);
+    assert!(message.len() < 1024, "a {} byte error", message.len());
+
+    let (status, body) = server.get("/v1/models/%ff%fe");
+    assert_error(status, &body, 400, Some("invalid_path"));
+}
+
+/// A body announced larger than the limit is refused before it is sent: no `100 Continue`.
+#[test]
+fn an_announced_oversized_body_is_refused_before_it_is_sent() {
+    let server = server(&["--max-body-bytes", "1000"]);
+    let mut stream = connect(&server);
+    stream
+        .write_all(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&head));
+}
+
+/// A 5xx is logged once, at its cause, and `/ready` answering 503 while models load is not
+/// logged as an error.
+#[test]
+fn failures_are_logged_once_and_loading_is_no_error() {
+    let models = tempfile::tempdir().unwrap();
+    let broken = models.path().join("org/broken");
+    common::copy_dir(&common::model_dir("tiny/bert-mean"), &broken);
+    std::fs::write(broken.join("onnx/model.onnx"), b"not a graph").unwrap();
+    let minilm = common::model_dir(MINILM);
+    let spec = format!("minilm={}", minilm.to_str().unwrap());
+    let server = Server::start_listening(
+        &[
+            "--models-dir",
+            models.path().to_str().unwrap(),
+            "--model",
+            &spec,
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let mut answered_503 = false;
+    while server.get("/ready").0 == 503 {
+        answered_503 = true;
+    }
+    let (status, _) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "org/broken", "input": "x"}),
+    );
+    assert_eq!(status, 500);
+    let errors: Vec<String> = server
+        .logs()
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .is_ok_and(|record| record["level"] == "ERROR")
+        })
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "one failed load (and {} /ready 503s): {errors:#?}",
+        if answered_503 { "some" } else { "no" }
+    );
+}

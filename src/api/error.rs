@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::batcher::BatchError;
 use crate::cache::CacheError;
+use crate::echo::clip;
 use crate::model::EmbedError;
 
 #[derive(Debug)]
@@ -60,19 +61,57 @@ impl ApiError {
     }
 }
 
+/// `message` with every absolute path shortened to its last two components: clients learn
+/// which file of the model failed, not where the server keeps it (the log has it all).
+pub fn without_server_paths(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find('/') {
+        let starts_path = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c.is_whitespace() || "`'\"([{=:".contains(c));
+        if !starts_path {
+            out.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        let path = &rest[at..];
+        let end = path
+            .find(|c: char| c.is_whitespace() || "`'\")]},;".contains(c))
+            .unwrap_or(path.len());
+        let components: Vec<&str> = path[..end].split('/').filter(|c| !c.is_empty()).collect();
+        if components.len() > 2 {
+            out.push_str(".../");
+            out.push_str(&components[components.len() - 2..].join("/"));
+        } else {
+            out.push_str(&path[..end]);
+        }
+        rest = &path[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl From<CacheError> for ApiError {
     fn from(error: CacheError) -> Self {
         match &error {
-            CacheError::NotFound(_) => Self::new(
+            CacheError::NotFound(name) => Self::new(
                 StatusCode::NOT_FOUND,
-                format!("{error}; GET /v1/models lists the models this server can serve"),
+                format!(
+                    "the model `{}` does not exist; GET /v1/models lists the models this \
+                     server can serve",
+                    clip(name)
+                ),
             )
             .param("model")
             .code("model_not_found"),
-            CacheError::Load { .. } => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
-                    .code("model_load_failed")
-            }
+            CacheError::Load { .. } => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                without_server_paths(&error.to_string()),
+            )
+            .code("model_load_failed"),
         }
     }
 }
@@ -124,7 +163,7 @@ pub async fn unknown_route(method: Method, uri: Uri) -> ApiError {
         format!(
             "unknown route {method} {}; this server answers POST /v1/embeddings, GET /v1/models \
              and GET /v1/models/{{model}}",
-            uri.path()
+            clip(uri.path())
         ),
     )
     .code("not_found")
@@ -133,7 +172,28 @@ pub async fn unknown_route(method: Method, uri: Uri) -> ApiError {
 pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} does not accept {method}", uri.path()),
+        format!("{} does not accept {method}", clip(uri.path())),
     )
     .code("method_not_allowed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_paths_keep_their_last_two_components() {
+        assert_eq!(
+            without_server_paths(
+                "the model `m` could not be loaded: /srv/models/org/m/onnx/model.onnx: no such \
+                 file (in `/srv/models/org/m`)"
+            ),
+            "the model `m` could not be loaded: .../onnx/model.onnx: no such file (in \
+             `.../org/m`)"
+        );
+        assert_eq!(
+            without_server_paths("org/name and 1_Pooling/config.json stay; so does /tmp"),
+            "org/name and 1_Pooling/config.json stay; so does /tmp"
+        );
+    }
 }

@@ -67,7 +67,7 @@ fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-fn too_large(max_body_bytes: usize) -> ApiError {
+pub fn too_large(max_body_bytes: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(
@@ -99,8 +99,9 @@ fn invalid_body(error: serde_path_to_error::Error<serde_json::Error>) -> ApiErro
     if !inner.is_data() {
         return not_json(inner);
     }
-    // The top-level field the error is in; a missing field is named only by the message.
-    let message = inner.to_string();
+    // The top-level field the error is in; a missing field is named only by the message,
+    // which may quote a value the client sent, so it is clipped.
+    let message = crate::echo::clip_to(&inner.to_string(), 512).into_owned();
     let field = match path.split(['.', '[']).next() {
         Some(field) if !field.is_empty() && field != "?" => Some(field.to_string()),
         _ => message

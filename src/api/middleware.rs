@@ -1,5 +1,5 @@
-//! What wraps the routes: API-key authentication, per-request metrics and the request
-//! timeout, each answering in OpenAI's error envelope.
+//! What wraps the routes: API-key authentication, per-request metrics, the request timeout
+//! and the body limit announced by `Content-Length`, each answering in OpenAI's envelope.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +78,24 @@ pub async fn track(request: Request, next: Next) -> Response {
         .with_label_values(&[route.as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Refuses a body that announces more than `server.max_body_bytes` before reading any of
+/// it (and so before `Expect: 100-continue` is answered with `100 Continue`).
+pub async fn refuse_oversized_bodies(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|bytes| bytes > state.max_body_bytes as u64) {
+        return super::json::too_large(state.max_body_bytes).into_response();
+    }
+    next.run(request).await
 }
 
 /// Answers 408 when a request outlives `server.request_timeout`; dropping its future

@@ -19,7 +19,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
 pub use json::ApiJson;
@@ -81,6 +81,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api)
         .merge(metrics)
         .merge(open)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::refuse_oversized_bodies,
+        ))
         .route_layer(axum::middleware::from_fn(middleware::track))
         .fallback(error::unknown_route)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -89,24 +93,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(cors)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-                let id = request
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                tracing::info_span!(
-                    "request",
-                    id,
-                    method = %request.method(),
-                    path = request.uri().path(),
-                    model = tracing::field::Empty,
-                    inputs = tracing::field::Empty,
-                    tokens = tracing::field::Empty,
-                    queue_ms = tracing::field::Empty,
-                    inference_ms = tracing::field::Empty,
-                )
-            }),
+            TraceLayer::new_for_http()
+                // A 5xx is logged once, where it arises (the failed load or run, with its
+                // reason); `/ready` answering 503 while models load is no error at all.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG))
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "request",
+                        id,
+                        method = %request.method(),
+                        path = request.uri().path(),
+                        model = tracing::field::Empty,
+                        inputs = tracing::field::Empty,
+                        tokens = tracing::field::Empty,
+                        queue_ms = tracing::field::Empty,
+                        inference_ms = tracing::field::Empty,
+                    )
+                }),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(CatchPanicLayer::custom(|_| {

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::Serialize;
 
 use super::{ApiError, AppState};
 use crate::cache::CacheError;
+use crate::echo::clip;
 
 #[derive(Serialize)]
 pub struct ModelObject {
@@ -30,6 +32,28 @@ pub struct ModelObject {
 pub struct ModelList {
     object: &'static str,
     data: Vec<ModelObject>,
+}
+
+/// The model id at the end of a route's path, percent-decoded; a path that does not decode
+/// to UTF-8 (`/v1/models/%ff%fe`) gets a 400 in OpenAI's envelope, not axum's plain text.
+pub struct ModelPath(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ModelPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Self(id)),
+            Err(rejection) => Err(ApiError::bad_request(
+                "model",
+                format!(
+                    "the model id in the path is not valid: {}",
+                    rejection.body_text()
+                ),
+            )
+            .code("invalid_path")),
+        }
+    }
 }
 
 fn model_object(id: String, state: &AppState) -> ModelObject {
@@ -65,7 +89,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Json<ModelList> {
 
 pub async fn retrieve(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    ModelPath(id): ModelPath,
 ) -> Result<Json<ModelObject>, ApiError> {
     match state.cache.catalog().lookup(&id) {
         Some(_) => Ok(Json(model_object(id, &state))),
@@ -76,14 +100,15 @@ pub async fn retrieve(
 /// `POST /admin/models/{id}/load`: loads the model now (a no-op when loaded).
 pub async fn admin_post(
     State(state): State<Arc<AppState>>,
-    Path(path): Path<String>,
+    ModelPath(path): ModelPath,
 ) -> Result<Json<ModelObject>, ApiError> {
     // `{*path}` must end the route, so the `/load` suffix is taken off here.
     let Some(id) = path.strip_suffix("/load") else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "unknown admin route /admin/models/{path}; use POST /admin/models/{{model}}/load"
+                "unknown admin route /admin/models/{}; use POST /admin/models/{{model}}/load",
+                clip(&path)
             ),
         )
         .code("not_found"));
@@ -95,7 +120,7 @@ pub async fn admin_post(
 /// `DELETE /admin/models/{id}`: unloads the model (pinned or not); requests in flight finish.
 pub async fn admin_delete(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    ModelPath(id): ModelPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let unloaded = state.cache.unload(&id)?;
     Ok(Json(

@@ -20,7 +20,7 @@ use crate::catalog::Catalog;
 use crate::config::CacheConfig;
 use crate::loader::{Loaded, Loader, ModelLoader};
 use crate::metrics::METRICS;
-use crate::model::{LoadError, ModelSpec};
+use crate::model::{LoadError, ModelSource, ModelSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -34,6 +34,9 @@ pub enum CacheError {
         reason: Arc<LoadError>,
     },
 }
+
+/// The `model` label of failed loads of Hub ids that no configuration names.
+pub const UNLISTED_HUB_ID: &str = "(unlisted hub id)";
 
 /// How a model's load ended; `None` while it runs.
 type Outcome<M> = Option<Result<Arc<M>, Arc<LoadError>>>;
@@ -228,6 +231,16 @@ impl<L: Loader> ModelCache<L> {
             return Err(failure.error.clone());
         }
         tracing::info!(model = %name, source = %spec.config.source, "loading {name} for the first time");
+        // Any Hub id may be asked for (with allow_hub_downloads): one that fails to load must
+        // not add a metric series of its own.
+        let failure_label = if self.catalog.is_configured(&name)
+            || !matches!(spec.config.source, ModelSource::Hub { .. })
+        {
+            name.as_str()
+        } else {
+            UNLISTED_HUB_ID
+        }
+        .to_string();
         let started = Instant::now();
         match self.loader.load(spec).await {
             Ok(Loaded { model, memory }) => {
@@ -250,7 +263,7 @@ impl<L: Loader> ModelCache<L> {
             Err(error) => {
                 METRICS
                     .model_loads
-                    .with_label_values(&[name.as_str(), "error"])
+                    .with_label_values(&[failure_label.as_str(), "error"])
                     .inc();
                 tracing::error!(model = %name, error = %error, "cannot load {name}");
                 let error = Arc::new(error);

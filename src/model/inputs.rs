@@ -63,8 +63,9 @@ impl Model {
                 invalid(
                     "prompt_name",
                     format!(
-                        "model `{}` has no prompt named `{name}`; its prompts are {:?}",
+                        "model `{}` has no prompt named `{}`; its prompts are {:?}",
                         self.name,
+                        crate::echo::clip(name),
                         self.prompts.keys().collect::<Vec<_>>()
                     ),
                 )

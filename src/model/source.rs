@@ -193,10 +193,10 @@ pub async fn download(
 ) -> Result<PathBuf, LoadError> {
     let id = repo.url();
     let fail = |what: &str, e: &dyn fmt::Display| {
-        LoadError::Source(format!(
+        LoadError::Source(without_credentials(&format!(
             "cannot {what} `{id}` from {}: {e}",
             std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into())
-        ))
+        )))
     };
     let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
     let mut builder = ApiBuilder::from_env().with_progress(progress);
@@ -260,6 +260,29 @@ pub async fn download(
 }
 
 const GRAPH: &str = "the ONNX graph";
+
+/// `text` with the user and password of every URL in it (`https://user:secret@host`, as a
+/// mirror in HF_ENDPOINT may carry) replaced by `***`: errors reach clients.
+fn without_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == ')')
+            .unwrap_or(after.len());
+        match after[..authority_end].rfind('@') {
+            Some(userinfo_end) => {
+                out.push_str("***");
+                rest = &after[userinfo_end..];
+            }
+            None => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
+}
 
 /// A file a model needs: the first of `alternatives` that exists.
 struct Needed {
@@ -381,6 +404,23 @@ pub fn looks_like_model(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            without_credentials(
+                "cannot list `o/n` from https://me:s3cret@mirror.example/hf: error sending \
+                 request for url (https://me:s3cret@mirror.example/api/models/o/n)"
+            ),
+            "cannot list `o/n` from https://***@mirror.example/hf: error sending request for \
+             url (https://***@mirror.example/api/models/o/n)"
+        );
+        assert_eq!(
+            without_credentials("http://token@host:8080 and https://plain.example/a@b"),
+            "http://***@host:8080 and https://plain.example/a@b"
+        );
+        assert_eq!(without_credentials("no url here"), "no url here");
+    }
 
     #[test]
     fn parses_sources() {

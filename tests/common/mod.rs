@@ -217,12 +217,17 @@ impl Server {
     /// The value of metric `name` in `/metrics` whose labels include `labels` (summed over
     /// the other labels); 0 when there is no such sample yet.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_in(&self.metrics_page(), name, labels)
+    }
+
+    /// The whole `/metrics` page.
+    pub fn metrics_page(&self) -> String {
         let response = self
             .client
             .get(self.url("/metrics"))
             .send()
             .expect("GET /metrics");
-        metric_in(&response.text().expect("metrics text"), name, labels)
+        response.text().expect("metrics text")
     }
 
     /// Polls `/metrics` until `name` (as `metric` reads it) reaches `at_least`.
