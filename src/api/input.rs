@@ -2,6 +2,7 @@
 //! which element is wrong: a string, an array of strings, an array of token ids, or an array
 //! of arrays of token ids.
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde::Deserialize;
@@ -11,6 +12,21 @@ use crate::model::Input;
 
 const EXPECTED: &str =
     "a string, an array of strings, an array of token ids or an array of arrays of token ids";
+
+thread_local! {
+    /// Most inputs the request being parsed on this thread may hold.
+    static MAX_INPUTS: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Runs `parse` with `input` arrays of more than `max` inputs refused as they are read, so
+/// an over-long array costs no more than its first `max` elements (a 16 MiB body of `""`
+/// took 210 MiB when it was counted only after parsing).
+pub fn with_max_inputs<R>(max: usize, parse: impl FnOnce() -> R) -> R {
+    let outer = MAX_INPUTS.replace(max);
+    let parsed = parse();
+    MAX_INPUTS.set(outer);
+    parsed
+}
 
 /// The inputs of one request, in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,7 +60,14 @@ impl<'de> Visitor<'de> for InputVisitor {
         let mut ids = Vec::new();
         let mut first: Option<&'static str> = None;
         let mut index = 0;
+        let max = MAX_INPUTS.get();
         while let Some(item) = seq.next_element::<Item>()? {
+            if texts_or_lists.len() == max {
+                return Err(de::Error::custom(format!(
+                    "more than {max} inputs in one request; at most {max} are allowed \
+                     (server.max_inputs_per_request)"
+                )));
+            }
             let kind = item.kind();
             match first {
                 None => first = Some(kind),
@@ -172,5 +195,16 @@ mod tests {
         assert!(parse("[1.5]").is_err());
         assert!(parse("{}").is_err());
         assert!(parse("[[1,-2]]").is_err());
+    }
+
+    #[test]
+    fn refuses_more_inputs_than_allowed_while_reading() {
+        let within = with_max_inputs(2, || parse(r#"["a","b"]"#));
+        assert_eq!(within.unwrap().len(), 2);
+        let over = with_max_inputs(2, || parse(r#"["a","b","c"]"#)).unwrap_err();
+        assert!(over.contains("more than 2 inputs"), "{over}");
+        // A flat array of ids is one input, however long.
+        assert!(with_max_inputs(2, || parse("[1,2,3]")).is_ok());
+        assert_eq!(parse(r#"["a","b","c"]"#).unwrap().len(), 3);
     }
 }

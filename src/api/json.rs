@@ -38,17 +38,18 @@ impl<T: DeserializeOwned + Send + 'static> FromRequest<Arc<AppState>> for ApiJso
                     ApiError::new(rejection.status(), rejection.body_text())
                 }
             })?;
-        let value = if body.len() <= PARSE_INLINE_BYTES {
-            parse(&body)?
+        let max_inputs = state.limits.max_inputs_per_request;
+        let inline = body.len() <= PARSE_INLINE_BYTES;
+        let parse = move || super::input::with_max_inputs(max_inputs, || parse(&body));
+        let value = if inline {
+            parse()?
         } else {
-            tokio::task::spawn_blocking(move || parse(&body))
-                .await
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("parsing the body failed: {e}"),
-                    )
-                })??
+            tokio::task::spawn_blocking(parse).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("parsing the body failed: {e}"),
+                )
+            })??
         };
         Ok(Self(value))
     }
