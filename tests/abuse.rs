@@ -325,14 +325,20 @@ fn unknown_hub_ids_mint_no_metric_series_and_leak_no_credentials() {
     assert_eq!(failed, 5.0);
 }
 
-/// Errors tell a client what went wrong without the server's paths, and repeat at most a
-/// bounded part of what it sent.
-#[test]
-fn errors_hide_server_paths_and_bound_what_they_echo() {
+/// A models directory holding `org/broken`: tiny/bert-mean with a graph that is not one.
+fn models_dir_with_a_broken_model() -> tempfile::TempDir {
     let models = tempfile::tempdir().unwrap();
     let broken = models.path().join("org/broken");
     common::copy_dir(&common::model_dir("tiny/bert-mean"), &broken);
     std::fs::write(broken.join("onnx/model.onnx"), b"not a graph").unwrap();
+    models
+}
+
+/// Errors tell a client what went wrong without the server's paths, and repeat at most a
+/// bounded part of what it sent.
+#[test]
+fn errors_hide_server_paths_and_bound_what_they_echo() {
+    let models = models_dir_with_a_broken_model();
     let server = Server::start(&["--models-dir", models.path().to_str().unwrap()]);
 
     let (status, body) = server.post_json(
@@ -380,10 +386,7 @@ fn an_announced_oversized_body_is_refused_before_it_is_sent() {
 /// logged as an error.
 #[test]
 fn failures_are_logged_once_and_loading_is_no_error() {
-    let models = tempfile::tempdir().unwrap();
-    let broken = models.path().join("org/broken");
-    common::copy_dir(&common::model_dir("tiny/bert-mean"), &broken);
-    std::fs::write(broken.join("onnx/model.onnx"), b"not a graph").unwrap();
+    let models = models_dir_with_a_broken_model();
     let minilm = common::model_dir(MINILM);
     let spec = format!("minilm={}", minilm.to_str().unwrap());
     let server = Server::start_listening(

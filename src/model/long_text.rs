@@ -39,7 +39,7 @@ pub const MIN_WINDOW: usize = 16 * 1024;
 pub const WINDOW_BYTES_PER_TOKEN: usize = 64;
 
 /// Returns a text that tokenizes (with `tokenizer`'s truncation) to the same ids as `text`,
-/// and is at most `window << 3` bytes long (plus one word shortened for WordPiece).
+/// and is at most `window << 3` bytes long.
 pub fn bounded<'a>(
     tokenizer: &Tokenizer,
     shortening: &Shortening,
@@ -209,7 +209,8 @@ fn folded_whitespace(tokenizer: &Tokenizer) -> Vec<char> {
     if pairs_fold { single } else { Vec::new() }
 }
 
-/// Shortens the runs `shortening` names; stops once `limit` bytes are written. CJK
+/// Shortens the runs `shortening` names; stops once `limit` bytes are written (or read,
+/// when nothing was shortened before them). CJK
 /// ideographs are words of their own for BERT, so they end runs of letters.
 fn shorten_runs<'a>(text: &'a str, shortening: &Shortening, limit: usize) -> Cow<'a, str> {
     #[derive(PartialEq)]
@@ -239,6 +240,8 @@ fn shorten_runs<'a>(text: &'a str, shortening: &Shortening, limit: usize) -> Cow
             matches!(next, Run::Word(n) if n > keep) || (next == Run::Space && run == Run::Space);
         run = next;
         match (&mut shortened, drop) {
+            // Nothing shortened within the part that can matter: the text stays as it is.
+            (None, false) if at > limit => break,
             (None, true) => shortened = Some(text[..at].to_owned()),
             (Some(out), false) => {
                 out.push(c);
