@@ -2,12 +2,13 @@
 //! session) and a bounded queue of tokenized inputs from any number of requests, and runs
 //! them in batches of similar length.
 //!
-//! Fairness: a batch is anchored on each queued request in turn, and while other requests
-//! wait no request takes more than its share of a batch's rows (`max_batch_size` over the
-//! number of requests queued), so with up to `max_batch_size` requests queued each one has
-//! an input in the very next run: a small request waits for at most the run in progress,
-//! never for a large request to finish. With more requests queued, each still runs within
-//! as many runs as there are requests ahead of it.
+//! Sharing: a batch is anchored on one input of each queued request in turn, so every
+//! request runs within as many runs as there are requests queued; the rest of the batch goes
+//! to the requests with the fewest inputs left (shortest remaining work first, which gives
+//! the least mean latency), among them to the inputs closest in length to the anchor. A
+//! small request thus runs in the next run beside a large one (waiting for at most the run
+//! in progress) instead of after it, and requests of equal size finish one after another
+//! rather than all at the end.
 //!
 //! Waiting policy: the worker takes whatever is queued the moment it is free, and never
 //! waits for more. Under load, inputs pile up while a batch runs, so batches fill by
@@ -292,51 +293,47 @@ fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E) {
 }
 
 /// The first input of the request after `last_anchor` (in turn, so no request waits
-/// forever), then the queued inputs closest to it in length (similar lengths keep padding
-/// small), within the limits: first at most a fair share of rows per request, then any.
+/// forever), then queued inputs by how few inputs their request has left (requests with as
+/// many left in submission order), then by how close their length is to the anchor's
+/// (similar lengths keep padding small), within the limits.
 fn take_batch<E: Engine>(
     items: &mut VecDeque<Item<E>>,
     limits: &BatchLimits,
     last_anchor: &mut u64,
 ) -> Vec<Item<E>> {
     let seq = |i: usize| items[i].request.seq;
-    let firsts: Vec<usize> = (0..items.len())
-        .filter(|&i| i == 0 || seq(i) != seq(i - 1))
-        .collect();
-    let anchor = firsts
-        .iter()
-        .copied()
+    let mut left: HashMap<u64, usize> = HashMap::new();
+    for item in items.iter() {
+        *left.entry(item.request.seq).or_default() += 1;
+    }
+    // A request's inputs lie together, requests in `seq` order.
+    let anchor = (0..items.len())
         .find(|&i| seq(i) > *last_anchor)
         .unwrap_or(0);
     *last_anchor = seq(anchor);
-    let share = (limits.max_batch_size / firsts.len()).max(1);
     let anchor_tokens = E::tokens(&items[anchor].input);
     let mut candidates: Vec<usize> = (0..items.len()).filter(|&i| i != anchor).collect();
-    candidates.sort_by_key(|&i| (E::tokens(&items[i].input).abs_diff(anchor_tokens), i));
+    candidates.sort_by_key(|&i| {
+        let left = left[&seq(i)];
+        // Requests with as many inputs left go one after another (so each finishes sooner);
+        // single inputs, by length alone.
+        let turn = if left > 1 { seq(i) } else { 0 };
+        let closeness = E::tokens(&items[i].input).abs_diff(anchor_tokens);
+        (left, turn, closeness, i)
+    });
 
     let mut chosen = vec![anchor];
-    let mut taken = vec![false; items.len()];
-    taken[anchor] = true;
-    let mut rows_of: HashMap<u64, usize> = HashMap::from([(seq(anchor), 1)]);
     let mut longest = anchor_tokens;
-    for fair in [true, false] {
-        for &i in &candidates {
-            if chosen.len() == limits.max_batch_size {
-                break;
-            }
-            let rows = rows_of.entry(seq(i)).or_default();
-            if taken[i] || (fair && *rows >= share) {
-                continue;
-            }
-            let longer = longest.max(E::tokens(&items[i].input));
-            if (chosen.len() + 1) * longer > limits.max_batch_tokens {
-                continue;
-            }
-            longest = longer;
-            *rows += 1;
-            taken[i] = true;
-            chosen.push(i);
+    for i in candidates {
+        if chosen.len() == limits.max_batch_size {
+            break;
         }
+        let longer = longest.max(E::tokens(&items[i].input));
+        if (chosen.len() + 1) * longer > limits.max_batch_tokens {
+            continue;
+        }
+        longest = longer;
+        chosen.push(i);
     }
     chosen.sort_unstable();
     let mut batch = Vec::with_capacity(chosen.len());

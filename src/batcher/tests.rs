@@ -143,6 +143,25 @@ fn a_small_request_runs_in_the_next_run_beside_a_large_one() {
     assert_eq!(outputs(blocker), [1]);
 }
 
+/// Requests of equal size finish one after another, not all at the end: the first is done
+/// after one run instead of sharing every run with the second.
+#[test]
+fn equal_requests_finish_one_after_another() {
+    let harness = Harness::start(LIMITS, true, None);
+    let blocker = harness.submit(&[1]);
+    assert_eq!(harness.next_run(), [1]);
+    let first = harness.submit(&[10, 11, 12]);
+    let second = harness.submit(&[10, 11, 12]);
+    harness.release();
+    assert_eq!(harness.next_run(), [10, 11, 12]);
+    harness.release();
+    assert_eq!(outputs(first), [10, 11, 12]);
+    assert_eq!(harness.next_run(), [10, 11, 12]);
+    harness.release();
+    assert_eq!(outputs(second), [10, 11, 12]);
+    assert_eq!(outputs(blocker), [1]);
+}
+
 /// With more requests queued than a batch has rows, batches are anchored on each request in
 /// turn: every request runs within as many runs as there are requests.
 #[test]
