@@ -189,7 +189,8 @@ pub struct Watched {
     stream: TcpStream,
     activity: ConnectionActivity,
     limits: ConnectionLimits,
-    deadline: Pin<Box<Sleep>>,
+    /// Wakes the connection's task at its deadline.
+    timer: Pin<Box<Sleep>>,
     draining: Arc<Draining>,
     drain_signal: Pin<Box<tokio::sync::futures::OwnedNotified>>,
     _slot: OwnedSemaphorePermit,
@@ -205,7 +206,7 @@ impl Watched {
                 since: now,
             }))),
             limits: listener.limits,
-            deadline: Box::pin(tokio::time::sleep_until(
+            timer: Box::pin(tokio::time::sleep_until(
                 now + listener.limits.header_read_timeout,
             )),
             drain_signal: Box::pin(listener.draining.notify.clone().notified_owned()),
@@ -215,7 +216,7 @@ impl Watched {
     }
 
     /// The instant this connection must have made progress by, if any; `None` while busy.
-    fn deadline(&self, activity: &Activity) -> Option<Instant> {
+    fn deadline_of(&self, activity: &Activity) -> Option<Instant> {
         let timeout = match activity.phase {
             Phase::Opened | Phase::ReadingHead => self.limits.header_read_timeout,
             Phase::Idle => self.limits.keep_alive_timeout,
@@ -228,7 +229,7 @@ impl Watched {
     /// and no request is in flight. Registers the wake-ups otherwise.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let activity = *self.activity.0.lock();
-        let Some(deadline) = self.deadline(&activity) else {
+        let Some(deadline) = self.deadline_of(&activity) else {
             return false;
         };
         if self.draining.started() {
@@ -237,10 +238,10 @@ impl Watched {
         if self.drain_signal.as_mut().poll(cx).is_ready() {
             return true;
         }
-        if self.deadline.deadline() != deadline {
-            self.deadline.as_mut().reset(deadline);
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
         }
-        self.deadline.as_mut().poll(cx).is_ready()
+        self.timer.as_mut().poll(cx).is_ready()
     }
 }
 
