@@ -130,6 +130,13 @@ pub fn app_state(config: &Config, cache: Arc<ModelCache>, ready: Arc<Readiness>)
         protect_metrics: server.protect_metrics,
         cors_origins: server.cors_origins.clone(),
         request_timeout: server.request_timeout,
+        default_model: server
+            .default_model
+            .clone()
+            .or_else(|| match config.models.as_slice() {
+                [only] => Some(only.effective_name()),
+                _ => None,
+            }),
         started_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

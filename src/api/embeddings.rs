@@ -9,15 +9,18 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::input::RequestInput;
-use super::middleware::ModelLabel;
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, AppState, labelled};
 use crate::model::{EmbedOptions, Embedded};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
     pub model: String,
+    /// A string, an array of strings, an array of token ids or an array of such arrays.
+    #[schema(value_type = Vec<String>)]
     pub input: RequestInput,
+    /// `float` (default) or `base64` (little-endian f32).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub encoding_format: Option<EncodingFormat>,
     #[serde(default)]
     pub dimensions: Option<usize>,
@@ -60,46 +63,55 @@ impl TryFrom<String> for EncodingFormat {
     }
 }
 
-#[derive(Serialize)]
-struct EmbeddingResponse<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EmbeddingResponse<'a> {
     object: &'static str,
     data: Vec<EmbeddingObject>,
     model: &'a str,
     usage: Usage,
 }
 
-#[derive(Serialize)]
-struct EmbeddingObject {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EmbeddingObject {
     object: &'static str,
     index: usize,
     embedding: Vector,
 }
 
-#[derive(Serialize)]
+/// The vector: floats, or base64 of little-endian f32 with `encoding_format: base64`.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
-enum Vector {
+pub enum Vector {
     Float(Vec<f32>),
     Base64(String),
 }
 
-#[derive(Serialize)]
-struct Usage {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Usage {
     prompt_tokens: usize,
     total_tokens: usize,
 }
 
+/// OpenAI's embeddings: one vector per input.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    request_body = EmbeddingRequest,
+    responses(
+        (status = 200, body = EmbeddingResponse),
+        (status = 400, description = "Invalid request, in OpenAI's error envelope"),
+        (status = 404, description = "No such model"),
+        (status = 429, description = "The model's queue is full"),
+    ),
+    tag = "embeddings"
+)]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<EmbeddingRequest>,
 ) -> Response {
     let mut label = None;
-    let mut response = embed(&state, request, &mut label)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    if let Some(model) = label {
-        response.extensions_mut().insert(ModelLabel(model));
-    }
-    response
+    let response = embed(&state, request, &mut label).await;
+    labelled(response, label)
 }
 
 /// The request's work; `label` gets the model's name once the model is known to exist.
@@ -129,11 +141,13 @@ async fn embed(
     let model = state.cache.get(&request.model).await?;
     span.record("model", model.name());
     *label = Some(model.name().to_string());
+    model.require(crate::model::Task::Embedding)?;
     let options = EmbedOptions {
         prompt_name: request.prompt_name.take(),
         truncate: request.truncate,
         dimensions: request.dimensions,
         max_tokens: state.limits.max_tokens_per_request,
+        token_input: None,
     };
     let inputs = std::mem::take(&mut request.input.0);
     let embedded = model.embed(inputs, options).await?;
@@ -144,7 +158,7 @@ async fn embed(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work).await.map_err(|e| {

@@ -28,6 +28,11 @@ pub fn with_max_inputs<R>(max: usize, parse: impl FnOnce() -> R) -> R {
     parsed
 }
 
+/// Most inputs the request being parsed on this thread may hold.
+pub fn max_inputs() -> usize {
+    MAX_INPUTS.get()
+}
+
 /// The inputs of one request, in order.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RequestInput(pub Vec<Input>);
@@ -60,7 +65,7 @@ impl<'de> Visitor<'de> for InputVisitor {
         let mut ids = Vec::new();
         let mut first: Option<&'static str> = None;
         let mut index = 0;
-        let max = MAX_INPUTS.get();
+        let max = max_inputs();
         while let Some(item) = seq.next_element::<Item>()? {
             if texts_or_lists.len() == max {
                 return Err(de::Error::custom(format!(

@@ -6,14 +6,17 @@ mod input;
 mod json;
 mod middleware;
 mod models;
+mod openapi;
 mod ops;
+mod rerank;
+mod tei;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
@@ -36,6 +39,9 @@ pub struct AppState {
     pub protect_metrics: bool,
     pub cors_origins: Vec<String>,
     pub request_timeout: std::time::Duration,
+    /// The model of requests that name none: `server.default_model`, else the only
+    /// configured model.
+    pub default_model: Option<String>,
     /// Unix time the server started: the `created` of every model object.
     pub started_at: u64,
 }
@@ -53,6 +59,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/embeddings", post(embeddings::create))
         .route("/embeddings", post(embeddings::create))
+        .route("/v1/rerank", post(rerank::rerank))
+        .route("/v2/rerank", post(rerank::rerank))
+        .route("/rerank", post(rerank::rerank))
+        .route("/embed", post(tei::embed))
+        .route("/", post(tei::embed))
+        .route("/tokenize", post(tei::tokenize))
+        .route("/info", get(tei::info))
         .route("/v1/models", get(models::list))
         .route("/models", get(models::list))
         // Hub ids contain a slash: `{*id}` takes the rest of the path.
@@ -72,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         metrics = metrics.route_layer(authenticated);
     }
     let open = Router::new()
+        .route("/openapi.json", get(openapi::document))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready));
 
@@ -85,6 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             middleware::refuse_oversized_bodies,
         ))
+        .route_layer(axum::middleware::from_fn(tei::tei_errors))
         .route_layer(axum::middleware::from_fn(middleware::track))
         .fallback(error::unknown_route)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -125,6 +140,32 @@ pub fn router(state: Arc<AppState>) -> Router {
             .into_response()
         }))
         .with_state(state)
+}
+
+/// A handler's result as a response, labelled with the model it was for (once the model is
+/// known to exist) for the request metrics.
+fn labelled(result: Result<Response, ApiError>, model: Option<String>) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    if let Some(model) = model {
+        response
+            .extensions_mut()
+            .insert(middleware::ModelLabel(model));
+    }
+    response
+}
+
+/// The model a request names, else the default model, else a 400 that says how to choose.
+fn requested_model(state: &AppState, model: Option<&str>) -> Result<String, ApiError> {
+    match (model, &state.default_model) {
+        (Some(model), _) => Ok(model.to_string()),
+        (None, Some(default)) => Ok(default.clone()),
+        (None, None) => Err(ApiError::bad_request(
+            "model",
+            "the request names no model and this server has no default: add a `model` field \
+             (GET /v1/models lists them), or start the server with --default-model \
+             (server.default_model)",
+        )),
+    }
 }
 
 /// CORS for the configured origins: none (no headers), `*`, or a list.

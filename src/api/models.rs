@@ -12,13 +12,18 @@ use serde::Serialize;
 use super::{ApiError, AppState};
 use crate::cache::CacheError;
 use crate::echo::clip;
+use crate::model::{ModelSource, Task};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ModelObject {
     id: String,
     object: &'static str,
     created: u64,
     owned_by: &'static str,
+    /// Extension: what the model serves (`embedding` or `rerank`), when its files tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    task: Option<Task>,
     /// Extension: whether the model is in memory now.
     loaded: bool,
     /// Extension: whether the model is exempt from eviction.
@@ -28,7 +33,7 @@ pub struct ModelObject {
     memory_bytes: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ModelList {
     object: &'static str,
     data: Vec<ModelObject>,
@@ -56,9 +61,15 @@ impl<S: Send + Sync> FromRequestParts<S> for ModelPath {
     }
 }
 
+/// Reads the model's files (never loads it): call it off the async runtime.
 fn model_object(id: String, state: &AppState) -> ModelObject {
     let cached = state.cache.state(&id);
+    let task = match state.cache.catalog().lookup(&id).map(|s| s.config.source) {
+        Some(ModelSource::Dir(dir)) => Task::of_dir(&dir).ok(),
+        _ => None,
+    };
     ModelObject {
+        task,
         object: "model",
         created: state.started_at,
         owned_by: "embedserve",
@@ -70,34 +81,58 @@ fn model_object(id: String, state: &AppState) -> ModelObject {
 }
 
 /// Every listable model, then models loaded by Hub id on request (not enumerable otherwise).
-pub async fn list(State(state): State<Arc<AppState>>) -> Json<ModelList> {
-    let mut names = state.cache.catalog().names();
-    for loaded in state.cache.loaded_names() {
-        if !names.contains(&loaded) {
-            names.push(loaded);
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)), tag = "models")]
+pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
+    let listed = tokio::task::spawn_blocking(move || {
+        let mut names = state.cache.catalog().names();
+        for loaded in state.cache.loaded_names() {
+            if !names.contains(&loaded) {
+                names.push(loaded);
+            }
         }
-    }
-    let data = names
-        .into_iter()
-        .map(|id| model_object(id, &state))
-        .collect();
-    Json(ModelList {
+        names
+            .into_iter()
+            .map(|id| model_object(id, &state))
+            .collect()
+    })
+    .await;
+    let data = listed.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("listing the models failed: {e}"),
+        )
+    })?;
+    Ok(Json(ModelList {
         object: "list",
         data,
-    })
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/models/{id}",
+    params(("id" = String, Path, description = "A model id (may contain `/`)")),
+    responses((status = 200, body = ModelObject), (status = 404, description = "No such model")),
+    tag = "models")]
 pub async fn retrieve(
     State(state): State<Arc<AppState>>,
     ModelPath(id): ModelPath,
 ) -> Result<Json<ModelObject>, ApiError> {
-    match state.cache.catalog().lookup(&id) {
-        Some(_) => Ok(Json(model_object(id, &state))),
-        None => Err(CacheError::NotFound(id).into()),
-    }
+    let found = tokio::task::spawn_blocking(move || {
+        state
+            .cache
+            .catalog()
+            .lookup(&id)
+            .map(|_| model_object(id.clone(), &state))
+            .ok_or(CacheError::NotFound(id))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(found?))
 }
 
 /// `POST /admin/models/{id}/load`: loads the model now (a no-op when loaded).
+#[utoipa::path(post, path = "/admin/models/{id}/load",
+    params(("id" = String, Path, description = "A model id")),
+    responses((status = 200, body = ModelObject)), tag = "admin")]
 pub async fn admin_post(
     State(state): State<Arc<AppState>>,
     ModelPath(path): ModelPath,
@@ -114,10 +149,17 @@ pub async fn admin_post(
         .code("not_found"));
     };
     state.cache.get(id).await?;
-    Ok(Json(model_object(id.to_string(), &state)))
+    let id = id.to_string();
+    let object = tokio::task::spawn_blocking(move || model_object(id, &state))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(object))
 }
 
 /// `DELETE /admin/models/{id}`: unloads the model (pinned or not); requests in flight finish.
+#[utoipa::path(delete, path = "/admin/models/{id}",
+    params(("id" = String, Path, description = "A model id")),
+    responses((status = 200, description = "Whether it was loaded")), tag = "admin")]
 pub async fn admin_delete(
     State(state): State<Arc<AppState>>,
     ModelPath(id): ModelPath,

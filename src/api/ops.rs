@@ -35,12 +35,17 @@ impl Readiness {
 }
 
 /// `GET /health`: the process is up and answering.
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "The process answers")), tag = "operations")]
 pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// `GET /ready`: 200 once ONNX Runtime and every preloaded model are ready, else 503 with
 /// the reason.
+#[utoipa::path(get, path = "/ready", responses(
+    (status = 200, description = "Ready to serve"),
+    (status = 503, description = "Not ready, with the reason"),
+), tag = "operations")]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match state.ready.reason() {
         None => Json(json!({"status": "ready"})).into_response(),
@@ -53,6 +58,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `GET /metrics` in Prometheus' text format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")), tag = "operations")]
 pub async fn metrics() -> Response {
     (
         [(

@@ -211,6 +211,10 @@ impl<E: Engine> Batcher<E> {
         })
     }
 
+    pub fn limits(&self) -> BatchLimits {
+        self.shared.limits
+    }
+
     /// Queues `inputs` as one request, or refuses at once when the queue cannot take them.
     /// A request is refused only while others wait, so even one larger than the whole queue
     /// runs on an idle model.

@@ -77,6 +77,7 @@ impl Config {
         self.server.api_key_file = server.api_key_file.or(self.server.api_key_file.take());
         set(&mut self.server.max_connections, server.max_connections);
         set(&mut self.server.drain_delay, server.drain_delay);
+        self.server.default_model = server.default_model.or(self.server.default_model.take());
         self.runtime.library = runtime.ort_library.or(self.runtime.library.take());
         self.runtime.intra_threads = runtime.intra_threads.or(self.runtime.intra_threads);
         set(&mut self.runtime.device, runtime.device);

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub max_tokens_per_request: usize,
     /// How token-id input is read unless a model says otherwise.
     pub token_input: TokenInput,
+    /// The model of requests that name none (TEI's routes, where `model` is optional).
+    /// Unset: the one configured model, if there is exactly one.
+    pub default_model: Option<String>,
     /// Bearer keys accepted on the API routes; none means no authentication.
     pub api_keys: Vec<String>,
     /// A file with more keys, one per line.
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             max_inputs_per_request: 2048,
             max_tokens_per_request: 300_000,
             token_input: TokenInput::default(),
+            default_model: None,
             api_keys: Vec::new(),
             api_key_file: None,
             protect_metrics: false,

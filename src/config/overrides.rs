@@ -54,6 +54,9 @@ pub struct ServerFlags {
     /// On SIGTERM or SIGINT, how long to keep serving with /ready at 503 (e.g. `5s`).
     #[arg(long, value_name = "DURATION", env = "EMBEDSERVE_DRAIN_DELAY", value_parser = humantime::parse_duration)]
     pub drain_delay: Option<std::time::Duration>,
+    /// The model of requests that name none (TEI's routes, where `model` is optional).
+    #[arg(long, value_name = "MODEL", env = "EMBEDSERVE_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

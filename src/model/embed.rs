@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Backend, EmbedError, EmbedOptions, Input, Model, TokenSeq, l2_normalize};
+use super::{Backend, EmbedError, EmbedOptions, Input, Model, Task, TokenSeq, l2_normalize};
 use crate::batcher::{BatchError, Pending};
 use crate::metrics::METRICS;
 
@@ -70,6 +70,7 @@ impl Model {
     }
 
     fn check_dimensions(&self, dimensions: Option<usize>) -> Result<(), EmbedError> {
+        self.require(Task::Embedding)?;
         match dimensions {
             Some(asked) if !(1..=self.dimension).contains(&asked) => Err(EmbedError::Invalid {
                 param: "dimensions",

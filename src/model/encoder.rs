@@ -28,7 +28,8 @@ enum Feed {
 /// What the chosen output holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum OutputKind {
-    /// `[batch, dim]`, already pooled (and perhaps normalised) inside the graph.
+    /// `[batch, dim]`, already pooled (and perhaps normalised) inside the graph; or a
+    /// cross-encoder's `[batch, labels]` logits.
     Pooled,
     /// `[batch, seq, hidden]`, to be pooled here.
     Tokens(Pooling),
@@ -39,6 +40,8 @@ pub struct GraphOptions {
     /// The folder's (or overridden) pooling; ignored when the graph pools itself.
     pub pooling: Option<Pooling>,
     pub head: Head,
+    /// A cross-encoder: its `logits` output is read, one row of label scores per pair.
+    pub scores_pairs: bool,
     pub device: Device,
     pub gpu_mem_limit: Option<u64>,
 }
@@ -91,7 +94,6 @@ impl Encoder {
         let session = builder
             .commit_from_file(onnx)
             .map_err(|e| fail(format!("ONNX Runtime cannot open it: {e}")))?;
-        let GraphOptions { pooling, head, .. } = graph;
 
         let mut feeds = Vec::new();
         for input in session.inputs() {
@@ -121,7 +123,15 @@ impl Encoder {
         }
 
         let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        let (output, kind) = if names.contains(&"sentence_embedding") {
+        let (output, kind) = if graph.scores_pairs {
+            if !names.contains(&"logits") {
+                return Err(fail(format!(
+                    "the folder describes a cross-encoder, but the graph has no `logits` output \
+                     (it has {names:?})"
+                )));
+            }
+            ("logits", OutputKind::Pooled)
+        } else if names.contains(&"sentence_embedding") {
             ("sentence_embedding", OutputKind::Pooled)
         } else {
             let name = ["token_embeddings", "last_hidden_state"]
@@ -133,7 +143,7 @@ impl Encoder {
                          token_embeddings or last_hidden_state)"
                     ))
                 })?;
-            let pooling = pooling.ok_or_else(|| {
+            let pooling = graph.pooling.ok_or_else(|| {
                 fail(format!(
                     "output `{name}` needs pooling, but the model folder has no Pooling module"
                 ))
@@ -154,9 +164,9 @@ impl Encoder {
         };
         let half_output = *ty == TensorElementType::Float16;
         let width = shape.last().and_then(|&d| usize::try_from(d).ok());
-        let head = match (&kind, head.has_dense()) {
-            (OutputKind::Pooled, true) => graph_head(head, width).map_err(fail)?,
-            _ => head,
+        let head = match (&kind, graph.head.has_dense()) {
+            (OutputKind::Pooled, true) => graph_head(graph.head, width).map_err(fail)?,
+            _ => graph.head,
         };
         let run_options = RunOptions::new()
             .map_err(|e| fail(e.to_string()))?
@@ -278,7 +288,7 @@ fn last_dim(shape: &ort::value::Shape) -> usize {
 struct Padded {
     ids: Vec<i64>,
     mask: Vec<i64>,
-    /// Zeros, when the graph takes `token_type_ids`.
+    /// When the graph takes `token_type_ids`: each pair's segment ids, zeros elsewhere.
     types: Vec<i64>,
     /// `0..cols` per row, when the graph takes `position_ids`.
     positions: Vec<i64>,
@@ -298,7 +308,17 @@ impl Padded {
         }
         let needs = |feed: Feed| feeds.iter().any(|(_, f)| *f == feed);
         let types = if needs(Feed::TokenTypeIds) {
-            vec![0i64; rows * cols]
+            let mut types = vec![0i64; rows * cols];
+            for (r, seq) in batch.iter().enumerate() {
+                let row = r * cols;
+                for (dst, &id) in types[row..row + seq.type_ids.len()]
+                    .iter_mut()
+                    .zip(&seq.type_ids)
+                {
+                    *dst = i64::from(id);
+                }
+            }
+            types
         } else {
             Vec::new()
         };

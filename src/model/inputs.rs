@@ -30,6 +30,8 @@ pub struct EmbedOptions {
     pub dimensions: Option<usize>,
     /// Most tokens the request may hold, all inputs together.
     pub max_tokens: usize,
+    /// How token-id inputs are read; the model's setting when `None`.
+    pub token_input: Option<TokenInput>,
 }
 
 impl Default for EmbedOptions {
@@ -39,6 +41,7 @@ impl Default for EmbedOptions {
             truncate: None,
             dimensions: None,
             max_tokens: usize::MAX,
+            token_input: None,
         }
     }
 }
@@ -47,7 +50,52 @@ fn invalid(param: &'static str, message: String) -> EmbedError {
     EmbedError::Invalid { param, message }
 }
 
+/// One token of a text, as TEI's `/tokenize` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Token {
+    pub id: u32,
+    /// The text the token covers (the token itself for special tokens).
+    pub text: String,
+    pub special: bool,
+    /// Byte offsets into the text as tokenized (prompt included); none for special tokens.
+    pub start: Option<usize>,
+    pub stop: Option<usize>,
+}
+
 impl Model {
+    /// The prompt named `name` (none: no prompt).
+    fn prompt(&self, name: Option<&str>) -> Result<&str, EmbedError> {
+        let Some(name) = name else {
+            return Ok("");
+        };
+        self.prompts.get(name).map(String::as_str).ok_or_else(|| {
+            invalid(
+                "prompt_name",
+                format!(
+                    "model `{}` has no prompt named `{}`; its prompts are {:?}",
+                    self.name,
+                    crate::echo::clip(name),
+                    self.prompts.keys().collect::<Vec<_>>()
+                ),
+            )
+        })
+    }
+
+    /// The tokens of `text` as the model reads it: prompt prepended (the default prompt
+    /// when `prompt_name` is `None`), prepared, and truncated like an input.
+    pub fn tokens(
+        &self,
+        text: &str,
+        prompt_name: Option<&str>,
+        add_special_tokens: bool,
+    ) -> Result<Vec<Token>, EmbedError> {
+        let prompt = self.prompt(prompt_name.or(self.default_prompt_name.as_deref()))?;
+        let prepared = self.tokenizer.prepare(prompt, text);
+        self.tokenizer
+            .tokens(&prepared, add_special_tokens)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))
+    }
+
     pub fn tokenize(
         &self,
         inputs: &[Input],
@@ -57,24 +105,12 @@ impl Model {
             .prompt_name
             .as_deref()
             .or(self.default_prompt_name.as_deref());
-        let prompt = match prompt_name {
-            None => "",
-            Some(name) => self.prompts.get(name).ok_or_else(|| {
-                invalid(
-                    "prompt_name",
-                    format!(
-                        "model `{}` has no prompt named `{}`; its prompts are {:?}",
-                        self.name,
-                        crate::echo::clip(name),
-                        self.prompts.keys().collect::<Vec<_>>()
-                    ),
-                )
-            })?,
-        };
+        let prompt = self.prompt(prompt_name)?;
         let pool_from = prompt_name
             .and_then(|n| self.excluded_prompt_lengths.get(n).copied())
             .unwrap_or(0);
         let truncate = options.truncate.unwrap_or(self.truncate);
+        let token_input = options.token_input.unwrap_or(self.token_input);
 
         // Text (typed, or decoded from tiktoken ids) is tokenized in one batch.
         let mut texts = Vec::new();
@@ -88,7 +124,7 @@ impl Model {
                             format!("input[{i}] is an empty list of token ids"),
                         ));
                     }
-                    match self.token_input {
+                    match token_input {
                         TokenInput::Tiktoken => {
                             texts.push(self.tokenizer.prepare(prompt, &decode_cl100k(i, ids)?))
                         }
@@ -132,7 +168,7 @@ impl Model {
         let mut seqs = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
             let seq = match input {
-                Input::Tokens(ids) if self.token_input == TokenInput::Native => {
+                Input::Tokens(ids) if token_input == TokenInput::Native => {
                     if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
                         return Err(invalid(
                             "input",
@@ -149,6 +185,7 @@ impl Model {
                     let keep = ids.len().min(max);
                     TokenSeq {
                         ids: ids[..keep].to_vec(),
+                        type_ids: Vec::new(),
                         pool_from: 0,
                     }
                 }
@@ -159,6 +196,7 @@ impl Model {
                     }
                     TokenSeq {
                         ids: encoding.ids,
+                        type_ids: Vec::new(),
                         pool_from,
                     }
                 }

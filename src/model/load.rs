@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::cross_encoder::CrossEncoder;
 use super::encoder::{Encoder, GraphOptions};
 use super::head::Head;
 use super::pooling::Pooling;
@@ -11,7 +12,7 @@ use super::source;
 use super::st_config::{HeadModule, InputModule, StConfig};
 use super::static_embedding::StaticEmbedding;
 use super::tokenize::{TextPreparation, TextTokenizer};
-use super::{Backend, Batching, EmbedOptions, Input, LoadError, Model, ModelSpec};
+use super::{Backend, Batching, EmbedOptions, Input, LoadError, Model, ModelSpec, RerankOptions};
 use crate::batcher::{BatchLimits, Batcher};
 use crate::metrics::METRICS;
 use crate::runtime::{Device, Runtime};
@@ -26,11 +27,20 @@ impl Model {
             return Err(LoadError::file(dir, "not a directory"));
         }
         let st = StConfig::read(dir)?;
-        let head = Head::load(&head_modules(&st, spec.config.normalize))?;
+        let cross_encoder = CrossEncoder::read(dir)?;
+        let modules = match cross_encoder {
+            // A cross-encoder's logits are its output: nothing pools or follows them.
+            Some(_) => Vec::new(),
+            None => head_modules(&st, spec.config.normalize),
+        };
+        let head = Head::load(&modules)?;
         let mut model = match &st.input {
-            InputModule::Transformer => Self::load_graph(spec, dir, runtime, &st, head)?,
+            InputModule::Transformer => {
+                Self::load_graph(spec, dir, runtime, &st, head, cross_encoder)?
+            }
             InputModule::Static(folder) => Self::load_static(spec, dir, folder, &st, head)?,
         };
+        model.normalizes = modules.last() == Some(&HeadModule::Normalize);
         // Counted from here on: Drop uncounts it, also when the probe fails.
         let device = model.device.to_string();
         METRICS
@@ -42,10 +52,26 @@ impl Model {
             None => dir.to_path_buf(),
         };
         // One real run proves the model works end to end and tells its output width.
-        let probe = model
-            .embed_blocking(&[Input::Text(PROBE_TEXT.into())], &EmbedOptions::default())
-            .map_err(|e| LoadError::file(&what, format!("a test run failed: {e}")))?;
-        model.dimension = probe.vectors[0].len();
+        let failed = |e| LoadError::file(&what, format!("a test run failed: {e}"));
+        model.dimension = match &model.cross_encoder {
+            Some(cross_encoder) => {
+                let options = RerankOptions {
+                    truncate: None,
+                    max_tokens: usize::MAX,
+                    max_tokens_per_document: None,
+                };
+                model
+                    .rerank_blocking(PROBE_TEXT, &[PROBE_TEXT.to_string()], &options)
+                    .map_err(failed)?;
+                cross_encoder.labels.len()
+            }
+            None => {
+                let probe = model
+                    .embed_blocking(&[Input::Text(PROBE_TEXT.into())], &EmbedOptions::default())
+                    .map_err(failed)?;
+                probe.vectors[0].len()
+            }
+        };
         Ok(model)
     }
 
@@ -55,6 +81,7 @@ impl Model {
         runtime: &Runtime,
         st: &StConfig,
         head: Head,
+        cross_encoder: Option<CrossEncoder>,
     ) -> Result<Self, LoadError> {
         let settings = &spec.config;
         let onnx_file = match &settings.onnx_file {
@@ -82,7 +109,10 @@ impl Model {
                     dir.display()
                 ))
             })?;
-        let pooling = settings.pooling.map(Pooling::single).or(st.pooling.clone());
+        let pooling = match cross_encoder {
+            Some(_) => None,
+            None => settings.pooling.map(Pooling::single).or(st.pooling.clone()),
+        };
 
         let tokenizer = TextTokenizer::load(
             &dir.join("tokenizer.json"),
@@ -92,8 +122,9 @@ impl Model {
             },
         )?;
         let graph = GraphOptions {
-            pooling,
+            pooling: pooling.clone(),
             head,
+            scores_pairs: cross_encoder.is_some(),
             device: settings.device.unwrap_or_default(),
             gpu_mem_limit: settings.gpu_mem_limit,
         };
@@ -147,6 +178,8 @@ impl Model {
         model.excluded_prompt_lengths = excluded_prompt_lengths;
         model.embeds_empty = embeds_empty;
         model.device = device;
+        model.cross_encoder = cross_encoder;
+        model.pooling = pooling;
         Ok(model)
     }
 
@@ -189,6 +222,9 @@ impl Model {
             embeds_empty: true,
             tokenizer,
             backend,
+            cross_encoder: None,
+            pooling: None,
+            normalizes: false,
             device: Device::Cpu,
         }
     }

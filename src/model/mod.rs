@@ -1,6 +1,7 @@
 //! A loaded model: its sentence-transformers configuration, tokenizer and ONNX session, and
 //! the one path that turns inputs into the vectors sentence-transformers computes.
 
+mod cross_encoder;
 mod dense;
 mod embed;
 mod encoder;
@@ -9,6 +10,7 @@ mod inputs;
 mod load;
 mod long_text;
 mod pooling;
+mod rerank;
 pub mod source;
 mod st_config;
 mod static_embedding;
@@ -18,13 +20,16 @@ mod weights;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use cross_encoder::{Activation, Task};
 pub use embed::Embedded;
 pub use encoder::Encoder;
-pub use inputs::{EmbedOptions, TokenInput, warm_up_tiktoken};
+pub use inputs::{EmbedOptions, Token, TokenInput, warm_up_tiktoken};
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
+pub use rerank::{RerankOptions, Reranked};
 pub use source::{HubSettings, ModelSource};
 pub use tokenize::TokenSeq;
 
+use cross_encoder::CrossEncoder;
 use static_embedding::StaticEmbedding;
 use tokenize::TextTokenizer;
 
@@ -136,6 +141,12 @@ pub struct Model {
     embeds_empty: bool,
     tokenizer: TextTokenizer,
     backend: Backend,
+    /// Whether the vectors end L2-normalized (the folder's last module is Normalize).
+    normalizes: bool,
+    /// Set for rerankers: the model scores pairs instead of embedding texts.
+    cross_encoder: Option<CrossEncoder>,
+    /// The folder's pooling, as `/info` reports it (`None` for graphs that pool themselves).
+    pooling: Option<Pooling>,
     /// Where it runs: the device the graph got (after `auto`), the CPU for static tables.
     device: Device,
 }
@@ -160,6 +171,22 @@ impl Model {
 
     pub fn max_seq_length(&self) -> Option<usize> {
         self.max_seq_length
+    }
+
+    pub fn normalizes(&self) -> bool {
+        self.normalizes
+    }
+
+    pub fn pooling(&self) -> Option<&Pooling> {
+        self.pooling.as_ref()
+    }
+
+    /// The batcher's limits, for graph models.
+    pub fn batch_limits(&self) -> Option<crate::batcher::BatchLimits> {
+        match &self.backend {
+            Backend::Graph(batcher) => Some(batcher.limits()),
+            Backend::Static(_) => None,
+        }
     }
 }
 

@@ -32,6 +32,18 @@ impl PoolingMode {
         })
     }
 
+    /// The name sentence-transformers 5 gives the mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cls => "cls",
+            Self::Max => "max",
+            Self::Mean => "mean",
+            Self::MeanSqrtLen => "mean_sqrt_len_tokens",
+            Self::WeightedMean => "weightedmean",
+            Self::LastToken => "lasttoken",
+        }
+    }
+
     /// Whether sentence-transformers gives a zero vector for a sequence without tokens (an
     /// all-padding row). CLS and max have nothing to give: a row of padding or an error.
     pub fn pools_nothing_to_zero(self) -> bool {
@@ -71,6 +83,12 @@ impl Pooling {
 
     pub fn single(mode: PoolingMode) -> Self {
         Self { modes: vec![mode] }
+    }
+
+    /// The modes' names, joined by `+` when there are several.
+    pub fn name(&self) -> String {
+        let names: Vec<&str> = self.modes().iter().map(|m| m.name()).collect();
+        names.join("+")
     }
 
     pub fn modes(&self) -> &[PoolingMode] {

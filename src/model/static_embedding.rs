@@ -88,6 +88,7 @@ mod tests {
         let table = StaticEmbedding::load(dir.path(), Head::default(), 3).unwrap();
         let seq = |ids: &[u32]| TokenSeq {
             ids: ids.to_vec(),
+            type_ids: Vec::new(),
             pool_from: 0,
         };
         let out = table

@@ -11,10 +11,12 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 use super::LoadError;
 use super::long_text::{self, Shortening};
 
-/// Token ids of one text, and whether truncation cut it.
+/// Token ids of one text (or pair), and whether truncation cut it.
 #[derive(Debug, Default)]
 pub struct Encoded {
     pub ids: Vec<u32>,
+    /// Segment ids, for pairs only.
+    pub type_ids: Vec<u32>,
     pub truncated: bool,
 }
 
@@ -25,6 +27,9 @@ const PARALLEL_FROM: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSeq {
     pub ids: Vec<u32>,
+    /// Segment ids (`token_type_ids`) of a pair; empty for one text, whose segment ids are
+    /// all zeros.
+    pub type_ids: Vec<u32>,
     /// Leading positions (a prompt) left out of pooling, for `include_prompt = false` models.
     pub pool_from: usize,
 }
@@ -151,6 +156,7 @@ impl TextTokenizer {
         let ids = |e: tokenizers::Encoding| Encoded {
             truncated: !e.get_overflowing().is_empty(),
             ids: e.get_ids().to_vec(),
+            type_ids: Vec::new(),
         };
         let texts = texts
             .iter()
@@ -170,6 +176,80 @@ impl TextTokenizer {
             .tokenizer
             .encode_batch_fast(texts, self.special_tokens())?;
         Ok(encodings.into_iter().map(ids).collect())
+    }
+
+    /// Tokenizes (query, document) pairs as a cross-encoder's tokenizer does: one sequence
+    /// with the special tokens of a pair, segment ids 1 for the document where the tokenizer
+    /// gives them, and the pair truncated together (`longest_first`).
+    pub fn encode_pairs(
+        &self,
+        query: &str,
+        documents: &[String],
+    ) -> Result<Vec<Encoded>, tokenizers::Error> {
+        let bound = |text| long_text::bounded(&self.tokenizer, &self.shortening, text, self.window);
+        let query = bound(query)?;
+        let pairs = documents
+            .iter()
+            .map(|document| Ok((query.as_ref(), bound(document)?)))
+            .collect::<Result<Vec<_>, tokenizers::Error>>()?;
+        let encoded = |e: tokenizers::Encoding| Encoded {
+            truncated: !e.get_overflowing().is_empty(),
+            ids: e.get_ids().to_vec(),
+            type_ids: e.get_type_ids().to_vec(),
+        };
+        if pairs.len() < PARALLEL_FROM {
+            return pairs
+                .into_iter()
+                .map(|pair| self.tokenizer.encode_fast(pair, true).map(encoded))
+                .collect();
+        }
+        let encodings = self.tokenizer.encode_batch_fast(pairs, true)?;
+        Ok(encodings.into_iter().map(encoded).collect())
+    }
+
+    /// The start of `text` that holds its first `max` tokens (without special tokens).
+    pub fn first_tokens<'t>(&self, text: &'t str, max: usize) -> tokenizers::Result<&'t str> {
+        let bounded = long_text::bounded(&self.tokenizer, &self.shortening, text, self.window)?;
+        let encoding = self.tokenizer.encode(bounded.as_ref(), false)?;
+        let offsets = encoding.get_offsets();
+        // Truncation stops at `max_seq_length` tokens, which pairs are cut to anyway.
+        if offsets.len() <= max {
+            return Ok(text);
+        }
+        let end = offsets
+            .get(max.saturating_sub(1))
+            .map_or(0, |&(_, end)| end);
+        Ok(&text[..text.floor_char_boundary(end)])
+    }
+
+    /// The tokens of a prepared text, with the text each covers.
+    pub fn tokens(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> tokenizers::Result<Vec<super::inputs::Token>> {
+        let bounded = long_text::bounded(&self.tokenizer, &self.shortening, text, self.window)?;
+        let encoding = self
+            .tokenizer
+            .encode(bounded.as_ref(), add_special_tokens)?;
+        let specials = encoding.get_special_tokens_mask();
+        Ok(encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_tokens())
+            .zip(encoding.get_offsets())
+            .zip(specials)
+            .map(|(((&id, token), &(start, stop)), &special)| {
+                let covered = (special == 0).then(|| bounded.get(start..stop)).flatten();
+                super::inputs::Token {
+                    id,
+                    text: covered.unwrap_or(token).to_string(),
+                    special: special != 0,
+                    start: covered.map(|_| start),
+                    stop: covered.map(|_| stop),
+                }
+            })
+            .collect())
     }
 
     /// How many leading tokens of a prompted input are the prompt: sentence-transformers counts

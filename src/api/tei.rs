@@ -1,0 +1,304 @@
+//! HuggingFace text-embeddings-inference's routes, so that TEI's clients work unmodified:
+//! `POST /embed` (and `POST /`, where `huggingface_hub.InferenceClient` posts), `POST
+//! /tokenize` and `GET /info`. TEI serves one model; here `model` is an optional field (a
+//! query parameter for `/info`), else the server's default model. Errors on these routes
+//! come in TEI's shape, `{"error", "error_type"}`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::input::RequestInput;
+use super::{ApiError, ApiJson, AppState, labelled, requested_model};
+use crate::model::{EmbedOptions, Task, TokenInput, l2_normalize};
+
+/// Marks a response whose errors take TEI's shape (a TEI-shaped `/rerank` request).
+#[derive(Clone, Copy)]
+pub struct TeiShaped;
+
+/// Routes that only TEI's clients call.
+const TEI_ROUTES: [&str; 4] = ["/", "/embed", "/tokenize", "/info"];
+
+/// TEI's `truncation_direction`: only `Right`, sentence-transformers' own, is supported.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+pub enum TruncationDirection {
+    #[serde(alias = "right")]
+    Right,
+    #[serde(alias = "left")]
+    Left,
+}
+
+impl TruncationDirection {
+    pub fn require_right(self) -> Result<(), ApiError> {
+        match self {
+            Self::Right => Ok(()),
+            Self::Left => Err(ApiError::bad_request(
+                "truncation_direction",
+                "truncation_direction `Left` is not supported: inputs are truncated at the right, \
+                 as sentence-transformers truncates them",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct EmbedRequest {
+    /// A string or a list of strings; token ids are read as the model's own vocabulary.
+    #[schema(value_type = Vec<String>)]
+    inputs: RequestInput,
+    /// The model; `server.default_model` when left out.
+    #[serde(default)]
+    model: Option<String>,
+    /// L2-normalize the vectors (TEI's default: true). `false` gives the model's own output,
+    /// which for models that end in a Normalize module is unit-length too.
+    #[serde(default)]
+    normalize: Option<bool>,
+    /// `false` refuses over-long inputs instead of truncating them.
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: Option<TruncationDirection>,
+    /// A key of the model's prompts.
+    #[serde(default)]
+    prompt_name: Option<String>,
+    /// Matryoshka: keep this many leading dimensions.
+    #[serde(default)]
+    dimensions: Option<usize>,
+}
+
+/// Embeds `inputs`: one vector per input, as a JSON array of arrays.
+#[utoipa::path(
+    post,
+    path = "/embed",
+    request_body = EmbedRequest,
+    responses((status = 200, description = "One vector per input", body = Vec<Vec<f32>>)),
+    tag = "TEI"
+)]
+pub async fn embed(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<EmbedRequest>,
+) -> Response {
+    let mut label = None;
+    let response = embed_vectors(&state, request, &mut label).await;
+    labelled(response, label)
+}
+
+async fn embed_vectors(
+    state: &AppState,
+    request: EmbedRequest,
+    label: &mut Option<String>,
+) -> Result<Response, ApiError> {
+    let inputs = request.inputs.0;
+    if inputs.is_empty() {
+        return Err(ApiError::bad_request("inputs", "inputs must not be empty").code("empty"));
+    }
+    if let Some(direction) = request.truncation_direction {
+        direction.require_right()?;
+    }
+    let name = requested_model(state, request.model.as_deref())?;
+    let model = state.cache.get(&name).await?;
+    *label = Some(model.name().to_string());
+    let span = tracing::Span::current();
+    span.record("model", model.name());
+    span.record("inputs", inputs.len());
+    let options = EmbedOptions {
+        prompt_name: request.prompt_name,
+        truncate: request.truncate,
+        dimensions: request.dimensions,
+        max_tokens: state.limits.max_tokens_per_request,
+        token_input: Some(TokenInput::Native),
+    };
+    let normalize = request.normalize.unwrap_or(true) && !model.normalizes();
+    let mut embedded = model.embed(inputs, options).await?;
+    span.record("tokens", embedded.tokens);
+    if normalize && request.dimensions.is_none() {
+        embedded.vectors.iter_mut().for_each(|v| l2_normalize(v));
+    }
+    let vectors = embedded.vectors;
+    let body = super::embeddings::blocking(move || serde_json::to_vec(&vectors)).await?;
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the response: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct TokenizeRequest {
+    /// A string or a list of strings.
+    #[schema(value_type = Vec<String>)]
+    inputs: RequestInput,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default = "yes")]
+    add_special_tokens: bool,
+    #[serde(default)]
+    prompt_name: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Tokenizes `inputs` as the model does before embedding them (truncation included).
+#[utoipa::path(
+    post,
+    path = "/tokenize",
+    request_body = TokenizeRequest,
+    responses((status = 200, description = "The tokens of each input",
+               body = Vec<Vec<crate::model::Token>>)),
+    tag = "TEI"
+)]
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<TokenizeRequest>,
+) -> Result<Response, ApiError> {
+    let mut texts = Vec::with_capacity(request.inputs.0.len());
+    for (i, input) in request.inputs.0.into_iter().enumerate() {
+        match input {
+            crate::model::Input::Text(text) => texts.push(text),
+            crate::model::Input::Tokens(_) => {
+                return Err(ApiError::bad_request(
+                    "inputs",
+                    format!("inputs[{i}] is not a string: only text can be tokenized"),
+                ));
+            }
+        }
+    }
+    let name = requested_model(&state, request.model.as_deref())?;
+    let model = state.cache.get(&name).await?;
+    let label = model.name().to_string();
+    let add_special_tokens = request.add_special_tokens;
+    let prompt_name = request.prompt_name;
+    let tokens = super::embeddings::blocking(move || {
+        texts
+            .iter()
+            .map(|text| model.tokens(text, prompt_name.as_deref(), add_special_tokens))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(labelled(
+        tokens
+            .map(|tokens| axum::Json(tokens).into_response())
+            .map_err(ApiError::from),
+        Some(label),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InfoQuery {
+    model: Option<String>,
+}
+
+/// TEI's `/info`, for the default model (or `?model=`), loading it when needed.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Info {
+    model_id: String,
+    model_sha: Option<String>,
+    model_dtype: &'static str,
+    #[schema(value_type = Object)]
+    model_type: serde_json::Value,
+    max_concurrent_requests: usize,
+    max_input_length: usize,
+    max_batch_tokens: usize,
+    max_batch_requests: Option<usize>,
+    max_client_batch_size: usize,
+    auto_truncate: bool,
+    tokenization_workers: usize,
+    version: &'static str,
+    sha: Option<String>,
+    docker_label: Option<String>,
+}
+
+/// What the server runs: the model, its task and limits, as TEI describes itself.
+#[utoipa::path(
+    get,
+    path = "/info",
+    params(("model" = Option<String>, Query, description = "The model; the default model when left out")),
+    responses((status = 200, description = "The model and its limits", body = Info)),
+    tag = "TEI"
+)]
+pub async fn info(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<InfoQuery>,
+) -> Result<Response, ApiError> {
+    let name = requested_model(&state, query.model.as_deref())?;
+    let model = state.cache.get(&name).await?;
+    let model_type = match model.task() {
+        Task::Embedding => serde_json::json!({"embedding": {
+            "pooling": model.pooling().map_or_else(|| "in the graph".to_string(), |p| p.name())
+        }}),
+        Task::Rerank => {
+            let id2label = model.labels().cloned().unwrap_or_default();
+            let label2id: serde_json::Map<String, serde_json::Value> = id2label
+                .iter()
+                .map(|(id, label)| (label.clone(), id.parse::<u64>().unwrap_or(0).into()))
+                .collect();
+            serde_json::json!({"reranker": {"id2label": id2label, "label2id": label2id}})
+        }
+    };
+    let limits = model.batch_limits();
+    let parallelism = std::thread::available_parallelism().map_or(1, usize::from);
+    let info = Info {
+        model_id: name,
+        model_sha: None,
+        model_dtype: "float32",
+        model_type,
+        max_concurrent_requests: limits.map_or(usize::MAX, |l| l.max_queued_inputs),
+        max_input_length: model.max_seq_length().unwrap_or(usize::MAX),
+        max_batch_tokens: limits.map_or(usize::MAX, |l| l.max_batch_tokens),
+        max_batch_requests: limits.map(|l| l.max_batch_size),
+        max_client_batch_size: state.limits.max_inputs_per_request,
+        auto_truncate: true,
+        tokenization_workers: parallelism,
+        version: env!("CARGO_PKG_VERSION"),
+        sha: None,
+        docker_label: None,
+    };
+    Ok(labelled(
+        Ok(axum::Json(info).into_response()),
+        Some(model.name().to_string()),
+    ))
+}
+
+/// Rewrites the OpenAI envelope of an error into TEI's `{"error", "error_type"}` on TEI's
+/// routes and for TEI-shaped requests, whichever layer made it (authentication, the body
+/// limit, the handler).
+pub async fn tei_errors(request: Request, next: Next) -> Response {
+    let tei_route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| TEI_ROUTES.contains(&p.as_str()));
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_success() || !(tei_route || response.extensions().get::<TeiShaped>().is_some()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Errors are small; a body that is not one of ours passes through unchanged.
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "error body unreadable").into_response();
+    };
+    let Ok(envelope) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let error = &envelope["error"];
+    let message = error["message"].as_str().unwrap_or_default();
+    let error_type = match (status, error["code"].as_str()) {
+        (StatusCode::TOO_MANY_REQUESTS, _) => "overloaded",
+        (StatusCode::SERVICE_UNAVAILABLE, _) => "unhealthy",
+        (s, _) if s.is_server_error() => "backend",
+        (_, Some("empty")) => "empty",
+        _ => "validation",
+    };
+    let body = serde_json::json!({"error": message, "error_type": error_type}).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}

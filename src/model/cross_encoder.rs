@@ -1,0 +1,259 @@
+//! Cross-encoders (rerankers): how a folder is told to be one, and how its logits become the
+//! scores `CrossEncoder.predict` returns.
+//!
+//! A folder is a cross-encoder when `config_sentence_transformers.json` says `model_type:
+//! "CrossEncoder"` (sentence-transformers 5 writes this), or, in older Hub repos that have
+//! no such file, when `config.json` names a `*ForSequenceClassification` architecture and no
+//! `modules.json` gives it a Pooling module.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::LoadError;
+use super::st_config::{read_json, read_modules};
+
+/// What a model serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Text in, a vector out (`/v1/embeddings`, TEI's `/embed`).
+    Embedding,
+    /// A (query, document) pair in, a relevance score out (`/v1/rerank`).
+    Rerank,
+}
+
+impl Task {
+    /// Of the folder's files alone, without loading anything.
+    pub fn of_dir(dir: &Path) -> Result<Self, LoadError> {
+        Ok(if CrossEncoder::read(dir)?.is_some() {
+            Self::Rerank
+        } else {
+            Self::Embedding
+        })
+    }
+}
+
+/// The function `CrossEncoder.predict` applies to a logit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Sigmoid,
+    Identity,
+    Tanh,
+}
+
+impl Activation {
+    pub fn apply(self, logit: f32) -> f32 {
+        match self {
+            Self::Sigmoid => 1.0 / (1.0 + (-logit).exp()),
+            Self::Identity => logit,
+            Self::Tanh => logit.tanh(),
+        }
+    }
+
+    /// From the class path sentence-transformers stores (`torch.nn.modules.activation.Sigmoid`).
+    fn from_class_path(path: &str) -> Option<Self> {
+        match path.rsplit('.').next() {
+            Some("Sigmoid") => Some(Self::Sigmoid),
+            Some("Identity") => Some(Self::Identity),
+            Some("Tanh") => Some(Self::Tanh),
+            _ => None,
+        }
+    }
+}
+
+/// What the folder says about its cross-encoder head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossEncoder {
+    pub activation: Activation,
+    /// `config.json` → `id2label`.
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+struct StFile {
+    model_type: Option<String>,
+    activation_fn: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct TransformerFile {
+    #[serde(default)]
+    architectures: Vec<String>,
+    id2label: Option<BTreeMap<String, String>>,
+    num_labels: Option<usize>,
+    sentence_transformers: Option<LegacyStSection>,
+    sbert_ce_default_activation_function: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct LegacyStSection {
+    activation_fn: Option<String>,
+}
+
+impl CrossEncoder {
+    /// `None` when the folder is not a cross-encoder.
+    pub fn read(dir: &Path) -> Result<Option<Self>, LoadError> {
+        let st: StFile = read_json(dir, "config_sentence_transformers.json")?.unwrap_or_default();
+        let transformer: TransformerFile = read_json(dir, "config.json")?.unwrap_or_default();
+        let is_cross_encoder = match st.model_type.as_deref() {
+            Some("CrossEncoder") => true,
+            Some(_) => false,
+            None => {
+                let classifies = transformer
+                    .architectures
+                    .iter()
+                    .any(|a| a.ends_with("ForSequenceClassification"));
+                classifies
+                    && !read_modules(dir)?
+                        .iter()
+                        .any(|m| m.class_name() == "Pooling")
+            }
+        };
+        if !is_cross_encoder {
+            return Ok(None);
+        }
+        // transformers' default when a config names no labels is two.
+        let labels = transformer.id2label.unwrap_or_else(|| {
+            (0..transformer.num_labels.unwrap_or(2))
+                .map(|i| (i.to_string(), format!("LABEL_{i}")))
+                .collect()
+        });
+        if labels.len() != 1 {
+            return Err(LoadError::file(
+                dir.join("config.json"),
+                format!(
+                    "the classifier has {} labels; only cross-encoders with one label (rerankers) \
+                     are served",
+                    labels.len()
+                ),
+            ));
+        }
+        // Where sentence-transformers looks, newest first.
+        let named = st
+            .activation_fn
+            .or(transformer
+                .sentence_transformers
+                .and_then(|s| s.activation_fn))
+            .or(transformer.sbert_ce_default_activation_function);
+        let activation = match named {
+            None => Activation::Sigmoid,
+            // Without trust_remote_code sentence-transformers imports only torch's own
+            // classes, and uses its default otherwise.
+            Some(path) if !path.starts_with("torch.") => {
+                tracing::warn!(
+                    "{}: activation `{path}` is not one of torch's; using Sigmoid, as \
+                     sentence-transformers does without trust_remote_code",
+                    dir.display()
+                );
+                Activation::Sigmoid
+            }
+            Some(path) => Activation::from_class_path(&path).ok_or_else(|| {
+                LoadError::file(
+                    dir.join("config_sentence_transformers.json"),
+                    format!(
+                        "activation_fn `{path}` is not supported (supported: Sigmoid, Identity, \
+                         Tanh)"
+                    ),
+                )
+            })?,
+        };
+        Ok(Some(Self { activation, labels }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn models() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
+    }
+
+    #[test]
+    fn reads_both_layouts_of_the_fixtures() {
+        for layout in ["rerank", "rerank-legacy"] {
+            for name in ["bert-cross-encoder", "xlmr-reranker"] {
+                let dir = models().join(layout).join(name);
+                let ce = CrossEncoder::read(&dir).unwrap().expect("a cross-encoder");
+                assert_eq!(ce.activation, Activation::Sigmoid, "{layout}/{name}");
+                assert_eq!(ce.labels.len(), 1);
+                assert_eq!(Task::of_dir(&dir).unwrap(), Task::Rerank);
+            }
+        }
+        let minilm = models().join("sentence-transformers/all-MiniLM-L6-v2");
+        assert_eq!(Task::of_dir(&minilm).unwrap(), Task::Embedding);
+    }
+
+    fn read_with(files: &[(&str, &str)]) -> Result<Option<CrossEncoder>, LoadError> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        CrossEncoder::read(dir.path())
+    }
+
+    #[test]
+    fn finds_the_activation_where_each_version_wrote_it() {
+        let one_label =
+            r#""architectures": ["BertForSequenceClassification"], "id2label": {"0": "LABEL_0"}"#;
+        let activation = |config: String| {
+            read_with(&[("config.json", &config)])
+                .unwrap()
+                .unwrap()
+                .activation
+        };
+        assert_eq!(activation(format!("{{{one_label}}}")), Activation::Sigmoid);
+        assert_eq!(
+            activation(format!(
+                r#"{{{one_label}, "sbert_ce_default_activation_function": "torch.nn.modules.linear.Identity"}}"#
+            )),
+            Activation::Identity
+        );
+        assert_eq!(
+            activation(format!(
+                r#"{{{one_label}, "sentence_transformers": {{"activation_fn": "torch.nn.modules.activation.Tanh"}}}}"#
+            )),
+            Activation::Tanh
+        );
+        let st5 = read_with(&[
+            ("config.json", &format!("{{{one_label}}}")),
+            (
+                "config_sentence_transformers.json",
+                r#"{"model_type": "CrossEncoder", "activation_fn": "torch.nn.modules.linear.Identity"}"#,
+            ),
+        ]);
+        assert_eq!(st5.unwrap().unwrap().activation, Activation::Identity);
+        let softmax = read_with(&[(
+            "config.json",
+            &format!(
+                r#"{{{one_label}, "sentence_transformers": {{"activation_fn": "torch.nn.Softmax"}}}}"#
+            ),
+        )]);
+        assert!(softmax.unwrap_err().to_string().contains("Softmax"));
+    }
+
+    #[test]
+    fn embedding_models_and_classifiers_are_not_rerankers() {
+        let pooled = read_with(&[
+            (
+                "config.json",
+                r#"{"architectures": ["BertForSequenceClassification"], "id2label": {"0": "A"}}"#,
+            ),
+            (
+                "modules.json",
+                r#"[{"path": "", "type": "sentence_transformers.models.Transformer"},
+                    {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]"#,
+            ),
+        ]);
+        assert_eq!(pooled.unwrap(), None);
+        let classifier = read_with(&[(
+            "config.json",
+            r#"{"architectures": ["BertForSequenceClassification"], "id2label": {"0": "NEG", "1": "POS"}}"#,
+        )]);
+        assert!(classifier.unwrap_err().to_string().contains("2 labels"));
+        assert_eq!(read_with(&[]).unwrap(), None);
+    }
+}

@@ -1,0 +1,198 @@
+//! The rerank use case: a query and its documents in, one score per document out, computed
+//! as sentence-transformers' `CrossEncoder.predict` computes it. Pairs queue on the model's
+//! batcher like embedding inputs, so pairs of many requests share runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::cross_encoder::{Activation, Task};
+use super::tokenize::TokenSeq;
+use super::{Backend, EmbedError, Model};
+use crate::batcher::Pending;
+
+/// What a rerank request asks besides its texts.
+#[derive(Debug, Clone)]
+pub struct RerankOptions {
+    /// Whether over-long pairs are truncated (else refused); the model's setting when `None`.
+    pub truncate: Option<bool>,
+    /// Most tokens the request may hold, all pairs together.
+    pub max_tokens: usize,
+    /// Each document is first cut to this many of its own tokens (Cohere's
+    /// `max_tokens_per_doc`).
+    pub max_tokens_per_document: Option<usize>,
+}
+
+/// Each document's score, in document order, and what they cost.
+#[derive(Debug)]
+pub struct Reranked {
+    /// The graph's logit for each pair.
+    pub logits: Vec<f32>,
+    /// The logits through the model's activation: `CrossEncoder.predict`'s scores.
+    pub scores: Vec<f32>,
+    /// Tokens of all pairs, after truncation.
+    pub tokens: usize,
+    pub queued: Duration,
+    pub inference: Duration,
+}
+
+impl Model {
+    /// What this model serves.
+    pub fn task(&self) -> Task {
+        if self.cross_encoder.is_some() {
+            Task::Rerank
+        } else {
+            Task::Embedding
+        }
+    }
+
+    /// The activation turning logits into scores, for cross-encoders.
+    pub fn activation(&self) -> Option<Activation> {
+        self.cross_encoder.as_ref().map(|c| c.activation)
+    }
+
+    /// `config.json`'s labels, for cross-encoders.
+    pub fn labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.cross_encoder.as_ref().map(|c| &c.labels)
+    }
+
+    /// Scores each document against `query`. Tokenizing runs on the blocking pool; waiting
+    /// for the batcher holds no thread.
+    pub async fn rerank(
+        self: Arc<Self>,
+        query: String,
+        documents: Arc<Vec<String>>,
+        options: RerankOptions,
+    ) -> Result<Reranked, EmbedError> {
+        let model = self.clone();
+        let (pending, tokens) =
+            tokio::task::spawn_blocking(move || model.start_pairs(&query, &documents, &options))
+                .await
+                .map_err(|e| EmbedError::Task(e.to_string()))??;
+        self.scored(pending.wait().await, tokens)
+    }
+
+    /// `rerank` on the calling thread, which must not be an async worker.
+    pub fn rerank_blocking(
+        &self,
+        query: &str,
+        documents: &[String],
+        options: &RerankOptions,
+    ) -> Result<Reranked, EmbedError> {
+        let (pending, tokens) = self.start_pairs(query, documents, options)?;
+        self.scored(pending.wait_blocking(), tokens)
+    }
+
+    /// Refuses a request of the wrong kind for this model, naming the route it belongs to.
+    pub fn require(&self, task: Task) -> Result<(), EmbedError> {
+        let message = match (task, self.task()) {
+            (asked, served) if asked == served => return Ok(()),
+            (Task::Embedding, _) => format!(
+                "model `{}` is a reranker (cross-encoder): it scores (query, document) pairs and \
+                 has no embeddings; send it to POST /v1/rerank",
+                self.name
+            ),
+            (Task::Rerank, _) => format!(
+                "model `{}` is an embedding model, not a reranker (cross-encoder); send it to \
+                 POST /v1/embeddings",
+                self.name
+            ),
+        };
+        Err(EmbedError::Invalid {
+            param: "model",
+            message,
+        })
+    }
+
+    fn start_pairs(
+        &self,
+        query: &str,
+        documents: &[String],
+        options: &RerankOptions,
+    ) -> Result<(Pending<Vec<f32>>, usize), EmbedError> {
+        self.require(Task::Rerank)?;
+        let Backend::Graph(batcher) = &self.backend else {
+            return Err(EmbedError::Task(
+                "a cross-encoder runs as a graph".to_string(),
+            ));
+        };
+        let query = self.tokenizer.prepare("", query);
+        let documents = documents
+            .iter()
+            .map(|d| {
+                let prepared = self.tokenizer.prepare("", d);
+                match options.max_tokens_per_document {
+                    Some(max) => self
+                        .tokenizer
+                        .first_tokens(&prepared, max)
+                        .map(str::to_string),
+                    None => Ok(prepared),
+                }
+            })
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let encoded = self
+            .tokenizer
+            .encode_pairs(&query, &documents)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let truncate = options.truncate.unwrap_or(self.truncate);
+        let mut tokens = 0;
+        let mut seqs = Vec::with_capacity(encoded.len());
+        for (i, pair) in encoded.into_iter().enumerate() {
+            if pair.truncated && !truncate {
+                return Err(EmbedError::Invalid {
+                    param: "documents",
+                    message: format!(
+                        "the query with document {i} is longer than the {} tokens model `{}` \
+                         takes, and truncation is off",
+                        self.max_seq_length.unwrap_or_default(),
+                        self.name
+                    ),
+                });
+            }
+            tokens += pair.ids.len();
+            seqs.push(TokenSeq {
+                ids: pair.ids,
+                type_ids: pair.type_ids,
+                pool_from: 0,
+            });
+        }
+        if tokens > options.max_tokens {
+            return Err(EmbedError::Invalid {
+                param: "documents",
+                message: format!(
+                    "the query and documents hold {tokens} tokens as pairs; at most {} are \
+                     allowed per request (server.max_tokens_per_request): send fewer documents",
+                    options.max_tokens
+                ),
+            });
+        }
+        Ok((batcher.submit(seqs)?, tokens))
+    }
+
+    fn scored(
+        &self,
+        reply: Result<crate::batcher::Completed<Vec<f32>>, crate::batcher::BatchError>,
+        tokens: usize,
+    ) -> Result<Reranked, EmbedError> {
+        let completed = reply?;
+        let activation = self.activation().unwrap_or(Activation::Identity);
+        let logits: Vec<f32> = completed
+            .outputs
+            .iter()
+            .map(|row| row.first().copied().unwrap_or(f32::NAN))
+            .collect();
+        if let Some(i) = logits.iter().position(|l| !l.is_finite()) {
+            return Err(EmbedError::Task(format!(
+                "model `{}` gave no finite score for document {i}",
+                self.name
+            )));
+        }
+        Ok(Reranked {
+            scores: logits.iter().map(|&l| activation.apply(l)).collect(),
+            logits,
+            tokens,
+            queued: completed.queued,
+            inference: completed.inference,
+        })
+    }
+}

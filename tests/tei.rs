@@ -1,0 +1,213 @@
+//! TEI's routes as TEI's clients call them: `/embed` and `/` give sentence-transformers'
+//! vectors, the model comes from the request or the server's default, `/tokenize` and
+//! `/info` describe the model, errors come in TEI's shape, and `/openapi.json` lists every
+//! route.
+
+mod common;
+
+use common::{Server, cosine, models_root_arg, reference};
+use serde_json::{Value, json};
+
+const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+fn vectors(json: &Value) -> Vec<Vec<f32>> {
+    json.as_array()
+        .unwrap_or_else(|| panic!("not a list of vectors: {json}"))
+        .iter()
+        .map(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()
+}
+
+#[test]
+fn embed_gives_the_reference_vectors_of_the_default_or_named_model() {
+    let root = models_root_arg();
+    let server = Server::start(&["--models-dir", &root, "--default-model", MINILM]);
+    let cases = reference(MINILM).cases;
+    let inputs: Vec<&str> = cases.iter().map(|c| c.input.as_str()).collect();
+    for route in ["/embed", "/"] {
+        let (status, json) = server.post_json(route, &json!({"inputs": inputs}));
+        assert_eq!(status, 200, "{json}");
+        for (got, case) in vectors(&json).iter().zip(&cases) {
+            assert!(
+                cosine(got, &case.embedding) >= 0.99999,
+                "{route} {:?}",
+                case.input
+            );
+        }
+    }
+    let (_, one) = server.post_json("/embed", &json!({"inputs": cases[0].input}));
+    assert_eq!(vectors(&one).len(), 1);
+    assert!(cosine(&vectors(&one)[0], &cases[0].embedding) >= 0.99999);
+
+    // A model without Normalize: TEI normalizes by default, `normalize: false` gives
+    // sentence-transformers' own vector.
+    let cls = "tiny/bert-cls";
+    let case = reference(cls).cases.remove(0);
+    let (_, raw) = server.post_json(
+        "/embed",
+        &json!({"model": cls, "inputs": case.input, "normalize": false}),
+    );
+    let raw = vectors(&raw).remove(0);
+    assert!(cosine(&raw, &case.embedding) >= 0.99999);
+    assert!((norm(&raw) - norm(&case.embedding)).abs() < 1e-3 * norm(&case.embedding));
+    let (_, normalized) = server.post_json("/embed", &json!({"model": cls, "inputs": case.input}));
+    let normalized = vectors(&normalized).remove(0);
+    assert!((norm(&normalized) - 1.0).abs() < 1e-6);
+    assert!(cosine(&normalized, &case.embedding) >= 0.99999);
+
+    let (_, short) = server.post_json("/embed", &json!({"inputs": "hello", "dimensions": 8}));
+    assert_eq!(vectors(&short)[0].len(), 8);
+}
+
+#[test]
+fn the_only_configured_model_is_the_default_and_none_is_a_tei_error() {
+    let root = models_root_arg();
+    let server = Server::start(&["--models-dir", &root, "--model", MINILM]);
+    let (status, json) = server.post_json("/embed", &json!({"inputs": ["a"]}));
+    assert_eq!(status, 200, "{json}");
+    let (status, info) = server.get("/info");
+    assert_eq!(status, 200);
+    assert_eq!(info["model_id"], MINILM);
+    assert_eq!(info["model_type"]["embedding"]["pooling"], "mean");
+    assert_eq!(info["max_input_length"], 256);
+    let (_, info) = server.get("/info?model=rerank/xlmr-reranker");
+    assert_eq!(
+        info["model_type"]["reranker"]["id2label"]["0"], "LABEL_0",
+        "{info}"
+    );
+    assert_eq!(info["max_input_length"], 64);
+
+    let server = Server::start(&["--models-dir", &root]);
+    for (route, body) in [
+        ("/embed", json!({"inputs": "a"})),
+        ("/", json!({"inputs": "a"})),
+        ("/tokenize", json!({"inputs": "a"})),
+        ("/rerank", json!({"query": "q", "texts": ["a"]})),
+    ] {
+        let (status, json) = server.post_json(route, &body);
+        assert_eq!(status, 400, "{route}: {json}");
+        assert_eq!(json["error_type"], "validation", "{route}: {json}");
+        assert!(
+            json["error"].as_str().unwrap().contains("--default-model"),
+            "{json}"
+        );
+    }
+    let (status, json) = server.get("/info");
+    assert_eq!(
+        (status, json["error_type"].as_str()),
+        (400, Some("validation"))
+    );
+
+    for (body, fragment) in [
+        (json!({"model": MINILM, "inputs": []}), "empty"),
+        (
+            json!({"model": MINILM, "inputs": "a", "truncation_direction": "Left"}),
+            "Left",
+        ),
+        (
+            json!({"model": "no/such-model", "inputs": "a"}),
+            "does not exist",
+        ),
+        (json!({"model": MINILM}), "inputs"),
+    ] {
+        let (status, json) = server.post_json("/embed", &body);
+        assert!(status == 400 || status == 404, "{body}: {json}");
+        assert!(json["error"].as_str().unwrap().contains(fragment), "{json}");
+        assert!(json["error_type"].is_string(), "{json}");
+    }
+    // The OpenAI routes keep OpenAI's envelope.
+    let (status, json) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "no/such-model", "input": "a"}),
+    );
+    common::assert_error(status, &json, 404, Some("model_not_found"));
+}
+
+#[test]
+fn tokenize_shows_the_tokens_the_model_embeds() {
+    let root = models_root_arg();
+    let server = Server::start(&["--models-dir", &root, "--default-model", MINILM]);
+    let (status, json) = server.post_json("/tokenize", &json!({"inputs": ["Hello world", "a"]}));
+    assert_eq!(status, 200, "{json}");
+    let first = json[0].as_array().unwrap();
+    let texts: Vec<&str> = first.iter().map(|t| t["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts,
+        ["[CLS]", "Hello", "world", "[SEP]"],
+        "the text each token covers"
+    );
+    assert_eq!(first[0]["special"], true);
+    assert_eq!(first[0]["start"], Value::Null);
+    assert_eq!(
+        (first[1]["start"].as_u64(), first[1]["stop"].as_u64()),
+        (Some(0), Some(5))
+    );
+    assert_eq!(first[2]["id"], 2088, "bert-base-uncased's id of `world`");
+    let (_, plain) = server.post_json(
+        "/tokenize",
+        &json!({"inputs": "Hello world", "add_special_tokens": false}),
+    );
+    assert_eq!(plain[0].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn tei_routes_answer_auth_and_parse_errors_in_tei_shape() {
+    let root = models_root_arg();
+    let server = Server::start(&["--models-dir", &root, "--api-key", "k1"]);
+    let (status, json) = server.post_json("/embed", &json!({"inputs": "a"}));
+    assert_eq!(status, 401);
+    assert_eq!(json["error_type"], "validation", "{json}");
+    let (status, json) = server.post_json("/v1/rerank", &json!({"query": "q"}));
+    common::assert_error(status, &json, 401, Some("invalid_api_key"));
+}
+
+#[test]
+fn openapi_describes_every_route() {
+    let server = Server::start(&["--models-dir", &models_root_arg()]);
+    let (status, json) = server.get("/openapi.json");
+    assert_eq!(status, 200);
+    assert!(json["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = json["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/embeddings", "post"),
+        ("/embeddings", "post"),
+        ("/v1/rerank", "post"),
+        ("/v2/rerank", "post"),
+        ("/rerank", "post"),
+        ("/embed", "post"),
+        ("/", "post"),
+        ("/tokenize", "post"),
+        ("/info", "get"),
+        ("/v1/models", "get"),
+        ("/v1/models/{id}", "get"),
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{path} {method}"
+        );
+    }
+    let schemas = json["components"]["schemas"].as_object().unwrap();
+    for schema in [
+        "EmbeddingRequest",
+        "RerankRequest",
+        "RerankResponse",
+        "EmbedRequest",
+        "Info",
+    ] {
+        assert!(schemas.contains_key(schema), "{schema}");
+    }
+}
