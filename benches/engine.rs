@@ -63,23 +63,59 @@ fn main() {
     let mut sorted: Vec<Vec<u32>> = corpus.iter().map(|t| encode(t)).collect();
     sorted.sort_by_key(Vec::len);
 
-    let report = json!({
+    let mut report = json!({
         "single": measure(&mut session, &single, budget),
         "batch32_same": measure(&mut session, &copies, budget),
         "batch32_corpus": measure(&mut session, &sorted, budget),
         "single_tokens": single[0].len(),
     });
+    // A cross-encoder (scripts/make-bench-reranker): 32 pairs of the first sentence with
+    // the first 8 corpus sentences (the bench's rerank request), 4 times over, tokenized as
+    // pairs and sorted by length, in one run.
+    if let Some(reranker) = std::env::var_os("BENCH_RERANKER") {
+        let reranker = Path::new(&reranker);
+        let mut session = runtime
+            .session_builder(Device::Cpu, None)
+            .expect("session options")
+            .0
+            .commit_from_file(reranker.join("onnx/model.onnx"))
+            .expect("reranker session");
+        let mut pairs: Vec<(Vec<u32>, Vec<u32>)> = corpus[..8]
+            .iter()
+            .cycle()
+            .take(32)
+            .map(|document| {
+                let encoding = tokenizer
+                    .encode((corpus[0], *document), true)
+                    .expect("pair");
+                (
+                    encoding.get_ids().to_vec(),
+                    encoding.get_type_ids().to_vec(),
+                )
+            })
+            .collect();
+        pairs.sort_by_key(|(ids, _)| ids.len());
+        let (ids, types): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+        report["rerank_batch32"] = measure_with(budget, ids.len(), || {
+            run_typed(&mut session, &ids, Some(&types))
+        });
+    }
     println!("{report}");
 }
 
 /// Runs `batch` repeatedly for `budget` (at least once) and reports inputs/s and latency.
 fn measure(session: &mut Session, batch: &[Vec<u32>], budget: Duration) -> serde_json::Value {
-    run(session, batch); // warm-up
+    measure_with(budget, batch.len(), || run_typed(session, batch, None))
+}
+
+/// Runs `run` (one batch of `rows` inputs) repeatedly for `budget`, at least once.
+fn measure_with(budget: Duration, rows: usize, mut run: impl FnMut()) -> serde_json::Value {
+    run(); // warm-up
     let mut latencies = Vec::new();
     let started = Instant::now();
     while latencies.is_empty() || started.elapsed() < budget {
         let t = Instant::now();
-        run(session, batch);
+        run();
         latencies.push(t.elapsed());
     }
     let total = started.elapsed().as_secs_f64();
@@ -88,13 +124,14 @@ fn measure(session: &mut Session, batch: &[Vec<u32>], budget: Duration) -> serde
         |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
     json!({
         "runs": latencies.len(),
-        "inputs_per_s": (latencies.len() * batch.len()) as f64 / total,
+        "inputs_per_s": (latencies.len() * rows) as f64 / total,
         "p50_ms": pct(0.5),
         "p99_ms": pct(0.99),
     })
 }
 
-fn run(session: &mut Session, batch: &[Vec<u32>]) {
+/// One run over `batch`, right-padded; segment ids are `types` (a pair's), else zeros.
+fn run_typed(session: &mut Session, batch: &[Vec<u32>], types: Option<&[Vec<u32>]>) {
     let rows = batch.len();
     let cols = batch.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = vec![0i64; rows * cols];
@@ -105,7 +142,12 @@ fn run(session: &mut Session, batch: &[Vec<u32>]) {
             mask[r * cols + c] = 1;
         }
     }
-    let types = vec![0i64; rows * cols];
+    let mut segments = vec![0i64; rows * cols];
+    for (r, row) in types.unwrap_or_default().iter().enumerate() {
+        for (c, &t) in row.iter().enumerate() {
+            segments[r * cols + c] = i64::from(t);
+        }
+    }
     let names: Vec<String> = session
         .inputs()
         .iter()
@@ -117,7 +159,7 @@ fn run(session: &mut Session, batch: &[Vec<u32>]) {
             let data: &[i64] = match name.as_str() {
                 "input_ids" => &ids,
                 "attention_mask" => &mask,
-                _ => &types,
+                _ => &segments,
             };
             (
                 Cow::Owned(name.clone()),

@@ -1,0 +1,55 @@
+"""TEI's clients against embedserve's TEI routes: huggingface_hub's InferenceClient
+(feature_extraction posts to the base URL) and LangChain's HuggingFaceEndpointEmbeddings.
+Vectors must equal sentence-transformers' (reference.json)."""
+
+import asyncio
+
+import pytest
+from huggingface_hub import AsyncInferenceClient, InferenceClient
+from langchain_huggingface import HuggingFaceEndpointEmbeddings
+
+from conftest import MINILM, MODELS, Server, cosine, reference
+
+MIN_COSINE = 0.99999
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = Server("--models-dir", MODELS, "--default-model", MINILM)
+    yield server
+    server.stop()
+
+
+def test_inference_client_feature_extraction(server):
+    client = InferenceClient(base_url=server.base)
+    cases = reference()["cases"]
+    vectors = client.feature_extraction([case["input"] for case in cases])
+    assert vectors.shape == (len(cases), 384)
+    for vector, case in zip(vectors, cases):
+        assert cosine(vector.tolist(), case["embedding"]) >= MIN_COSINE
+    one = client.feature_extraction(cases[0]["input"], normalize=True, truncate=True)
+    assert cosine(one[0].tolist(), cases[0]["embedding"]) >= MIN_COSINE
+
+
+def test_inference_client_errors_are_raised_with_the_message(server):
+    client = InferenceClient(base_url=server.base)
+    with pytest.raises(Exception) as raised:
+        client.feature_extraction("text", truncation_direction="Left")
+    assert "Left" in str(raised.value)
+
+
+def test_langchain_huggingface_endpoint_embeddings(server):
+    embeddings = HuggingFaceEndpointEmbeddings(model=MINILM)
+    # langchain-huggingface >= 1.2.2 refuses a URL as `model`; a self-hosted TEI endpoint is
+    # reached through clients made for its URL.
+    embeddings.client = InferenceClient(base_url=server.base)
+    embeddings.async_client = AsyncInferenceClient(base_url=server.base)
+    cases = [case for case in reference()["cases"] if "\n" not in case["input"]]
+    documents = embeddings.embed_documents([case["input"] for case in cases])
+    for vector, case in zip(documents, cases):
+        assert cosine(vector, case["embedding"]) >= MIN_COSINE
+    query = embeddings.embed_query(cases[0]["input"])
+    assert cosine(query, cases[0]["embedding"]) >= MIN_COSINE
+    documents = asyncio.run(embeddings.aembed_documents([case["input"] for case in cases[:3]]))
+    for vector, case in zip(documents, cases):
+        assert cosine(vector, case["embedding"]) >= MIN_COSINE
