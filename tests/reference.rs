@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
-use common::{Server, cosine, models_root, reference};
+use common::{Server, cosine, models_root, reference, sorted_dirs};
 use serde_json::{Value, json};
 
 const FP32_MIN_COSINE: f64 = 0.99999;
@@ -94,17 +94,6 @@ fn fixtures(root: &Path) -> Vec<Fixture> {
         }
     }
     found
-}
-
-fn sorted_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut dirs: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    dirs
 }
 
 /// Checks every case of `fixture` alone and batched; returns the worst cosine, or what failed.

@@ -6,9 +6,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-use common::{Server, assert_error, models_root, models_root_arg};
+use common::{Server, assert_error, models_root, models_root_arg, sorted_dirs};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -33,12 +32,12 @@ struct RerankCase {
 /// `GROUP/NAME` of every cross-encoder fixture.
 fn rerankers() -> Vec<String> {
     let mut found = Vec::new();
-    for group in sorted_dirs(models_root()) {
+    for group in sorted_dirs(&models_root()) {
         let group_name = group.file_name().unwrap().to_string_lossy().to_string();
         if !group_name.starts_with("rerank") {
             continue;
         }
-        for dir in sorted_dirs(group) {
+        for dir in sorted_dirs(&group) {
             if dir.join("reference.json").is_file() {
                 found.push(format!(
                     "{group_name}/{}",
@@ -52,17 +51,6 @@ fn rerankers() -> Vec<String> {
         "cross-encoder fixtures missing: {found:?}"
     );
     found
-}
-
-fn sorted_dirs(dir: PathBuf) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    dirs
 }
 
 fn reference(id: &str) -> RerankReference {
@@ -288,6 +276,23 @@ fn requests_of_the_wrong_kind_or_shape_get_clear_errors() {
         (400, Some("empty")),
         "{json}"
     );
+
+    // Too many documents are refused while the body is read.
+    let (status, json) = server.post_json(
+        "/v1/rerank",
+        &json!({"model": reranker, "query": "q", "documents": vec![""; 2049]}),
+    );
+    let message = assert_error(status, &json, 400, None);
+    assert!(message.contains("more than 2048 documents"), "{message}");
+
+    // A megabyte-long document costs what the model reads of it, and scores as its start.
+    let huge = "word ".repeat(200_000);
+    let (status, json) = server.post_json(
+        "/rerank",
+        &json!({"model": reranker, "query": "q", "texts": [huge, "word ".repeat(100)]}),
+    );
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json[0]["score"], json[1]["score"], "{json}");
 
     // Truncation off: an over-long pair is refused, not cut.
     let long = "word ".repeat(200);

@@ -2,6 +2,7 @@
 //! as sentence-transformers' `CrossEncoder.predict` computes it. Pairs queue on the model's
 //! batcher like embedding inputs, so pairs of many requests share runs.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,20 +116,24 @@ impl Model {
                 "a cross-encoder runs as a graph".to_string(),
             ));
         };
-        let query = self.tokenizer.prepare("", query);
+        let query = self.tokenizer.prepare_text(query);
         let documents = documents
             .iter()
-            .map(|d| {
-                let prepared = self.tokenizer.prepare("", d);
-                match options.max_tokens_per_document {
-                    Some(max) => self
-                        .tokenizer
-                        .first_tokens(&prepared, max)
-                        .map(str::to_string),
-                    None => Ok(prepared),
-                }
+            .map(|document| {
+                let prepared = self.tokenizer.prepare_text(document);
+                let Some(max) = options.max_tokens_per_document else {
+                    return Ok(prepared);
+                };
+                let keep = self.tokenizer.first_tokens(&prepared, max)?.len();
+                Ok(match prepared {
+                    Cow::Borrowed(text) => Cow::Borrowed(&text[..keep]),
+                    Cow::Owned(mut text) => {
+                        text.truncate(keep);
+                        Cow::Owned(text)
+                    }
+                })
             })
-            .collect::<Result<Vec<String>, _>>()
+            .collect::<Result<Vec<Cow<str>>, tokenizers::Error>>()
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         let encoded = self
             .tokenizer

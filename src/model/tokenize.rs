@@ -137,15 +137,32 @@ impl TextTokenizer {
             joined = format!("{prompt}{text}");
             &joined
         };
-        match self.preparation {
+        // sentence-transformers 5 no longer strips whitespace: byte-level BPE and
+        // SentencePiece tokenizers give leading spaces tokens of their own.
+        if self.lower_cases() {
+            full.to_lowercase()
+        } else {
+            full.to_string()
+        }
+    }
+
+    /// `text` prepared without a prompt: borrowed unless the model lower-cases.
+    pub fn prepare_text<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        if self.lower_cases() {
+            Cow::Owned(text.to_lowercase())
+        } else {
+            Cow::Borrowed(text)
+        }
+    }
+
+    fn lower_cases(&self) -> bool {
+        matches!(
+            self.preparation,
             TextPreparation::Transformer {
                 do_lower_case: true,
                 ..
-            } => full.to_lowercase(),
-            // sentence-transformers 5 no longer strips whitespace: byte-level BPE and
-            // SentencePiece tokenizers give leading spaces tokens of their own.
-            _ => full.to_string(),
-        }
+            }
+        )
     }
 
     /// Tokenizes prepared texts: many in parallel (the tokenizers crate's thread pool), a few
@@ -184,7 +201,7 @@ impl TextTokenizer {
     pub fn encode_pairs(
         &self,
         query: &str,
-        documents: &[String],
+        documents: &[Cow<'_, str>],
     ) -> Result<Vec<Encoded>, tokenizers::Error> {
         let bound = |text| long_text::bounded(&self.tokenizer, &self.shortening, text, self.window);
         let query = bound(query)?;

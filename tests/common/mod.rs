@@ -25,6 +25,18 @@ pub fn models_root_arg() -> String {
     models_root().to_str().unwrap().to_string()
 }
 
+/// The folders in `dir`, sorted.
+pub fn sorted_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
 pub fn model_dir(id: &str) -> PathBuf {
     models_root().join(id)
 }
