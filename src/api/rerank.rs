@@ -162,17 +162,25 @@ pub struct Rank {
     text: Option<String>,
 }
 
+/// The answer: Cohere's and Jina's shape to a request with `documents`, TEI's to one with
+/// `texts`. (For the OpenAPI document; each shape is built on its own.)
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum RerankAnswer {
+    Documents(RerankResponse),
+    Texts(Vec<Rank>),
+}
+
 /// Scores documents against a query with a cross-encoder.
 #[utoipa::path(
     post,
     path = "/v1/rerank",
     request_body = RerankRequest,
     responses(
-        (status = 200, description = "Cohere/Jina shape when the request has `documents`",
-         body = RerankResponse),
-        (status = 201, description = "TEI shape (answered with 200) when the request has `texts`",
-         body = Vec<Rank>),
-        (status = 400, description = "Invalid request, or the model is not a reranker"),
+        (status = 200, description = "Ranked results, best first", body = RerankAnswer),
+        (status = 400, description = "Invalid request, or the model is not a reranker \
+                                      (OpenAI's envelope; TEI's shape for `texts` requests)"),
     ),
     tag = "rerank"
 )]

@@ -249,7 +249,7 @@ pub async fn info(
     let info = Info {
         model_id: name,
         model_sha: None,
-        model_dtype: "float32",
+        model_dtype: model.dtype(),
         model_type,
         max_concurrent_requests: limits.map_or(usize::MAX, |l| l.max_queued_inputs),
         max_input_length: model.max_seq_length().unwrap_or(usize::MAX),

@@ -194,6 +194,15 @@ impl Encoder {
         self.quantizes_activations
     }
 
+    /// The element type of the output read: `float16` for fp16 exports, else `float32`.
+    pub fn output_dtype(&self) -> &'static str {
+        if self.half_output {
+            "float16"
+        } else {
+            "float32"
+        }
+    }
+
     /// Where the graph runs (never `Auto`: the device `auto` resolved to).
     pub fn device(&self) -> Device {
         self.device

@@ -130,6 +130,7 @@ impl Model {
         };
         let encoder = Encoder::load(runtime, &onnx, graph, tokenizer.pad_id)?;
         let device = encoder.device();
+        let dtype = encoder.output_dtype();
         tracing::info!(model = %spec.name, %device, "{} runs on {device}", spec.name);
         let embeds_empty = encoder.embeds_empty_sequences();
         let batching = settings.batching.unwrap_or_else(|| {
@@ -180,6 +181,7 @@ impl Model {
         model.device = device;
         model.cross_encoder = cross_encoder;
         model.pooling = pooling;
+        model.dtype = dtype;
         Ok(model)
     }
 
@@ -225,6 +227,7 @@ impl Model {
             cross_encoder: None,
             pooling: None,
             normalizes: false,
+            dtype: "float32",
             device: Device::Cpu,
         }
     }

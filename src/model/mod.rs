@@ -143,6 +143,8 @@ pub struct Model {
     backend: Backend,
     /// Whether the vectors end L2-normalized (the folder's last module is Normalize).
     normalizes: bool,
+    /// The graph's output type (`float32` for static tables), as `/info` reports it.
+    dtype: &'static str,
     /// Set for rerankers: the model scores pairs instead of embedding texts.
     cross_encoder: Option<CrossEncoder>,
     /// The folder's pooling, as `/info` reports it (`None` for graphs that pool themselves).
@@ -175,6 +177,10 @@ impl Model {
 
     pub fn normalizes(&self) -> bool {
         self.normalizes
+    }
+
+    pub fn dtype(&self) -> &'static str {
+        self.dtype
     }
 
     pub fn pooling(&self) -> Option<&Pooling> {
