@@ -343,3 +343,75 @@ fn models_say_which_task_they_serve_and_rerank_metrics_carry_the_model() {
     assert_eq!(json["task"], "rerank");
     assert_eq!(json["loaded"], true);
 }
+
+#[test]
+fn pairs_of_concurrent_requests_share_runs_and_keep_their_scores() {
+    let server = std::sync::Arc::new(server());
+    let model = "rerank/bert-cross-encoder";
+    let runs = |server: &Server| server.metric("embedserve_batch_size_count", &[("model", model)]);
+    let shared_runs = |server: &Server| {
+        server.metric("embedserve_batch_requests_count", &[("model", model)])
+            - server.metric(
+                "embedserve_batch_requests_bucket",
+                &[("model", model), ("le", "1")],
+            )
+    };
+    let cases = reference(model).cases;
+    let alone: Vec<f64> = cases
+        .iter()
+        .map(|case| {
+            let (_, ranks) = server.post_json(
+                "/rerank",
+                &json!({"model": model, "query": case.query, "texts": [case.document]}),
+            );
+            ranks[0]["score"].as_f64().unwrap()
+        })
+        .collect();
+    assert_eq!(shared_runs(&server), 0.0, "one request at a time");
+
+    // A request of many long pairs keeps the model busy while the others arrive.
+    let before = runs(&server);
+    let busy = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            let documents = vec!["A long document. ".repeat(40); 2048];
+            let (status, _) = server.post_json(
+                "/v1/rerank",
+                &json!({"model": model, "query": "q", "documents": documents}),
+            );
+            assert_eq!(status, 200);
+        })
+    };
+    server.wait_for_metric(
+        "embedserve_batch_size_count",
+        &[("model", model)],
+        before + 1.0,
+    );
+    let start = std::sync::Arc::new(std::sync::Barrier::new(cases.len()));
+    let clients: Vec<_> = cases
+        .iter()
+        .map(|case| {
+            let (server, start, case) = (server.clone(), start.clone(), case.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let (_, ranks) = server.post_json(
+                    "/rerank",
+                    &json!({"model": model, "query": case.query, "texts": [case.document]}),
+                );
+                ranks[0]["score"].as_f64().unwrap()
+            })
+        })
+        .collect();
+    for (client, want) in clients.into_iter().zip(alone) {
+        let got = client.join().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-6,
+            "batch-mates moved a score: {got} vs {want}"
+        );
+    }
+    busy.join().unwrap();
+    assert!(
+        shared_runs(&server) > 0.0,
+        "no run held pairs of several requests"
+    );
+}

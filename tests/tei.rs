@@ -186,6 +186,7 @@ fn openapi_describes_every_route() {
         ("/rerank", "post"),
         ("/embed", "post"),
         ("/", "post"),
+        ("/similarity", "post"),
         ("/tokenize", "post"),
         ("/info", "get"),
         ("/v1/models", "get"),
@@ -210,4 +211,46 @@ fn openapi_describes_every_route() {
     ] {
         assert!(schemas.contains_key(schema), "{schema}");
     }
+}
+
+#[test]
+fn similarity_is_the_cosine_of_the_reference_vectors_on_both_routes() {
+    let server = Server::start(&[
+        "--models-dir",
+        &models_root_arg(),
+        "--default-model",
+        MINILM,
+    ]);
+    let cases = reference(MINILM).cases;
+    let (source, others) = cases.split_first().unwrap();
+    let sentences: Vec<&str> = others.iter().map(|c| c.input.as_str()).collect();
+    let inputs = json!({"source_sentence": source.input, "sentences": sentences});
+    for route in ["/similarity", "/"] {
+        let (status, json) = server.post_json(route, &json!({"inputs": inputs}));
+        assert_eq!(status, 200, "{route}: {json}");
+        let scores = json.as_array().unwrap();
+        assert_eq!(scores.len(), others.len());
+        for (score, other) in scores.iter().zip(others) {
+            let want = cosine(&source.embedding, &other.embedding);
+            assert!(
+                (score.as_f64().unwrap() - want).abs() <= 1e-5,
+                "{route} {:?}",
+                other.input
+            );
+        }
+    }
+    let empty = json!({"inputs": {"source_sentence": "a", "sentences": []}});
+    let (status, json) = server.post_json("/similarity", &empty);
+    assert_eq!(
+        (status, json["error_type"].as_str()),
+        (400, Some("empty")),
+        "{json}"
+    );
+    let wrong = json!({"inputs": {"source_sentence": "a"}});
+    let (status, json) = server.post_json("/", &wrong);
+    assert_eq!(status, 400, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("sentences"),
+        "{json}"
+    );
 }

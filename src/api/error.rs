@@ -161,8 +161,9 @@ pub async fn unknown_route(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!(
-            "unknown route {method} {}; this server answers POST /v1/embeddings, GET /v1/models \
-             and GET /v1/models/{{model}}",
+            "unknown route {method} {}; this server answers POST /v1/embeddings, POST \
+             /v1/rerank, GET /v1/models, TEI's POST /embed, /rerank and /tokenize and GET /info; \
+             GET /openapi.json describes them all",
             clip(uri.path())
         ),
     )

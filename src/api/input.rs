@@ -43,7 +43,8 @@ impl<'de> Deserialize<'de> for RequestInput {
     }
 }
 
-struct InputVisitor;
+/// Reads one `input` field; `tei::RootInputs` forwards to it.
+pub struct InputVisitor;
 
 impl<'de> Visitor<'de> for InputVisitor {
     type Value = RequestInput;

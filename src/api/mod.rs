@@ -9,6 +9,7 @@ mod models;
 mod openapi;
 mod ops;
 mod rerank;
+mod similarity;
 mod tei;
 
 use std::sync::Arc;
@@ -63,7 +64,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/rerank", post(rerank::rerank))
         .route("/rerank", post(rerank::rerank))
         .route("/embed", post(tei::embed))
-        .route("/", post(tei::embed))
+        .route("/", post(tei::root))
+        .route("/similarity", post(similarity::similarity))
         .route("/tokenize", post(tei::tokenize))
         .route("/info", get(tei::info))
         .route("/v1/models", get(models::list))

@@ -18,6 +18,8 @@ use utoipa::OpenApi;
         super::embeddings::create,
         super::rerank::rerank,
         super::tei::embed,
+        super::tei::root,
+        super::similarity::similarity,
         super::tei::tokenize,
         super::tei::info,
         super::models::list,
@@ -33,11 +35,10 @@ use utoipa::OpenApi;
 struct ApiDoc;
 
 /// Routes that answer exactly as another one does.
-const ALIASES: [(&str, &str); 6] = [
+const ALIASES: [(&str, &str); 5] = [
     ("/embeddings", "/v1/embeddings"),
     ("/rerank", "/v1/rerank"),
     ("/v2/rerank", "/v1/rerank"),
-    ("/", "/embed"),
     ("/models", "/v1/models"),
     ("/models/{id}", "/v1/models/{id}"),
 ];

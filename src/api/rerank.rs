@@ -56,6 +56,12 @@ pub struct RerankRequest {
 #[derive(Debug, Default)]
 pub struct Documents(Vec<String>);
 
+impl Documents {
+    pub fn into_inner(self) -> Vec<String> {
+        self.0
+    }
+}
+
 impl<'de> Deserialize<'de> for Documents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct DocumentsVisitor;

@@ -1,6 +1,6 @@
 //! HuggingFace text-embeddings-inference's routes, so that TEI's clients work unmodified:
-//! `POST /embed` (and `POST /`, where `huggingface_hub.InferenceClient` posts), `POST
-//! /tokenize` and `GET /info`. TEI serves one model; here `model` is an optional field (a
+//! `POST /embed` and `POST /similarity` (and `POST /`, where `huggingface_hub.InferenceClient`
+//! posts either), `POST /tokenize` and `GET /info`. TEI serves one model; here `model` is an optional field (a
 //! query parameter for `/info`), else the server's default model. Errors on these routes
 //! come in TEI's shape, `{"error", "error_type"}`.
 
@@ -13,7 +13,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::input::RequestInput;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::input::{InputVisitor, RequestInput};
+use super::similarity::{SimilarityInput, SimilarityParameters, SimilarityRequest, similarities};
 use super::{ApiError, ApiJson, AppState, labelled, requested_model};
 use crate::model::{EmbedOptions, Task, TokenInput, l2_normalize};
 
@@ -22,7 +25,7 @@ use crate::model::{EmbedOptions, Task, TokenInput, l2_normalize};
 pub struct TeiShaped;
 
 /// Routes that only TEI's clients call.
-const TEI_ROUTES: [&str; 4] = ["/", "/embed", "/tokenize", "/info"];
+const TEI_ROUTES: [&str; 5] = ["/", "/embed", "/similarity", "/tokenize", "/info"];
 
 /// TEI's `truncation_direction`: only `Right`, sentence-transformers' own, is supported.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
@@ -69,6 +72,103 @@ pub struct EmbedRequest {
     /// Matryoshka: keep this many leading dimensions.
     #[serde(default)]
     dimensions: Option<usize>,
+}
+
+/// TEI's `POST /`: an `/embed` body, or a `/similarity` one (an `inputs` object), which is
+/// what `huggingface_hub.InferenceClient.sentence_similarity` posts to the base URL.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct RootRequest {
+    #[schema(value_type = Object)]
+    inputs: RootInputs,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    normalize: Option<bool>,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: Option<TruncationDirection>,
+    #[serde(default)]
+    prompt_name: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    parameters: Option<SimilarityParameters>,
+}
+
+#[derive(Debug)]
+pub enum RootInputs {
+    Texts(RequestInput),
+    Similarity(SimilarityInput),
+}
+
+impl<'de> Deserialize<'de> for RootInputs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RootVisitor;
+        impl<'de> Visitor<'de> for RootVisitor {
+            type Value = RootInputs;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a string, an array of strings or token ids, or an object with \
+                     `source_sentence` and `sentences`",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RootInputs, E> {
+                InputVisitor.visit_str(text).map(RootInputs::Texts)
+            }
+
+            fn visit_string<E: de::Error>(self, text: String) -> Result<RootInputs, E> {
+                InputVisitor.visit_string(text).map(RootInputs::Texts)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RootInputs, A::Error> {
+                InputVisitor.visit_seq(seq).map(RootInputs::Texts)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RootInputs, A::Error> {
+                SimilarityInput::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RootInputs::Similarity)
+            }
+        }
+        deserializer.deserialize_any(RootVisitor)
+    }
+}
+
+/// Embeds, or compares sentences, as the body says (TEI's compatibility route).
+#[utoipa::path(
+    post,
+    path = "/",
+    request_body = RootRequest,
+    responses((status = 200, description = "Vectors, as `/embed`; or similarities, as `/similarity`")),
+    tag = "TEI"
+)]
+pub async fn root(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<RootRequest>,
+) -> Response {
+    let mut label = None;
+    let response = match request.inputs {
+        RootInputs::Texts(inputs) => {
+            let embed = EmbedRequest {
+                inputs,
+                model: request.model,
+                normalize: request.normalize,
+                truncate: request.truncate,
+                truncation_direction: request.truncation_direction,
+                prompt_name: request.prompt_name,
+                dimensions: request.dimensions,
+            };
+            embed_vectors(&state, embed, &mut label).await
+        }
+        RootInputs::Similarity(inputs) => {
+            let compare = SimilarityRequest::new(inputs, request.model, request.parameters);
+            similarities(&state, compare, &mut label).await
+        }
+    };
+    labelled(response, label)
 }
 
 /// Embeds `inputs`: one vector per input, as a JSON array of arrays.

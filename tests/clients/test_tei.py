@@ -31,6 +31,25 @@ def test_inference_client_feature_extraction(server):
     assert cosine(one[0].tolist(), cases[0]["embedding"]) >= MIN_COSINE
 
 
+def test_inference_client_sentence_similarity(server):
+    client = InferenceClient(base_url=server.base)
+    cases = reference()["cases"]
+    source, others = cases[0], cases[1:6]
+    scores = client.sentence_similarity(source["input"], other_sentences=[c["input"] for c in others])
+    assert len(scores) == len(others)
+    for score, other in zip(scores, others):
+        assert abs(score - cosine(source["embedding"], other["embedding"])) <= 1e-5
+
+
+def test_inference_client_endpoint_info_and_health(server):
+    # These two are offered for the "hf-inference" provider only, which a base URL leaves unset.
+    client = InferenceClient(base_url=server.base, provider="hf-inference")
+    info = client.get_endpoint_info()
+    assert info["model_id"] == MINILM
+    assert info["max_input_length"] == reference()["max_seq_length"]
+    assert client.health_check()
+
+
 def test_inference_client_errors_are_raised_with_the_message(server):
     client = InferenceClient(base_url=server.base)
     with pytest.raises(Exception) as raised:
