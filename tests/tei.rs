@@ -119,6 +119,10 @@ fn the_only_configured_model_is_the_default_and_none_is_a_tei_error() {
             "does not exist",
         ),
         (json!({"model": MINILM}), "inputs"),
+        (
+            json!({"model": MINILM, "inputs": {"source_sentence": "a", "sentences": ["b"]}}),
+            "POST /similarity",
+        ),
     ] {
         let (status, json) = server.post_json("/embed", &body);
         assert!(status == 400 || status == 404, "{body}: {json}");

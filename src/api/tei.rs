@@ -49,11 +49,13 @@ impl TruncationDirection {
     }
 }
 
+/// TEI's `/embed` body; at `POST /` its `inputs` may also be `/similarity`'s object, which
+/// is what `huggingface_hub.InferenceClient.sentence_similarity` posts to the base URL.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EmbedRequest {
     /// A string or a list of strings; token ids are read as the model's own vocabulary.
     #[schema(value_type = Vec<String>)]
-    inputs: RequestInput,
+    inputs: RootInputs,
     /// The model; `server.default_model` when left out.
     #[serde(default)]
     model: Option<String>,
@@ -72,31 +74,13 @@ pub struct EmbedRequest {
     /// Matryoshka: keep this many leading dimensions.
     #[serde(default)]
     dimensions: Option<usize>,
-}
-
-/// TEI's `POST /`: an `/embed` body, or a `/similarity` one (an `inputs` object), which is
-/// what `huggingface_hub.InferenceClient.sentence_similarity` posts to the base URL.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct RootRequest {
-    #[schema(value_type = Object)]
-    inputs: RootInputs,
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    normalize: Option<bool>,
-    #[serde(default)]
-    truncate: Option<bool>,
-    #[serde(default)]
-    truncation_direction: Option<TruncationDirection>,
-    #[serde(default)]
-    prompt_name: Option<String>,
-    #[serde(default)]
-    dimensions: Option<usize>,
+    /// `/similarity`'s options, for a similarity body at `POST /`.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     parameters: Option<SimilarityParameters>,
 }
 
+/// `inputs`: texts to embed, or (at `POST /`) a similarity question.
 #[derive(Debug)]
 pub enum RootInputs {
     Texts(RequestInput),
@@ -141,32 +125,21 @@ impl<'de> Deserialize<'de> for RootInputs {
 #[utoipa::path(
     post,
     path = "/",
-    request_body = RootRequest,
+    request_body = EmbedRequest,
     responses((status = 200, description = "Vectors, as `/embed`; or similarities, as `/similarity`")),
     tag = "TEI"
 )]
 pub async fn root(
     State(state): State<Arc<AppState>>,
-    ApiJson(request): ApiJson<RootRequest>,
+    ApiJson(request): ApiJson<EmbedRequest>,
 ) -> Response {
     let mut label = None;
     let response = match request.inputs {
-        RootInputs::Texts(inputs) => {
-            let embed = EmbedRequest {
-                inputs,
-                model: request.model,
-                normalize: request.normalize,
-                truncate: request.truncate,
-                truncation_direction: request.truncation_direction,
-                prompt_name: request.prompt_name,
-                dimensions: request.dimensions,
-            };
-            embed_vectors(&state, embed, &mut label).await
-        }
         RootInputs::Similarity(inputs) => {
             let compare = SimilarityRequest::new(inputs, request.model, request.parameters);
             similarities(&state, compare, &mut label).await
         }
+        RootInputs::Texts(_) => embed_vectors(&state, request, &mut label).await,
     };
     labelled(response, label)
 }
@@ -193,7 +166,13 @@ async fn embed_vectors(
     request: EmbedRequest,
     label: &mut Option<String>,
 ) -> Result<Response, ApiError> {
-    let inputs = request.inputs.0;
+    let RootInputs::Texts(RequestInput(inputs)) = request.inputs else {
+        return Err(ApiError::bad_request(
+            "inputs",
+            "inputs must be a string or a list: send source_sentence and sentences to \
+             POST /similarity",
+        ));
+    };
     if inputs.is_empty() {
         return Err(ApiError::bad_request("inputs", "inputs must not be empty").code("empty"));
     }

@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::LoadError;
+pub use super::dense::Activation;
 use super::st_config::{read_json, read_modules};
 
 /// What a model serves.
@@ -32,35 +33,6 @@ impl Task {
         } else {
             Self::Embedding
         })
-    }
-}
-
-/// The function `CrossEncoder.predict` applies to a logit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Activation {
-    Sigmoid,
-    Identity,
-    Tanh,
-}
-
-impl Activation {
-    pub fn apply(self, logit: f32) -> f32 {
-        match self {
-            Self::Sigmoid => 1.0 / (1.0 + (-logit).exp()),
-            Self::Identity => logit,
-            Self::Tanh => logit.tanh(),
-        }
-    }
-
-    /// From the class path sentence-transformers stores (`torch.nn.modules.activation.Sigmoid`).
-    fn from_class_path(path: &str) -> Option<Self> {
-        match path.rsplit('.').next() {
-            Some("Sigmoid") => Some(Self::Sigmoid),
-            Some("Identity") => Some(Self::Identity),
-            Some("Tanh") => Some(Self::Tanh),
-            _ => None,
-        }
     }
 }
 
@@ -150,12 +122,12 @@ impl CrossEncoder {
                 );
                 Activation::Sigmoid
             }
-            Some(path) => Activation::from_class_path(&path).ok_or_else(|| {
+            Some(path) => Activation::parse(&path).ok_or_else(|| {
                 LoadError::file(
                     dir.join("config_sentence_transformers.json"),
                     format!(
                         "activation_fn `{path}` is not supported (supported: Sigmoid, Identity, \
-                         Tanh)"
+                         Tanh, ReLU, GELU, SiLU)"
                     ),
                 )
             })?,

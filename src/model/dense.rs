@@ -9,7 +9,8 @@ use super::LoadError;
 use super::st_config::read_json;
 use super::weights::WeightsFile;
 
-/// The activations sentence-transformers models ship with (`torch.nn` classes).
+/// The activations sentence-transformers models ship with (`torch.nn` classes), in Dense
+/// modules and as cross-encoders' score activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     Identity,
@@ -23,7 +24,7 @@ pub enum Activation {
 
 impl Activation {
     /// Reads a `torch.nn` class path as the config names it (`torch.nn.modules.activation.Tanh`).
-    fn parse(path: &str) -> Option<Self> {
+    pub(super) fn parse(path: &str) -> Option<Self> {
         if !path.starts_with("torch.") {
             // sentence-transformers would need trust_remote_code to import anything else.
             return None;
@@ -39,7 +40,7 @@ impl Activation {
         })
     }
 
-    fn apply(self, values: &mut [f32]) {
+    pub(super) fn apply(self, values: &mut [f32]) {
         let f: fn(f32) -> f32 = match self {
             Self::Identity => return,
             Self::Tanh => f32::tanh,

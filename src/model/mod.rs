@@ -20,7 +20,7 @@ mod weights;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use cross_encoder::{Activation, Task};
+pub use cross_encoder::Task;
 pub use embed::Embedded;
 pub use encoder::Encoder;
 pub use inputs::{EmbedOptions, Token, TokenInput, warm_up_tiktoken};

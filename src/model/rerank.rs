@@ -192,8 +192,10 @@ impl Model {
                 self.name
             )));
         }
+        let mut scores = logits.clone();
+        activation.apply(&mut scores);
         Ok(Reranked {
-            scores: logits.iter().map(|&l| activation.apply(l)).collect(),
+            scores,
             logits,
             tokens,
             queued: completed.queued,
