@@ -11,6 +11,7 @@ mod ops;
 mod rerank;
 mod similarity;
 mod tei;
+mod tei_errors;
 
 use std::sync::Arc;
 
@@ -101,7 +102,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             middleware::refuse_oversized_bodies,
         ))
-        .route_layer(axum::middleware::from_fn(tei::tei_errors))
+        .route_layer(axum::middleware::from_fn(tei_errors::tei_errors))
         .route_layer(axum::middleware::from_fn(middleware::track))
         .fallback(error::unknown_route)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::tei::{TeiShaped, TruncationDirection};
+use super::tei::TruncationDirection;
+use super::tei_errors::TeiShaped;
 use super::{ApiError, ApiJson, AppState, labelled, requested_model};
 use crate::model::{RerankOptions, Reranked};
 

@@ -1,31 +1,21 @@
 //! HuggingFace text-embeddings-inference's routes, so that TEI's clients work unmodified:
-//! `POST /embed` and `POST /similarity` (and `POST /`, where `huggingface_hub.InferenceClient`
-//! posts either), `POST /tokenize` and `GET /info`. TEI serves one model; here `model` is an optional field (a
-//! query parameter for `/info`), else the server's default model. Errors on these routes
-//! come in TEI's shape, `{"error", "error_type"}`.
+//! `POST /embed` (and `POST /`, where `huggingface_hub.InferenceClient` posts, which also
+//! answers `/similarity`'s body), `POST /tokenize` and `GET /info`. TEI serves one model;
+//! here `model` is an optional field (a query parameter for `/info`), else the server's
+//! default model. Errors on these routes come in TEI's shape (`tei_errors`).
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{MatchedPath, Query, Request, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
 use super::input::{InputVisitor, RequestInput};
 use super::similarity::{SimilarityInput, SimilarityParameters, SimilarityRequest, similarities};
 use super::{ApiError, ApiJson, AppState, labelled, requested_model};
 use crate::model::{EmbedOptions, Task, TokenInput, l2_normalize};
-
-/// Marks a response whose errors take TEI's shape (a TEI-shaped `/rerank` request).
-#[derive(Clone, Copy)]
-pub struct TeiShaped;
-
-/// Routes that only TEI's clients call.
-const TEI_ROUTES: [&str; 5] = ["/", "/embed", "/similarity", "/tokenize", "/info"];
 
 /// TEI's `truncation_direction`: only `Right`, sentence-transformers' own, is supported.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
@@ -345,39 +335,4 @@ pub async fn info(
         Ok(axum::Json(info).into_response()),
         Some(model.name().to_string()),
     ))
-}
-
-/// Rewrites the OpenAI envelope of an error into TEI's `{"error", "error_type"}` on TEI's
-/// routes and for TEI-shaped requests, whichever layer made it (authentication, the body
-/// limit, the handler).
-pub async fn tei_errors(request: Request, next: Next) -> Response {
-    let tei_route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|p| TEI_ROUTES.contains(&p.as_str()));
-    let response = next.run(request).await;
-    let status = response.status();
-    if status.is_success() || !(tei_route || response.extensions().get::<TeiShaped>().is_some()) {
-        return response;
-    }
-    let (mut parts, body) = response.into_parts();
-    // Errors are small; a body that is not one of ours passes through unchanged.
-    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "error body unreadable").into_response();
-    };
-    let Ok(envelope) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return Response::from_parts(parts, Body::from(bytes));
-    };
-    let error = &envelope["error"];
-    let message = error["message"].as_str().unwrap_or_default();
-    let error_type = match (status, error["code"].as_str()) {
-        (StatusCode::TOO_MANY_REQUESTS, _) => "overloaded",
-        (StatusCode::SERVICE_UNAVAILABLE, _) => "unhealthy",
-        (s, _) if s.is_server_error() => "backend",
-        (_, Some("empty")) => "empty",
-        _ => "validation",
-    };
-    let body = serde_json::json!({"error": message, "error_type": error_type}).to_string();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(body))
 }
