@@ -409,6 +409,13 @@ fn failures_are_logged_once_and_loading_is_no_error() {
         &json!({"model": "org/broken", "input": "x"}),
     );
     assert_eq!(status, 500);
+    // The failure is logged before the 500 is sent, but the log is read from a pipe: a line
+    // logged after the answer (the unload's, in the DELETE's span) marks where to stop.
+    assert_eq!(server.delete("/admin/models/minilm").0, 200);
+    server.wait_for_log(|line| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .is_ok_and(|record| record["span"]["path"] == "/admin/models/minilm")
+    });
     let errors: Vec<String> = server
         .logs()
         .lines()

@@ -254,6 +254,8 @@ fn json_logs() {
         &[("EMBEDSERVE_LOG_FORMAT", "json")],
     );
     server.embed("tiny/bert-mean", json!("Hello"), json!({}));
+    // The model is a field of its lines (the log is read on another thread: wait for it).
+    server.wait_for_log(|line| line.contains(r#""model":"tiny/bert-mean""#));
     let logs = server.logs();
     for line in logs.lines() {
         let parsed: serde_json::Value =
@@ -263,11 +265,6 @@ fn json_logs() {
             "{line}"
         );
     }
-    assert!(
-        logs.lines()
-            .any(|line| line.contains(r#""model":"tiny/bert-mean""#)),
-        "the model is a field of its lines: {logs}"
-    );
 }
 
 #[test]

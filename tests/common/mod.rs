@@ -226,6 +226,20 @@ impl Server {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Waits until a line of the log satisfies `found`: the log is read from the server's
+    /// stderr on another thread, so a line written a moment ago may not be in `logs()` yet.
+    pub fn wait_for_log(&self, found: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while !self.log.lock().unwrap().iter().any(|line| found(line)) {
+            assert!(
+                Instant::now() < deadline,
+                "no such log line:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// The value of metric `name` in `/metrics` whose labels include `labels` (summed over
     /// the other labels); 0 when there is no such sample yet.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
