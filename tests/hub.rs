@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::fake_hub::{
-    DECOYS, DENSE_REPO, FakeHub, REPO, ROOT_GRAPH_REPO, STATIC_REPO, start_fake_hub,
+    DECOYS, DENSE_REPO, FakeHub, REPO, RERANK_REPO, ROOT_GRAPH_REPO, STATIC_REPO, start_fake_hub,
 };
 use common::{Server, cosine, reference, run_cli};
 use serde_json::json;
@@ -101,6 +101,38 @@ fn serve_downloads_a_hub_model_then_embeds_with_it() {
     let (server, hub, _home) = serve_from_fake_hub(&["--model", REPO]);
     assert_matches_reference(&server, REPO);
     assert_fetched_only_needed(&hub);
+}
+
+/// A cross-encoder from the Hub: downloaded with its config (which makes it a reranker),
+/// scored as sentence-transformers scores it, and listed with its task once in the cache.
+#[test]
+fn a_hub_cross_encoder_downloads_and_reranks() {
+    let (server, hub, _home) = serve_from_fake_hub(&["--model", RERANK_REPO]);
+    let text = std::fs::read_to_string(
+        common::model_dir("rerank-legacy/xlmr-reranker").join("reference.json"),
+    )
+    .unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let (status, json) = server.post_json(
+            "/v1/rerank",
+            &json!({"model": RERANK_REPO, "query": case["query"], "documents": [case["document"]]}),
+        );
+        assert_eq!(status, 200, "{json}");
+        let score = json["results"][0]["relevance_score"].as_f64().unwrap();
+        assert!(
+            (score - case["score"].as_f64().unwrap()).abs() <= 1e-5,
+            "{case}"
+        );
+    }
+    let fetched = hub.fetched.lock().unwrap().clone();
+    assert!(fetched.iter().any(|f| f == "config.json"), "{fetched:?}");
+    assert!(
+        !fetched.iter().any(|f| DECOYS.contains(&f.as_str())),
+        "{fetched:?}"
+    );
+    let (_, model) = server.get(&format!("/v1/models/{RERANK_REPO}"));
+    assert_eq!(model["task"], "rerank", "{model}");
 }
 
 #[test]

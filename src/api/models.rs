@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{ApiError, AppState};
 use crate::cache::CacheError;
 use crate::echo::clip;
-use crate::model::{ModelSource, Task};
+use crate::model::Task;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ModelObject {
@@ -64,10 +64,16 @@ impl<S: Send + Sync> FromRequestParts<S> for ModelPath {
 /// Reads the model's files (never loads it): call it off the async runtime.
 fn model_object(id: String, state: &AppState) -> ModelObject {
     let cached = state.cache.state(&id);
-    let task = match state.cache.catalog().lookup(&id).map(|s| s.config.source) {
-        Some(ModelSource::Dir(dir)) => Task::of_dir(&dir).ok(),
-        _ => None,
-    };
+    let catalog = state.cache.catalog();
+    let task = catalog
+        .lookup(&id)
+        .and_then(|spec| {
+            let config = spec.config;
+            catalog
+                .hub()
+                .local_dir(&config.source, config.onnx_file.as_deref())
+        })
+        .and_then(|dir| Task::of_dir(&dir).ok());
     ModelObject {
         task,
         object: "model",

@@ -151,6 +151,23 @@ impl HubSettings {
             .find(|dir| looks_like_model(dir))
     }
 
+    /// The local folder with every file the model needs, if there is one already (the folder
+    /// itself, a mirror's copy, or a complete snapshot in the Hugging Face cache). Downloads
+    /// nothing. `onnx_file` is the configured graph, if one is.
+    pub fn local_dir(&self, source: &ModelSource, onnx_file: Option<&str>) -> Option<PathBuf> {
+        let (repo, revision) = match source {
+            ModelSource::Dir(dir) => return Some(dir.clone()),
+            ModelSource::Hub { repo, revision } => (repo, revision),
+        };
+        // A mirror holds one snapshot; a pinned revision must come from the revision-aware cache.
+        if revision.is_none()
+            && let Some(dir) = self.find_in_models_dirs(repo)
+        {
+            return Some(dir);
+        }
+        cached_snapshot(&hub_repo(repo, revision.as_deref()), onnx_file)
+    }
+
     /// A local folder with every file the model needs, downloading what is missing.
     /// `onnx_file` is the configured graph, if one is.
     pub async fn resolve(
@@ -162,16 +179,10 @@ impl HubSettings {
             ModelSource::Dir(dir) => return Ok(dir.clone()),
             ModelSource::Hub { repo, revision } => (repo, revision),
         };
-        // A mirror holds one snapshot; a pinned revision must come from the revision-aware cache.
-        if revision.is_none()
-            && let Some(dir) = self.find_in_models_dirs(repo)
-        {
+        if let Some(dir) = self.local_dir(source, onnx_file) {
             return Ok(dir);
         }
         let hub_repo = hub_repo(repo, revision.as_deref());
-        if let Some(dir) = cached_snapshot(&hub_repo, onnx_file) {
-            return Ok(dir);
-        }
         if offline() {
             return Err(LoadError::Source(format!(
                 "{source} is not in the models directories {:?} nor in the Hugging Face cache {}, \

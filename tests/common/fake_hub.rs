@@ -22,6 +22,9 @@ pub const DENSE_REPO: &str = "fixture-org/labse";
 pub const STATIC_REPO: &str = "fixture-org/static";
 /// optimum's export: one root-level `model.onnx`, no modules.json.
 pub const ROOT_GRAPH_REPO: &str = "fixture-org/optimum";
+/// A cross-encoder as older Hub repos hold one: config.json names the architecture, no
+/// sentence-transformers files (rerank-legacy/xlmr-reranker).
+pub const RERANK_REPO: &str = "fixture-org/reranker";
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// Files no model here needs, which must never be fetched.
@@ -32,7 +35,7 @@ pub const DECOYS: [&str; 4] = [
     "2_Dense/pytorch_model.bin",
 ];
 
-/// A stand-in for the Hub serving four repositories, each a fixture folder plus files that
+/// A stand-in for the Hub serving five repositories, each a fixture folder plus files that
 /// its model does not need (`DECOYS`).
 pub struct FakeHub {
     /// Repository, then file, to bytes.
@@ -129,6 +132,7 @@ pub fn start_gated_hub(open: bool) -> (String, Arc<FakeHub>) {
         (DENSE_REPO, "zoo-st5/bert-labse"),
         (STATIC_REPO, "zoo/static-embedding"),
         (ROOT_GRAPH_REPO, "zoo-st5/bert-dense-optimum-st"),
+        (RERANK_REPO, "rerank-legacy/xlmr-reranker"),
     ] {
         let mut files = BTreeMap::new();
         collect(&model_dir(fixture), "", &mut files);
