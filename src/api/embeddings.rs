@@ -9,7 +9,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::input::RequestInput;
-use super::{ApiError, ApiJson, AppState, labelled};
+use super::{ApiError, ApiJson, AppState, labelled, serve_model};
 use crate::model::{EmbedOptions, Embedded};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -138,10 +138,7 @@ async fn embed(
             ),
         ));
     }
-    let model = state.cache.get(&request.model).await?;
-    span.record("model", model.name());
-    *label = Some(model.name().to_string());
-    model.require(crate::model::Task::Embedding)?;
+    let model = serve_model(state, &request.model, label).await?;
     let options = EmbedOptions {
         prompt_name: request.prompt_name.take(),
         truncate: request.truncate,

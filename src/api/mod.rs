@@ -157,6 +157,19 @@ fn labelled(result: Result<Response, ApiError>, model: Option<String>) -> Respon
     response
 }
 
+/// The model `name`, loaded when needed, with the request span's `model` and the response's
+/// metric label set once it is known to exist.
+async fn serve_model(
+    state: &AppState,
+    name: &str,
+    label: &mut Option<String>,
+) -> Result<Arc<crate::model::Model>, ApiError> {
+    let model = state.cache.get(name).await?;
+    tracing::Span::current().record("model", model.name());
+    *label = Some(model.name().to_string());
+    Ok(model)
+}
+
 /// The model a request names, else the default model, else a 400 that says how to choose.
 fn requested_model(state: &AppState, model: Option<&str>) -> Result<String, ApiError> {
     match (model, &state.default_model) {

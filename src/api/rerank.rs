@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tei::TruncationDirection;
 use super::tei_errors::TeiShaped;
-use super::{ApiError, ApiJson, AppState, labelled, requested_model};
+use super::{ApiError, ApiJson, AppState, labelled, requested_model, serve_model};
 use crate::model::{RerankOptions, Reranked};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -261,12 +261,9 @@ async fn answer(
         direction.require_right()?;
     }
     let name = requested_model(state, model.as_deref())?;
-    let model = state.cache.get(&name).await?;
+    let model = serve_model(state, &name, label).await?;
     let span = tracing::Span::current();
-    span.record("model", model.name());
     span.record("inputs", documents.len());
-    *label = Some(model.name().to_string());
-    model.require(crate::model::Task::Rerank)?;
 
     let options = RerankOptions {
         truncate,

@@ -6,8 +6,8 @@ use serde::Deserialize;
 
 use super::rerank::Documents;
 use super::tei::TruncationDirection;
-use super::{ApiError, AppState, requested_model};
-use crate::model::{EmbedOptions, Input, Task, TokenInput};
+use super::{ApiError, AppState, requested_model, serve_model};
+use crate::model::{EmbedOptions, Input, TokenInput};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SimilarityInput {
@@ -88,9 +88,7 @@ pub async fn similarities(
         );
     }
     let name = requested_model(state, model.as_deref())?;
-    let model = state.cache.get(&name).await?;
-    *label = Some(model.name().to_string());
-    model.require(Task::Embedding)?;
+    let model = serve_model(state, &name, label).await?;
     let mut texts = Vec::with_capacity(sentences.len() + 1);
     texts.push(Input::Text(inputs.source_sentence));
     texts.extend(sentences.into_iter().map(Input::Text));

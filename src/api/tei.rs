@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::input::{InputVisitor, RequestInput};
 use super::similarity::{SimilarityInput, SimilarityParameters, SimilarityRequest, similarities};
-use super::{ApiError, ApiJson, AppState, labelled, requested_model};
+use super::{ApiError, ApiJson, AppState, labelled, requested_model, serve_model};
 use crate::model::{EmbedOptions, Task, TokenInput, l2_normalize};
 
 /// TEI's `truncation_direction`: only `Right`, sentence-transformers' own, is supported.
@@ -170,10 +170,8 @@ async fn embed_vectors(
         direction.require_right()?;
     }
     let name = requested_model(state, request.model.as_deref())?;
-    let model = state.cache.get(&name).await?;
-    *label = Some(model.name().to_string());
+    let model = serve_model(state, &name, label).await?;
     let span = tracing::Span::current();
-    span.record("model", model.name());
     span.record("inputs", inputs.len());
     let options = EmbedOptions {
         prompt_name: request.prompt_name,
@@ -228,6 +226,16 @@ fn yes() -> bool {
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<TokenizeRequest>,
+) -> Response {
+    let mut label = None;
+    let response = tokens(&state, request, &mut label).await;
+    labelled(response, label)
+}
+
+async fn tokens(
+    state: &AppState,
+    request: TokenizeRequest,
+    label: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let mut texts = Vec::with_capacity(request.inputs.0.len());
     for (i, input) in request.inputs.0.into_iter().enumerate() {
@@ -241,9 +249,8 @@ pub async fn tokenize(
             }
         }
     }
-    let name = requested_model(&state, request.model.as_deref())?;
-    let model = state.cache.get(&name).await?;
-    let label = model.name().to_string();
+    let name = requested_model(state, request.model.as_deref())?;
+    let model = serve_model(state, &name, label).await?;
     let add_special_tokens = request.add_special_tokens;
     let prompt_name = request.prompt_name;
     let tokens = super::embeddings::blocking(move || {
@@ -252,13 +259,8 @@ pub async fn tokenize(
             .map(|text| model.tokens(text, prompt_name.as_deref(), add_special_tokens))
             .collect::<Result<Vec<_>, _>>()
     })
-    .await?;
-    Ok(labelled(
-        tokens
-            .map(|tokens| axum::Json(tokens).into_response())
-            .map_err(ApiError::from),
-        Some(label),
-    ))
+    .await??;
+    Ok(axum::Json(tokens).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,12 +296,19 @@ pub struct Info {
     responses((status = 200, description = "The model and its limits", body = Info)),
     tag = "TEI"
 )]
-pub async fn info(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<InfoQuery>,
+pub async fn info(State(state): State<Arc<AppState>>, Query(query): Query<InfoQuery>) -> Response {
+    let mut label = None;
+    let response = describe(&state, query, &mut label).await;
+    labelled(response, label)
+}
+
+async fn describe(
+    state: &AppState,
+    query: InfoQuery,
+    label: &mut Option<String>,
 ) -> Result<Response, ApiError> {
-    let name = requested_model(&state, query.model.as_deref())?;
-    let model = state.cache.get(&name).await?;
+    let name = requested_model(state, query.model.as_deref())?;
+    let model = serve_model(state, &name, label).await?;
     let model_type = match model.task() {
         Task::Embedding => serde_json::json!({"embedding": {
             "pooling": model.pooling().map_or_else(|| "in the graph".to_string(), |p| p.name())
@@ -331,8 +340,5 @@ pub async fn info(
         sha: None,
         docker_label: None,
     };
-    Ok(labelled(
-        Ok(axum::Json(info).into_response()),
-        Some(model.name().to_string()),
-    ))
+    Ok(axum::Json(info).into_response())
 }

@@ -170,29 +170,11 @@ impl TextTokenizer {
     /// and its threads would compete with inference for the cores.
     /// Long texts are first cut to the part that decides their tokens (`long_text`).
     pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<Encoded>, tokenizers::Error> {
-        let ids = |e: tokenizers::Encoding| Encoded {
-            truncated: !e.get_overflowing().is_empty(),
-            ids: e.get_ids().to_vec(),
-            type_ids: Vec::new(),
-        };
         let texts = texts
             .iter()
-            .map(|text| long_text::bounded(&self.tokenizer, &self.shortening, text, self.window))
+            .map(|text| self.bounded(text))
             .collect::<Result<Vec<Cow<str>>, _>>()?;
-        if texts.len() < PARALLEL_FROM {
-            return texts
-                .into_iter()
-                .map(|text| {
-                    self.tokenizer
-                        .encode_fast(text, self.special_tokens())
-                        .map(ids)
-                })
-                .collect();
-        }
-        let encodings = self
-            .tokenizer
-            .encode_batch_fast(texts, self.special_tokens())?;
-        Ok(encodings.into_iter().map(ids).collect())
+        self.encode_all(texts, self.special_tokens(), false)
     }
 
     /// Tokenizes (query, document) pairs as a cross-encoder's tokenizer does: one sequence
@@ -203,30 +185,57 @@ impl TextTokenizer {
         query: &str,
         documents: &[Cow<'_, str>],
     ) -> Result<Vec<Encoded>, tokenizers::Error> {
-        let bound = |text| long_text::bounded(&self.tokenizer, &self.shortening, text, self.window);
-        let query = bound(query)?;
+        let query = self.bounded(query)?;
         let pairs = documents
             .iter()
-            .map(|document| Ok((query.as_ref(), bound(document)?)))
+            .map(|document| Ok((query.as_ref(), self.bounded(document)?)))
             .collect::<Result<Vec<_>, tokenizers::Error>>()?;
+        self.encode_all(pairs, true, true)
+    }
+
+    /// Encodes texts or pairs, keeping segment ids for pairs only.
+    fn encode_all<'s, E>(
+        &self,
+        inputs: Vec<E>,
+        add_special_tokens: bool,
+        pairs: bool,
+    ) -> Result<Vec<Encoded>, tokenizers::Error>
+    where
+        E: Into<tokenizers::EncodeInput<'s>> + Send,
+    {
         let encoded = |e: tokenizers::Encoding| Encoded {
             truncated: !e.get_overflowing().is_empty(),
             ids: e.get_ids().to_vec(),
-            type_ids: e.get_type_ids().to_vec(),
+            type_ids: if pairs {
+                e.get_type_ids().to_vec()
+            } else {
+                Vec::new()
+            },
         };
-        if pairs.len() < PARALLEL_FROM {
-            return pairs
+        if inputs.len() < PARALLEL_FROM {
+            return inputs
                 .into_iter()
-                .map(|pair| self.tokenizer.encode_fast(pair, true).map(encoded))
+                .map(|input| {
+                    self.tokenizer
+                        .encode_fast(input, add_special_tokens)
+                        .map(encoded)
+                })
                 .collect();
         }
-        let encodings = self.tokenizer.encode_batch_fast(pairs, true)?;
+        let encodings = self
+            .tokenizer
+            .encode_batch_fast(inputs, add_special_tokens)?;
         Ok(encodings.into_iter().map(encoded).collect())
+    }
+
+    /// `text`, or the part of it that decides its tokens when it is long (`long_text`).
+    fn bounded<'t>(&self, text: &'t str) -> tokenizers::Result<Cow<'t, str>> {
+        long_text::bounded(&self.tokenizer, &self.shortening, text, self.window)
     }
 
     /// The start of `text` that holds its first `max` tokens (without special tokens).
     pub fn first_tokens<'t>(&self, text: &'t str, max: usize) -> tokenizers::Result<&'t str> {
-        let bounded = long_text::bounded(&self.tokenizer, &self.shortening, text, self.window)?;
+        let bounded = self.bounded(text)?;
         let encoding = self.tokenizer.encode(bounded.as_ref(), false)?;
         let offsets = encoding.get_offsets();
         // Truncation stops at `max_seq_length` tokens, which pairs are cut to anyway.
@@ -245,7 +254,7 @@ impl TextTokenizer {
         text: &str,
         add_special_tokens: bool,
     ) -> tokenizers::Result<Vec<super::inputs::Token>> {
-        let bounded = long_text::bounded(&self.tokenizer, &self.shortening, text, self.window)?;
+        let bounded = self.bounded(text)?;
         let encoding = self
             .tokenizer
             .encode(bounded.as_ref(), add_special_tokens)?;
