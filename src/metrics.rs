@@ -57,8 +57,8 @@ impl Metrics {
                 )?,
                 request_seconds: register_histogram_vec_with_registry!(
                     "request_duration_seconds",
-                    "HTTP request latency by route",
-                    &["route"],
+                    "HTTP request latency by route and model",
+                    &["route", "model"],
                     SECONDS.to_vec(),
                     r
                 )?,

@@ -98,6 +98,7 @@ fn metrics_move_with_requests() {
     assert_eq!(delta(inference, &table), 2.0);
     let latency = "embedserve_request_duration_seconds_count";
     assert!(delta(latency, &[route]) >= 3.0);
+    assert_eq!(delta(latency, &[route, ("model", "tiny/bert-mean")]), 2.0);
     let loaded_ok = [("model", "tiny/bert-mean"), ("result", "ok")];
     assert_eq!(
         metric_in(&after, "embedserve_model_loads_total", &loaded_ok),

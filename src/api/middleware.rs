@@ -75,7 +75,7 @@ pub async fn track(request: Request, next: Next) -> Response {
         .inc();
     METRICS
         .request_seconds
-        .with_label_values(&[route.as_str()])
+        .with_label_values(&[route.as_str(), model])
         .observe(started.elapsed().as_secs_f64());
     response
 }
