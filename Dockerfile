@@ -24,7 +24,8 @@ RUN if [ "$VARIANT" = cuda ]; then scripts/fetch-onnxruntime --gpu --dest /out/l
 FROM ${RUNTIME_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libstdc++6 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --create-home --home-dir /data embedserve
+    && groupadd --system --gid 10001 embedserve \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /data embedserve
 COPY --from=build /out/bin/embedserve /usr/local/bin/embedserve
 COPY --from=build /out/lib/ /opt/onnxruntime/
 COPY config/embedserve.toml /etc/embedserve/embedserve.toml
@@ -36,7 +37,8 @@ ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so \
     EMBEDSERVE_DEVICE=auto \
     EMBEDSERVE_CONFIG=/etc/embedserve/embedserve.toml \
     HF_HOME=/data/huggingface
-USER embedserve
+# Numeric, so that Kubernetes' runAsNonRoot can verify it (deploy/kubernetes runs as 10001).
+USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \

@@ -17,16 +17,17 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class Server:
-    """Started on port 0 with --port-file; ready once /ready answers 200."""
+    """Started on port 0 with --port-file; ready once /ready answers 200. `drain_delay=None`
+    keeps the configuration's own."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, drain_delay="0s"):
         binary = os.environ.get("EMBEDSERVE_BIN", str(ROOT / "target" / "debug" / "embedserve"))
         self.scratch = tempfile.TemporaryDirectory()
         port_file = pathlib.Path(self.scratch.name) / "port"
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--port-file", port_file,
-             "--drain-delay", "0s",
+             *(["--drain-delay", drain_delay] if drain_delay else []),
              *map(str, args)],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
