@@ -24,8 +24,8 @@ RUN if [ "$VARIANT" = cuda ]; then scripts/fetch-onnxruntime --gpu --dest /out/l
 FROM ${RUNTIME_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libstdc++6 \
     && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 10001 embedserve \
-    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /data embedserve
+    && groupadd --gid 10001 embedserve \
+    && useradd --uid 10001 --gid 10001 --create-home --home-dir /data --shell /usr/sbin/nologin embedserve
 COPY --from=build /out/bin/embedserve /usr/local/bin/embedserve
 COPY --from=build /out/lib/ /opt/onnxruntime/
 COPY config/embedserve.toml /etc/embedserve/embedserve.toml
