@@ -93,7 +93,7 @@ class Router:
             return []
 
     def retries(self):
-        """(retries, redispatches) the backend has made."""
+        """(retries on the same replica, redispatches to another) the backend has made."""
         row = next(r for r in self.stats() if r["pxname"] == "replicas" and r["svname"] == "BACKEND")
         return int(row["wretr"] or 0), int(row["wredis"] or 0)
 
