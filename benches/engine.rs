@@ -1,7 +1,9 @@
 //! The engine ceiling: the bare ONNX Runtime session, no server, on all-MiniLM-L6-v2 fp32
-//! with the server's session options. Measures single sentences one run at a time, batches
-//! of 32 copies of that sentence, and the 32 corpus sentences sorted by length in one run.
-//! Prints one JSON object; `scripts/bench` compares the server against it.
+//! with the server's session options, in each spinning mode (`always`, `never`): single
+//! sentences one run at a time, batches of 32 copies of that sentence, and the 32 corpus
+//! sentences sorted by length in one run. Prints one JSON object: each workload's best over
+//! the modes (the highest rate, the lowest latencies), and every mode's own figures under
+//! `modes`. `scripts/bench` compares the server against the best.
 //!
 //! `cargo bench --bench engine` (BENCH_SECONDS per measurement, default 5); under `cargo
 //! test` it runs each measurement once as a smoke test.
@@ -11,10 +13,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use embedserve::config::RuntimeConfig;
-use embedserve::runtime::{Device, Runtime};
+use embedserve::runtime::{Device, Runtime, Spinning};
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokenizers::{Tokenizer, TruncationParams};
 
 fn main() {
@@ -36,12 +38,15 @@ fn main() {
 
     let runtime = Runtime::init(&RuntimeConfig::default())
         .expect("ONNX Runtime (run scripts/fetch-onnxruntime)");
-    let (mut builder, _) = runtime
-        .session_builder(Device::Cpu, None)
-        .expect("session options");
-    let mut session = builder
-        .commit_from_file(dir.join("onnx/model.onnx"))
-        .expect("session");
+    let open = |onnx: &Path, spinning: Spinning| {
+        runtime
+            .with_spinning(spinning)
+            .session_builder(Device::Cpu, None)
+            .expect("session options")
+            .0
+            .commit_from_file(onnx)
+            .expect("session")
+    };
     let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
     tokenizer.with_padding(None);
     tokenizer
@@ -62,24 +67,10 @@ fn main() {
     let copies = vec![single[0].clone(); 32];
     let mut sorted: Vec<Vec<u32>> = corpus.iter().map(|t| encode(t)).collect();
     sorted.sort_by_key(Vec::len);
-
-    let mut report = json!({
-        "single": measure(&mut session, &single, budget),
-        "batch32_same": measure(&mut session, &copies, budget),
-        "batch32_corpus": measure(&mut session, &sorted, budget),
-        "single_tokens": single[0].len(),
-    });
     // A cross-encoder (scripts/make-bench-reranker): 32 pairs of the first sentence with
     // the first 8 corpus sentences (the bench's rerank request), 4 times over, tokenized as
     // pairs and sorted by length, in one run.
-    if let Some(reranker) = std::env::var_os("BENCH_RERANKER") {
-        let reranker = Path::new(&reranker);
-        let mut session = runtime
-            .session_builder(Device::Cpu, None)
-            .expect("session options")
-            .0
-            .commit_from_file(reranker.join("onnx/model.onnx"))
-            .expect("reranker session");
+    let reranker = std::env::var_os("BENCH_RERANKER").map(|dir| {
         let mut pairs: Vec<(Vec<u32>, Vec<u32>)> = corpus[..8]
             .iter()
             .cycle()
@@ -96,11 +87,52 @@ fn main() {
             .collect();
         pairs.sort_by_key(|(ids, _)| ids.len());
         let (ids, types): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
-        report["rerank_batch32"] = measure_with(budget, ids.len(), || {
-            run_typed(&mut session, &ids, Some(&types))
+        (Path::new(&dir).join("onnx/model.onnx"), ids, types)
+    });
+
+    let mut report = json!({"single_tokens": single[0].len(), "modes": {}});
+    for spinning in [Spinning::Always, Spinning::Never] {
+        let mut session = open(&dir.join("onnx/model.onnx"), spinning);
+        let mut figures = json!({
+            "single": measure(&mut session, &single, budget),
+            "batch32_same": measure(&mut session, &copies, budget),
+            "batch32_corpus": measure(&mut session, &sorted, budget),
         });
+        drop(session);
+        if let Some((onnx, ids, types)) = &reranker {
+            let mut session = open(onnx, spinning);
+            figures["rerank_batch32"] = measure_with(budget, ids.len(), || {
+                run_typed(&mut session, ids, Some(types))
+            });
+        }
+        report["modes"][spinning.to_string()] = figures;
+    }
+    let modes = report["modes"].as_object().expect("modes").clone();
+    for (workload, _) in modes["always"].as_object().expect("figures") {
+        report[workload] = best(&modes, workload);
     }
     println!("{report}");
+}
+
+/// A workload's best over the spinning modes: the highest rate, the lowest latencies, and
+/// the mode that gave the rate.
+fn best(modes: &serde_json::Map<String, Value>, workload: &str) -> Value {
+    let figures = || modes.iter().map(|(mode, m)| (mode, &m[workload]));
+    let number = |v: &Value, key: &str| v[key].as_f64().expect("a number");
+    let (mode, fastest) = figures()
+        .max_by(|a, b| number(a.1, "inputs_per_s").total_cmp(&number(b.1, "inputs_per_s")))
+        .expect("modes");
+    let least = |key: &str| {
+        figures()
+            .map(|(_, m)| number(m, key))
+            .fold(f64::INFINITY, f64::min)
+    };
+    json!({
+        "inputs_per_s": number(fastest, "inputs_per_s"),
+        "p50_ms": least("p50_ms"),
+        "p99_ms": least("p99_ms"),
+        "spinning": mode,
+    })
 }
 
 /// Runs `batch` repeatedly for `budget` (at least once) and reports inputs/s and latency.

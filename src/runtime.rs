@@ -1,12 +1,12 @@
-//! Finding and initialising ONNX Runtime: one environment per process, telemetry off, one
-//! intra-op thread pool shared by every session so that loading more models never
-//! multiplies the threads fighting over the cores.
+//! Finding and initialising ONNX Runtime: one environment per process, telemetry off, and
+//! the session options every model gets: full graph optimisation, and its own intra-op pool
+//! whose threads spin while a run is in progress and sleep between runs (see `Spinning`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use ort::environment::{Environment, GlobalThreadPoolOptions};
+use ort::environment::Environment;
 use ort::ep;
 use ort::session::{Session, builder::GraphOptimizationLevel, builder::SessionBuilder};
 
@@ -27,9 +27,12 @@ pub enum RuntimeError {
     Init(#[from] ort::Error),
 }
 
-/// The process's ONNX Runtime. Sessions built from it share its thread pool.
+/// The process's ONNX Runtime, and how the sessions built from it use threads.
+#[derive(Clone)]
 pub struct Runtime {
     environment: Environment,
+    intra_threads: usize,
+    spinning: Spinning,
 }
 
 impl Runtime {
@@ -40,30 +43,39 @@ impl Runtime {
             path: library.clone(),
             reason: e.to_string(),
         })?;
-        let threads = config
+        let intra_threads = config
             .intra_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let pool = GlobalThreadPoolOptions::default()
-            .with_intra_threads(threads)?
-            .with_inter_threads(1)?
-            .with_spin_control(config.spinning)?;
         let environment = builder
             .with_name("embedserve")
             .with_telemetry(false)
-            .with_global_thread_pool(pool)
             .build()?;
         tracing::info!(
             library = %library.display(),
-            intra_threads = threads,
-            spinning = config.spinning,
+            intra_threads,
+            spinning = %config.spinning,
             "ONNX Runtime ready"
         );
-        Ok(Self { environment })
+        Ok(Self {
+            environment,
+            intra_threads,
+            spinning: config.spinning,
+        })
     }
 
-    /// A session builder with the server's defaults (full graph optimisation, the shared
-    /// pool) on `device`, and the device it really got: `auto` falls back to the CPU when
-    /// the CUDA provider does not register, an explicit `cuda` fails with the reason.
+    /// The same runtime, building sessions that spin as `spinning` says: for benchmarks that
+    /// compare the modes in one process.
+    pub fn with_spinning(&self, spinning: Spinning) -> Self {
+        Self {
+            spinning,
+            ..self.clone()
+        }
+    }
+
+    /// A session builder with the server's defaults (full graph optimisation, its own
+    /// intra-op pool spinning as configured) on `device`, and the device it really got:
+    /// `auto` falls back to the CPU when the CUDA provider does not register, an explicit
+    /// `cuda` fails with the reason.
     pub fn session_builder(
         &self,
         device: Device,
@@ -71,6 +83,16 @@ impl Runtime {
     ) -> Result<(SessionBuilder, Device), String> {
         let builder = Session::builder(&self.environment)
             .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
+            .and_then(|b| Ok(b.with_intra_threads(self.intra_threads)?))
+            .and_then(|b| Ok(b.with_inter_threads(1)?))
+            .and_then(|b| Ok(b.with_intra_op_spinning(self.spinning != Spinning::Never)?))
+            .and_then(|b| {
+                let stop = self.spinning == Spinning::Adaptive;
+                Ok(b.with_config_entry(
+                    "session.force_spinning_stop",
+                    if stop { "1" } else { "0" },
+                )?)
+            })
             .map_err(|e| e.to_string())?;
         let cuda = |id: i32| {
             let mut cuda = ep::CUDA::default().with_device_id(id);
@@ -109,6 +131,68 @@ impl Runtime {
 pub unsafe fn disable_telemetry() {
     // SAFETY: the caller guarantees the process is still single-threaded.
     unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+}
+
+/// When the threads of a session's intra-op pool busy-wait for work instead of sleeping.
+///
+/// A run of a transformer is hundreds of operators, each split over the pool: a sleeping
+/// thread must be woken for every one of them (a futex and, on a VM, an idle virtual CPU to
+/// bring back), which made a single sentence 1.9 ms slower on the development machine.
+/// Spinning after a run, though, burns a core that HTTP, tokenization and other models need.
+/// `Adaptive` spins inside runs and stops at each run's end (ONNX Runtime's
+/// `session.force_spinning_stop`); README, "Spinning", has the measurements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Spinning {
+    /// Spin while a run is in progress; sleep between runs.
+    #[default]
+    Adaptive,
+    /// Spin between runs too (ONNX Runtime's own default): the least latency on a machine
+    /// that does nothing else, at the cost of a core busy-waiting for a while after each run.
+    Always,
+    /// Never spin: every operator wakes the threads it needs.
+    Never,
+}
+
+impl FromStr for Spinning {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "adaptive" => Ok(Self::Adaptive),
+            "always" | "true" => Ok(Self::Always),
+            "never" | "false" => Ok(Self::Never),
+            _ => Err(format!(
+                "`{text}` is not a spinning mode: adaptive, always or never"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Spinning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Adaptive => "adaptive",
+            Self::Always => "always",
+            Self::Never => "never",
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Spinning {
+    /// A mode's name, or a boolean as earlier versions took it (true: always, false: never).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Flag(bool),
+            Name(String),
+        }
+        match Given::deserialize(d)? {
+            Given::Flag(true) => Ok(Self::Always),
+            Given::Flag(false) => Ok(Self::Never),
+            Given::Name(name) => name.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// Where a model runs.
@@ -260,6 +344,24 @@ mod tests {
         assert!("gpu".parse::<Device>().is_err());
         assert!("cuda:-1".parse::<Device>().is_err());
         assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
+
+    #[test]
+    fn parses_spinning_modes_and_the_old_booleans() {
+        assert_eq!("adaptive".parse(), Ok(Spinning::Adaptive));
+        assert_eq!("always".parse(), Ok(Spinning::Always));
+        assert_eq!("never".parse(), Ok(Spinning::Never));
+        assert!("sometimes".parse::<Spinning>().is_err());
+        #[derive(serde::Deserialize)]
+        struct Runtime {
+            spinning: Spinning,
+        }
+        let read = |toml: &str| toml::from_str::<Runtime>(toml).map(|r| r.spinning);
+        assert_eq!(read("spinning = true").unwrap(), Spinning::Always);
+        assert_eq!(read("spinning = false").unwrap(), Spinning::Never);
+        assert_eq!(read("spinning = \"adaptive\"").unwrap(), Spinning::Adaptive);
+        assert!(read("spinning = \"sometimes\"").is_err());
+        assert_eq!(Spinning::default(), Spinning::Adaptive);
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub fn app_state(config: &Config, cache: Arc<ModelCache>, ready: Arc<Readiness>)
         api_keys: server.api_keys.clone(),
         protect_metrics: server.protect_metrics,
         cors_origins: server.cors_origins.clone(),
+        compress_responses: server.compress_responses,
         request_timeout: server.request_timeout,
         default_model: server
             .default_model

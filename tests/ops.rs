@@ -171,9 +171,28 @@ fn keys_from_a_file_and_protected_metrics() {
     assert_eq!(server.get("/health").0, 200);
 }
 
+/// Off by default: clients ask for compression by habit, and vectors cost more CPU to
+/// compress than a LAN saves.
+#[test]
+fn responses_are_not_compressed_unless_configured() {
+    let server = Server::start(&["--models-dir", &models_root_arg()]);
+    let response = reqwest::blocking::Client::new()
+        .post(server.url("/v1/embeddings"))
+        .header("accept-encoding", "gzip, deflate, zstd")
+        .json(&json!({"model": "tiny/bert-mean", "input": vec!["compress me"; 20]}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("content-encoding"));
+    let body: serde_json::Value = response.json().unwrap();
+    assert_eq!(body["data"].as_array().unwrap().len(), 20);
+}
+
 #[test]
 fn request_ids_compression_and_cors() {
-    let (_dir, config) = config_file("[server]\ncors_origins = [\"https://app.example\"]\n");
+    let (_dir, config) = config_file(
+        "[server]\ncors_origins = [\"https://app.example\"]\ncompress_responses = true\n",
+    );
     let server = Server::start(&[
         "--config",
         config.to_str().unwrap(),

@@ -4,11 +4,13 @@
 //!
 //! Sharing: a batch is anchored on one input of each queued request in turn, so every
 //! request runs within as many runs as there are requests queued; the rest of the batch goes
-//! to the requests with the fewest inputs left (shortest remaining work first, which gives
-//! the least mean latency), among them to the inputs closest in length to the anchor. A
+//! first to small requests, those with the fewest inputs left first (shortest remaining work
+//! first, which gives the least mean latency; requests of equal size one after another), then
+//! to bulk inputs by how close their length is to the anchor's, whichever request they
+//! belong to. A
 //! small request thus runs in the next run beside a large one (waiting for at most the run
-//! in progress) instead of after it, and requests of equal size finish one after another
-//! rather than all at the end.
+//! in progress) instead of after it, and bulk requests share runs of similar lengths: four
+//! concurrent 32-sentence requests pad 37 % fewer tokens than each run alone would.
 //!
 //! Waiting policy: the worker takes whatever is queued the moment it is free, and never
 //! waits for more. Under load, inputs pile up while a batch runs, so batches fill by
@@ -91,12 +93,15 @@ struct Request<O> {
     inference_nanos: AtomicU64,
     /// Submission order: the turn order of batch anchors.
     seq: u64,
+    /// How many inputs the request brought.
+    inputs: usize,
 }
 
 impl<O> Request<O> {
     fn new(inputs: usize, reply: oneshot::Sender<Reply<O>>, seq: u64) -> Self {
         Self {
             seq,
+            inputs,
             outputs: Mutex::new(std::iter::repeat_with(|| None).take(inputs).collect()),
             remaining: AtomicUsize::new(inputs),
             reply: Mutex::new(Some(reply)),
@@ -296,10 +301,16 @@ fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E) {
     }
 }
 
+/// Requests of more inputs than this are bulk work: their inputs are batched by length
+/// across requests rather than one request after another. Four 32-sentence requests
+/// then pad 640 tokens per 32 inputs instead of 1,024 (benches/corpus.txt).
+const BULK_INPUTS: usize = 4;
+
 /// The first input of the request after `last_anchor` (in turn, so no request waits
-/// forever), then queued inputs by how few inputs their request has left (requests with as
-/// many left in submission order), then by how close their length is to the anchor's
-/// (similar lengths keep padding small), within the limits.
+/// forever), then the inputs of requests of at most `BULK_INPUTS` inputs, by how few their
+/// request has left (requests with as many left in submission order), then the rest by how
+/// close their length is to the anchor's (similar lengths keep padding small), within the
+/// limits.
 fn take_batch<E: Engine>(
     items: &mut VecDeque<Item<E>>,
     limits: &BatchLimits,
@@ -319,11 +330,16 @@ fn take_batch<E: Engine>(
     let mut candidates: Vec<usize> = (0..items.len()).filter(|&i| i != anchor).collect();
     candidates.sort_by_key(|&i| {
         let left = left[&seq(i)];
-        // Requests with as many inputs left go one after another (so each finishes sooner);
-        // single inputs, by length alone.
-        let turn = if left > 1 { seq(i) } else { 0 };
-        let closeness = E::tokens(&items[i].input).abs_diff(anchor_tokens);
-        (left, turn, closeness, i)
+        let closeness = E::tokens(&items[i].input).abs_diff(anchor_tokens) as u64;
+        if items[i].request.inputs > BULK_INPUTS {
+            // Bulk work: by length alone, across requests, so that runs pad little.
+            (usize::MAX, closeness, seq(i), i)
+        } else {
+            // Requests with as many inputs left go one after another (so each finishes
+            // sooner); single inputs, by length alone.
+            let turn = if left > 1 { seq(i) } else { 0 };
+            (left, turn, closeness, i)
+        }
     });
 
     let mut chosen = vec![anchor];

@@ -162,6 +162,36 @@ fn equal_requests_finish_one_after_another() {
     assert_eq!(outputs(blocker), [1]);
 }
 
+/// Requests of more than `BULK_INPUTS` inputs share runs by length: every run here holds
+/// only short or only long inputs, where taking each request in turn would pad every run to
+/// the long ones.
+#[test]
+fn bulk_requests_share_runs_of_similar_length() {
+    let limits = BatchLimits {
+        max_batch_tokens: 1000,
+        max_queued_inputs: 100,
+        ..LIMITS
+    };
+    let harness = Harness::start(limits, true, None);
+    let blocker = harness.submit(&[1]);
+    assert_eq!(harness.next_run(), [1]);
+    let first = harness.submit(&[10, 40, 11, 41, 12, 42]);
+    let second = harness.submit(&[40, 10, 41, 11, 42, 12]);
+    for _ in 0..4 {
+        harness.release();
+        let run = harness.next_run();
+        assert_eq!(run.len(), 3);
+        assert!(
+            run.iter().all(|&n| n <= 12) || run.iter().all(|&n| n >= 40),
+            "a run mixed lengths: {run:?}"
+        );
+    }
+    harness.release();
+    assert_eq!(outputs(first), [10, 40, 11, 41, 12, 42]);
+    assert_eq!(outputs(second), [40, 10, 41, 11, 42, 12]);
+    assert_eq!(outputs(blocker), [1]);
+}
+
 /// With more requests queued than a batch has rows, batches are anchored on each request in
 /// turn: every request runs within as many runs as there are requests.
 #[test]
@@ -283,7 +313,7 @@ fn an_empty_request_is_answered_without_a_run() {
 }
 
 fn items(lengths: &[usize]) -> VecDeque<Item<Fake>> {
-    let request = Arc::new(Request::new(0, oneshot::channel().0, 1));
+    let request = Arc::new(Request::new(lengths.len(), oneshot::channel().0, 1));
     lengths
         .iter()
         .enumerate()

@@ -81,6 +81,7 @@ impl Config {
         self.runtime.library = runtime.ort_library.or(self.runtime.library.take());
         self.runtime.intra_threads = runtime.intra_threads.or(self.runtime.intra_threads);
         set(&mut self.runtime.device, runtime.device);
+        set(&mut self.runtime.spinning, runtime.spinning);
         set(&mut self.cache.max_loaded_models, cache.max_loaded_models);
         self.cache.allow_hub_downloads |= cache.allow_hub_downloads;
         let b = &mut self.batcher;

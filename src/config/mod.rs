@@ -19,7 +19,7 @@ use units::byte_size;
 
 use crate::batcher::BatchLimits;
 use crate::model::{Batching, ModelSource, PoolingMode, TokenInput};
-use crate::runtime::Device;
+use crate::runtime::{Device, Spinning};
 
 /// Largest request body accepted unless configured otherwise: room for LangChain's batches of
 /// 1000 token-id arrays, small enough that one client cannot exhaust memory.
@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub protect_metrics: bool,
     /// Origins allowed by CORS; `["*"]` allows any. Empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Compress responses (gzip, deflate, zstd, at their fastest level) for clients that
+    /// accept it. Off: vectors compress poorly and cost more CPU than a LAN saves.
+    pub compress_responses: bool,
     /// A request still running after this long gets 408 and its work is dropped.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             api_key_file: None,
             protect_metrics: false,
             cors_origins: Vec::new(),
+            compress_responses: false,
             request_timeout: Duration::from_secs(300),
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
@@ -115,10 +119,10 @@ impl Default for ServerConfig {
 pub struct RuntimeConfig {
     /// Path of `libonnxruntime.so`; `ORT_DYLIB_PATH` wins over it.
     pub library: Option<PathBuf>,
-    /// Threads of the process-wide intra-op pool; all cores when unset.
+    /// Threads of each session's intra-op pool; all cores when unset.
     pub intra_threads: Option<usize>,
-    /// Let idle intra-op threads spin waiting for work instead of sleeping.
-    pub spinning: bool,
+    /// When intra-op threads busy-wait for work: adaptive, always or never.
+    pub spinning: Spinning,
     /// Where models run unless they say otherwise: cpu, cuda, cuda:N or auto.
     pub device: Device,
     /// Cap on each model's CUDA memory arena, e.g. "4GiB".

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::runtime::Device;
+use crate::runtime::{Device, Spinning};
 
 /// What the command line adds on top of the file.
 #[derive(Debug, Clone, Default, Args)]
@@ -113,9 +113,12 @@ pub struct RuntimeFlags {
     /// Path of libonnxruntime.so (ORT_DYLIB_PATH wins over it).
     #[arg(long, env = "EMBEDSERVE_ORT_LIBRARY")]
     pub ort_library: Option<PathBuf>,
-    /// Intra-op threads shared by all models; all cores by default.
+    /// Intra-op threads of each model; all cores by default.
     #[arg(long, env = "EMBEDSERVE_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
+    /// When intra-op threads busy-wait for work: adaptive (inside runs only), always, never.
+    #[arg(long, env = "EMBEDSERVE_SPINNING")]
+    pub spinning: Option<Spinning>,
     /// Where models run: cpu, cuda, cuda:N, or auto (CUDA when it registers, else CPU).
     #[arg(long, env = "EMBEDSERVE_DEVICE")]
     pub device: Option<Device>,

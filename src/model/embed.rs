@@ -32,8 +32,8 @@ enum Started {
 }
 
 impl Model {
-    /// Embeds `inputs`. Tokenizing (and static lookups) run on the blocking pool; waiting
-    /// for the batcher holds no thread. Dropping the future (the client went away)
+    /// Embeds `inputs`. Tokenizing (and static lookups) run on the blocking pool, or for small
+    /// requests on the calling task (see `is_small`); waiting for the batcher holds no thread. Dropping the future (the client went away)
     /// withdraws the inputs that have not run yet.
     pub async fn embed(
         self: Arc<Self>,
@@ -41,13 +41,17 @@ impl Model {
         options: EmbedOptions,
     ) -> Result<Embedded, EmbedError> {
         self.check_dimensions(options.dimensions)?;
-        let model = self.clone();
-        let (started, options) = tokio::task::spawn_blocking(move || {
-            let started = model.start(&inputs, &options);
-            (started, options)
-        })
-        .await
-        .map_err(|e| EmbedError::Task(e.to_string()))?;
+        let (started, options) = if super::is_small(inputs.iter().map(Input::size)) {
+            (self.start(&inputs, &options), options)
+        } else {
+            let model = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let started = model.start(&inputs, &options);
+                (started, options)
+            })
+            .await
+            .map_err(|e| EmbedError::Task(e.to_string()))?
+        };
         let embedded = match started? {
             Started::Ready(embedded) => embedded,
             Started::Queued { pending, tokens } => completed(pending.wait().await, tokens)?,

@@ -1,6 +1,8 @@
 //! From a request's inputs to token sequences: the prompt, token-id input (OpenAI clients
 //! send tiktoken `cl100k_base` ids; models have their own vocabulary), and truncation.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Deserialize;
 
 use super::{EmbedError, Input, Model, TokenSeq};
@@ -240,4 +242,13 @@ fn decode_cl100k(index: usize, ids: &[u32]) -> Result<String, EmbedError> {
 /// for it.
 pub fn warm_up_tiktoken() {
     let _ = tiktoken_rs::cl100k_base_singleton();
+    CL100K_LOADED.store(true, Ordering::Release);
+}
+
+/// Set once the `cl100k_base` table is loaded: until then, decoding token ids may wait for its
+/// load, which must not happen on an async worker.
+static CL100K_LOADED: AtomicBool = AtomicBool::new(false);
+
+pub(super) fn cl100k_loaded() -> bool {
+    CL100K_LOADED.load(Ordering::Acquire)
 }

@@ -83,6 +83,37 @@ pub enum Input {
     Tokens(Vec<u32>),
 }
 
+impl Input {
+    /// Bytes of text, or of token ids, the input holds: what tokenizing it costs. Token ids
+    /// count as too large to tokenize inline until the `cl100k_base` table they may be
+    /// decoded with is loaded.
+    fn size(&self) -> usize {
+        match self {
+            Self::Text(text) => text.len(),
+            Self::Tokens(ids) if inputs::cl100k_loaded() => ids.len() * size_of::<u32>(),
+            Self::Tokens(_) => usize::MAX,
+        }
+    }
+}
+
+/// Most bytes of input a request may hold to be tokenized on the async task that parsed it.
+/// Tokenizing that much takes tens of microseconds; handing it to the blocking pool and back
+/// costs two thread wake-ups, each up to 0.1 ms when the woken core idles (as on a VM), on
+/// every request. Larger requests still leave the async runtime.
+const INLINE_INPUT_BYTES: usize = 2048;
+
+/// Whether inputs of these sizes are cheap enough to tokenize without leaving the caller.
+fn is_small(sizes: impl IntoIterator<Item = usize>) -> bool {
+    sizes
+        .into_iter()
+        .try_fold(0usize, |total, size| {
+            total
+                .checked_add(size)
+                .filter(|&total| total <= INLINE_INPUT_BYTES)
+        })
+        .is_some()
+}
+
 /// A model to load: the name it is cached under, and its settings (where from, and how
 /// to read and run it).
 #[derive(Debug, Clone)]
@@ -220,3 +251,22 @@ fn return_freed_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_freed_memory() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_means_few_bytes_in_all() {
+        assert!(is_small([]));
+        assert!(is_small([10, 20]));
+        assert!(is_small([INLINE_INPUT_BYTES]));
+        assert!(!is_small([INLINE_INPUT_BYTES, 1]));
+        assert!(!is_small([usize::MAX, 1]), "no overflow");
+        assert!(!is_small(
+            [Input::Text("x".repeat(INLINE_INPUT_BYTES + 1))]
+                .iter()
+                .map(Input::size)
+        ));
+    }
+}

@@ -56,19 +56,24 @@ impl Model {
         self.cross_encoder.as_ref().map(|c| &c.labels)
     }
 
-    /// Scores each document against `query`. Tokenizing runs on the blocking pool; waiting
-    /// for the batcher holds no thread.
+    /// Scores each document against `query`. Tokenizing runs on the blocking pool, or for
+    /// small requests on the calling task (see `is_small`); waiting for the batcher holds no
+    /// thread.
     pub async fn rerank(
         self: Arc<Self>,
         query: String,
         documents: Arc<Vec<String>>,
         options: RerankOptions,
     ) -> Result<Reranked, EmbedError> {
-        let model = self.clone();
-        let (pending, tokens) =
+        let size = query.len() + documents.iter().map(String::len).sum::<usize>();
+        let (pending, tokens) = if super::is_small([size]) {
+            self.start_pairs(&query, &documents, &options)?
+        } else {
+            let model = self.clone();
             tokio::task::spawn_blocking(move || model.start_pairs(&query, &documents, &options))
                 .await
-                .map_err(|e| EmbedError::Task(e.to_string()))??;
+                .map_err(|e| EmbedError::Task(e.to_string()))??
+        };
         self.scored(pending.wait().await, tokens)
     }
 
