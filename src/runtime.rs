@@ -1,6 +1,6 @@
 //! Finding and initialising ONNX Runtime: one environment per process, telemetry off, and
 //! the session options every model gets: full graph optimisation, and its own intra-op pool
-//! whose threads spin while a run is in progress and sleep between runs (see `Spinning`).
+//! whose threads spin as `runtime.spinning` says (see `Spinning`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -138,16 +138,18 @@ pub unsafe fn disable_telemetry() {
 /// A run of a transformer is hundreds of operators, each split over the pool: a sleeping
 /// thread must be woken for every one of them (a futex and, on a VM, an idle virtual CPU to
 /// bring back), which made a single sentence 1.9 ms slower on the development machine.
-/// Spinning after a run, though, burns a core that HTTP, tokenization and other models need.
-/// `Adaptive` spins inside runs and stops at each run's end (ONNX Runtime's
-/// `session.force_spinning_stop`); README, "Spinning", has the measurements.
+/// Spinning after a run, though, burns a core that HTTP, tokenization and other models need,
+/// and where other processes compete for the cores, a spinning thread mostly waits for a
+/// partner that is not running: there `Never` was 1.4 times as fast. `Adaptive` spins inside
+/// runs and stops at each run's end (ONNX Runtime's `session.force_spinning_stop`); README,
+/// "Spinning", has the measurements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Spinning {
     /// Spin while a run is in progress; sleep between runs.
     #[default]
     Adaptive,
-    /// Spin between runs too (ONNX Runtime's own default): the least latency on a machine
-    /// that does nothing else, at the cost of a core busy-waiting for a while after each run.
+    /// Spin between runs too (ONNX Runtime's own default), at the cost of a core
+    /// busy-waiting for a while after each run.
     Always,
     /// Never spin: every operator wakes the threads it needs.
     Never,

@@ -186,7 +186,6 @@ fn requested_model(state: &AppState, model: Option<&str>) -> Result<String, ApiE
     }
 }
 
-/// CORS for the configured origins: none (no headers), `*`, or a list.
 /// Compression at the fastest level, when `server.compress_responses` asks for it. Off by
 /// default: gzip's default level took 11.6 ms for a 32-vector answer (150 KB, 2.5× smaller)
 /// on the development machine, far more than sending it over a LAN; base64 vectors shrink by
@@ -200,6 +199,7 @@ fn compression(enabled: bool) -> CompressionLayer<impl Predicate> {
         )
 }
 
+/// CORS for the configured origins: none (no headers), `*`, or a list.
 fn cors(origins: &[String]) -> CorsLayer {
     if origins.is_empty() {
         return CorsLayer::new();

@@ -7,10 +7,10 @@
 //! first to small requests, those with the fewest inputs left first (shortest remaining work
 //! first, which gives the least mean latency; requests of equal size one after another), then
 //! to bulk inputs by how close their length is to the anchor's, whichever request they
-//! belong to. A
-//! small request thus runs in the next run beside a large one (waiting for at most the run
-//! in progress) instead of after it, and bulk requests share runs of similar lengths: four
-//! concurrent 32-sentence requests pad 37 % fewer tokens than each run alone would.
+//! belong to. A small request thus runs in the next run beside a large one (waiting for at
+//! most the run in progress) instead of after it, and bulk requests share runs of similar
+//! lengths: four concurrent 32-sentence requests pad 37 % fewer tokens than each run alone
+//! would.
 //!
 //! Waiting policy: the worker takes whatever is queued the moment it is free, and never
 //! waits for more. Under load, inputs pile up while a batch runs, so batches fill by

@@ -33,8 +33,8 @@ enum Started {
 
 impl Model {
     /// Embeds `inputs`. Tokenizing (and static lookups) run on the blocking pool, or for small
-    /// requests on the calling task (see `is_small`); waiting for the batcher holds no thread. Dropping the future (the client went away)
-    /// withdraws the inputs that have not run yet.
+    /// requests on the calling task (see `is_small`); waiting for the batcher holds no thread.
+    /// Dropping the future (the client went away) withdraws the inputs that have not run yet.
     pub async fn embed(
         self: Arc<Self>,
         inputs: Vec<Input>,
