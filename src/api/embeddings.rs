@@ -151,17 +151,27 @@ async fn embed(
     span.record("tokens", embedded.tokens);
     span.record("queue_ms", embedded.queued.as_secs_f64() * 1000.0);
     span.record("inference_ms", embedded.inference.as_secs_f64() * 1000.0);
-    let body = if embedded.vectors.iter().map(Vec::len).sum::<usize>() <= INLINE_RESPONSE_FLOATS {
-        respond(embedded, &request)?
-    } else {
-        blocking(move || respond(embedded, &request)).await??
-    };
+    let floats = embedded.vectors.iter().map(Vec::len).sum();
+    let body = encoding(floats, move || respond(embedded, &request)).await??;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Responses of at most this many floats are encoded on the async task (about 20 ns a float):
 /// the round trip through the blocking pool would cost more than the work.
-pub(super) const INLINE_RESPONSE_FLOATS: usize = 4096;
+const INLINE_RESPONSE_FLOATS: usize = 4096;
+
+/// Runs `encode`, the encoding of a response of `floats` values, on this task when it is
+/// small, else on the blocking pool.
+pub(super) async fn encoding<T: Send + 'static>(
+    floats: usize,
+    encode: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    if floats <= INLINE_RESPONSE_FLOATS {
+        Ok(encode())
+    } else {
+        blocking(encode).await
+    }
+}
 
 pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,

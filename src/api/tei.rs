@@ -187,12 +187,8 @@ async fn embed_vectors(
         embedded.vectors.iter_mut().for_each(|v| l2_normalize(v));
     }
     let vectors = embedded.vectors;
-    let floats: usize = vectors.iter().map(Vec::len).sum();
-    let body = if floats <= super::embeddings::INLINE_RESPONSE_FLOATS {
-        serde_json::to_vec(&vectors)
-    } else {
-        super::embeddings::blocking(move || serde_json::to_vec(&vectors)).await?
-    };
+    let floats = vectors.iter().map(Vec::len).sum();
+    let body = super::embeddings::encoding(floats, move || serde_json::to_vec(&vectors)).await?;
     let body = body.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

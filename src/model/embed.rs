@@ -41,17 +41,13 @@ impl Model {
         options: EmbedOptions,
     ) -> Result<Embedded, EmbedError> {
         self.check_dimensions(options.dimensions)?;
-        let (started, options) = if super::is_small(inputs.iter().map(Input::size)) {
-            (self.start(&inputs, &options), options)
-        } else {
-            let model = self.clone();
-            tokio::task::spawn_blocking(move || {
-                let started = model.start(&inputs, &options);
-                (started, options)
-            })
-            .await
-            .map_err(|e| EmbedError::Task(e.to_string()))?
-        };
+        let small = super::is_small(inputs.iter().map(Input::size));
+        let model = self.clone();
+        let (started, options) = super::tokenizing(small, move || {
+            let started = model.start(&inputs, &options);
+            (started, options)
+        })
+        .await?;
         let embedded = match started? {
             Started::Ready(embedded) => embedded,
             Started::Queued { pending, tokens } => completed(pending.wait().await, tokens)?,

@@ -114,6 +114,20 @@ fn is_small(sizes: impl IntoIterator<Item = usize>) -> bool {
         .is_some()
 }
 
+/// Runs `tokenize` on this task when its inputs are `small`, else on the blocking pool.
+async fn tokenizing<T: Send + 'static>(
+    small: bool,
+    tokenize: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EmbedError> {
+    if small {
+        Ok(tokenize())
+    } else {
+        tokio::task::spawn_blocking(tokenize)
+            .await
+            .map_err(|e| EmbedError::Task(e.to_string()))
+    }
+}
+
 /// A model to load: the name it is cached under, and its settings (where from, and how
 /// to read and run it).
 #[derive(Debug, Clone)]

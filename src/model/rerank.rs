@@ -66,14 +66,11 @@ impl Model {
         options: RerankOptions,
     ) -> Result<Reranked, EmbedError> {
         let size = query.len() + documents.iter().map(String::len).sum::<usize>();
-        let (pending, tokens) = if super::is_small([size]) {
-            self.start_pairs(&query, &documents, &options)?
-        } else {
-            let model = self.clone();
-            tokio::task::spawn_blocking(move || model.start_pairs(&query, &documents, &options))
-                .await
-                .map_err(|e| EmbedError::Task(e.to_string()))??
-        };
+        let model = self.clone();
+        let (pending, tokens) = super::tokenizing(super::is_small([size]), move || {
+            model.start_pairs(&query, &documents, &options)
+        })
+        .await??;
         self.scored(pending.wait().await, tokens)
     }
 
