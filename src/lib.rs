@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod commands;
 pub mod config;
 pub mod connections;
+pub mod contention;
 pub mod echo;
 pub mod loader;
 pub mod metrics;

@@ -4,10 +4,10 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
-    register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
-    register_int_counter_with_registry, register_int_gauge_vec_with_registry,
-    register_int_gauge_with_registry,
+    Encoder, Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    TextEncoder, register_gauge_with_registry, register_histogram_vec_with_registry,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry,
 };
 
 pub struct Metrics {
@@ -30,6 +30,9 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     pub open_connections: IntGauge,
     pub connections_timed_out: IntCounter,
+    pub other_processes_cpu: Gauge,
+    pub cpu_contended: IntGauge,
+    pub session_respins: IntCounterVec,
 }
 
 /// Latency buckets from 1 ms to 60 s.
@@ -157,6 +160,25 @@ impl Metrics {
                     "connections_timed_out_total",
                     "Connections closed for sending no request head in time, idling past the \
                      keep-alive timeout, or idling while the server drained",
+                    r
+                )?,
+                other_processes_cpu: register_gauge_with_registry!(
+                    "other_processes_cpu_cores",
+                    "Cores that other processes (and the host, as steal) kept busy over the \
+                     last second; sampled only while runtime.spinning is adaptive",
+                    r
+                )?,
+                cpu_contended: register_int_gauge_with_registry!(
+                    "cpu_contended",
+                    "1 while other processes keep the cores busy, so that CPU sessions do not \
+                     spin (runtime.spinning = adaptive)",
+                    r
+                )?,
+                session_respins: register_int_counter_vec_with_registry!(
+                    "session_respins_total",
+                    "CPU sessions rebuilt to follow the machine's load, by the spinning they \
+                     took (never while contended, adaptive once the cores are free)",
+                    &["spinning"],
                     r
                 )?,
                 registry: registry.clone(),

@@ -63,6 +63,10 @@ impl Runtime {
         })
     }
 
+    pub fn spinning(&self) -> Spinning {
+        self.spinning
+    }
+
     /// The same runtime, building sessions that spin as `spinning` says: for benchmarks that
     /// compare the modes in one process.
     pub fn with_spinning(&self, spinning: Spinning) -> Self {
@@ -141,11 +145,13 @@ pub unsafe fn disable_telemetry() {
 /// Spinning after a run, though, burns a core that HTTP, tokenization and other models need,
 /// and where other processes compete for the cores, a spinning thread mostly waits for a
 /// partner that is not running: there `Never` was 1.4 times as fast. `Adaptive` spins inside
-/// runs and stops at each run's end (ONNX Runtime's `session.force_spinning_stop`); README,
-/// "Spinning", has the measurements.
+/// runs and stops at each run's end (ONNX Runtime's `session.force_spinning_stop`), and
+/// rebuilds CPU sessions without spinning while other processes keep the cores busy
+/// (`contention`, `model::respin`); README, "Spinning", has the measurements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Spinning {
-    /// Spin while a run is in progress; sleep between runs.
+    /// Spin while a run is in progress, sleep between runs; never spin while other
+    /// processes keep the cores busy.
     #[default]
     Adaptive,
     /// Spin between runs too (ONNX Runtime's own default), at the cost of a core

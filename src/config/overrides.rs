@@ -116,7 +116,8 @@ pub struct RuntimeFlags {
     /// Intra-op threads of each model; all cores by default.
     #[arg(long, env = "EMBEDSERVE_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
-    /// When intra-op threads busy-wait for work: adaptive (inside runs only), always, never.
+    /// When intra-op threads busy-wait for work: adaptive (inside runs, while no other process
+    /// keeps the cores busy), always, never.
     #[arg(long, env = "EMBEDSERVE_SPINNING")]
     pub spinning: Option<Spinning>,
     /// Where models run: cpu, cuda, cuda:N, or auto (CUDA when it registers, else CPU).

@@ -6,13 +6,14 @@ use std::path::Path;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use ort::session::SessionInputValue;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
-use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::LoadError;
 use super::head::Head;
 use super::pooling::Pooling;
+use super::respin::AdaptiveSession;
 use super::tokenize::TokenSeq;
 use crate::runtime::{Device, Runtime};
 
@@ -48,7 +49,7 @@ pub struct GraphOptions {
 
 pub struct Encoder {
     /// `Session::run` takes `&mut self`: the encoder belongs to the one thread that runs it.
-    session: Session,
+    session: AdaptiveSession,
     run_options: RunOptions<HasSelectedOutputs>,
     feeds: Vec<(String, Feed)>,
     output: String,
@@ -173,7 +174,6 @@ impl Encoder {
             .with_outputs(OutputSelector::no_default().with(output));
 
         Ok(Self {
-            session,
             run_options,
             feeds,
             output: output.to_string(),
@@ -186,6 +186,7 @@ impl Encoder {
             quantizes_activations: has_dynamic_quantization(onnx)
                 .map_err(|e| fail(format!("cannot read it: {e}")))?,
             device,
+            session: AdaptiveSession::new(session, runtime, device, onnx.to_path_buf()),
         })
     }
 
@@ -250,7 +251,7 @@ impl Encoder {
                     TensorRef::from_array_view(([running.len(), cols], padded.feed(*feed)))?.into(),
                 ));
             }
-            outputs = session.run_with_options(inputs, run_options)?;
+            outputs = session.get()?.run_with_options(inputs, run_options)?;
             let tensor = &outputs[output.as_str()];
             if *half_output {
                 let (shape, halves) = tensor.try_extract_tensor::<f16>()?;

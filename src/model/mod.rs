@@ -11,6 +11,7 @@ mod load;
 mod long_text;
 mod pooling;
 mod rerank;
+mod respin;
 pub mod source;
 mod st_config;
 mod static_embedding;

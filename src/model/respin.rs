@@ -1,0 +1,94 @@
+//! `Spinning::Adaptive` across processes: a CPU session is rebuilt without spinning while
+//! other processes keep the cores busy (`contention`), and with spinning inside runs once
+//! they are free again. ONNX Runtime fixes a session's spinning when it is built, so the
+//! session is built again, between two runs, on the thread that runs it: the old one goes
+//! first, so the model's memory never doubles, and the runs wait for one load of the graph
+//! at each change of the machine's load (`contention`'s hysteresis keeps those rare).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ort::session::Session;
+
+use crate::contention;
+use crate::metrics::METRICS;
+use crate::runtime::{Device, Runtime, Spinning};
+
+/// A model's session, and how to build it again for another spinning mode.
+pub struct AdaptiveSession {
+    /// None only after a rebuild failed; the next run tries again.
+    session: Option<Session>,
+    rebuild: Option<Rebuild>,
+}
+
+struct Rebuild {
+    runtime: Runtime,
+    onnx: PathBuf,
+    current: Spinning,
+}
+
+impl AdaptiveSession {
+    /// Follows the load for a CPU session of an adaptive runtime; any other stays as built.
+    pub fn new(session: Session, runtime: &Runtime, device: Device, onnx: PathBuf) -> Self {
+        let follows = runtime.spinning() == Spinning::Adaptive && device == Device::Cpu;
+        Self {
+            session: Some(session),
+            rebuild: follows.then(|| Rebuild {
+                runtime: runtime.clone(),
+                onnx,
+                current: Spinning::Adaptive,
+            }),
+        }
+    }
+
+    /// The session to run now, rebuilt first if the machine's load changed since it was (or
+    /// if the last rebuild failed).
+    pub fn get(&mut self) -> anyhow::Result<&mut Session> {
+        if let Some(rebuild) = &mut self.rebuild {
+            let wanted = if contention::contended() {
+                Spinning::Never
+            } else {
+                Spinning::Adaptive
+            };
+            let lost = self.session.is_none();
+            if wanted != rebuild.current || lost {
+                if !lost && !rebuild.onnx.is_file() {
+                    // A cleared cache or a moved folder: keep the session there is rather
+                    // than drop it for a rebuild that cannot succeed.
+                    tracing::warn!(
+                        onnx = %rebuild.onnx.display(),
+                        "the model file is gone: its session keeps its spinning"
+                    );
+                    self.rebuild = None;
+                } else {
+                    self.session = None;
+                    rebuild.current = wanted;
+                    self.session = Some(rebuild.build(wanted)?);
+                    METRICS
+                        .session_respins
+                        .with_label_values(&[&wanted.to_string()])
+                        .inc();
+                }
+            }
+        }
+        self.session
+            .as_mut()
+            .context("the session was lost in a rebuild that failed")
+    }
+}
+
+impl Rebuild {
+    fn build(&self, spinning: Spinning) -> anyhow::Result<Session> {
+        let (mut builder, _) = self
+            .runtime
+            .with_spinning(spinning)
+            .session_builder(Device::Cpu, None)
+            .map_err(anyhow::Error::msg)?;
+        builder.commit_from_file(&self.onnx).with_context(|| {
+            format!(
+                "cannot rebuild the session of {} with spinning {spinning}",
+                self.onnx.display()
+            )
+        })
+    }
+}
