@@ -67,8 +67,8 @@ impl Runtime {
         self.spinning
     }
 
-    /// The same runtime, building sessions that spin as `spinning` says: for benchmarks that
-    /// compare the modes in one process.
+    /// The same runtime, building sessions that spin as `spinning` says: for a session
+    /// rebuilt to follow the machine's load, and benchmarks that compare the modes.
     pub fn with_spinning(&self, spinning: Spinning) -> Self {
         Self {
             spinning,

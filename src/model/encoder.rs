@@ -6,8 +6,7 @@ use std::path::Path;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use ort::session::SessionInputValue;
-use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::LoadError;
