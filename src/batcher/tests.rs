@@ -37,6 +37,7 @@ const LIMITS: BatchLimits = BatchLimits {
     max_batch_size: 3,
     max_batch_tokens: 100,
     max_queued_inputs: 10,
+    run_cost_tokens: None,
 };
 
 /// Fields drop in order: the gate first, so a worker waiting in a gated run is let go
@@ -223,6 +224,63 @@ fn requests_take_turns_when_they_outnumber_the_rows() {
     assert_eq!(outputs(odd_one), [40]);
     drop(large);
     assert_eq!(outputs(blocker), [1]);
+}
+
+/// With a run's cost given, a lone bulk request is split where padding would cost more
+/// than another run, and kept whole where it would not.
+#[test]
+fn bulk_inputs_are_split_where_padding_costs_more_than_a_run() {
+    let limits = BatchLimits {
+        max_batch_size: 8,
+        max_batch_tokens: 1000,
+        max_queued_inputs: 100,
+        run_cost_tokens: Some(32),
+    };
+    let harness = Harness::start(limits, true, None);
+    let blocker = harness.submit(&[1]);
+    assert_eq!(harness.next_run(), [1]);
+    // One run: 32 + 8 × 40 = 352 tokens' cost; two: 32 + 4 × 10 + 32 + 4 × 40 = 264.
+    let split = harness.submit(&[10, 40, 10, 40, 10, 40, 10, 40]);
+    harness.release();
+    assert_eq!(harness.next_run(), [10, 10, 10, 10]);
+    harness.release();
+    assert_eq!(harness.next_run(), [40, 40, 40, 40]);
+    harness.release();
+    assert_eq!(outputs(split), [10, 40, 10, 40, 10, 40, 10, 40]);
+    // One run: 32 + 8 × 12 = 128; two: 32 + 40 + 32 + 48 = 152.
+    let whole = harness.submit(&[10, 12, 10, 12, 10, 12, 10, 12]);
+    assert_eq!(harness.next_run(), [10, 12, 10, 12, 10, 12, 10, 12]);
+    harness.release();
+    assert_eq!(outputs(whole), [10, 12, 10, 12, 10, 12, 10, 12]);
+    assert_eq!(outputs(blocker), [1]);
+}
+
+#[test]
+fn the_cheapest_split_keeps_similar_lengths_together() {
+    let limits = BatchLimits {
+        max_batch_size: 32,
+        max_batch_tokens: 16_384,
+        max_queued_inputs: 100,
+        run_cost_tokens: Some(32),
+    };
+    // The benchmark corpus's lengths (benches/corpus.txt, all-MiniLM-L6-v2's tokenizer).
+    let corpus = [
+        18, 12, 5, 22, 18, 18, 9, 18, 9, 21, 5, 22, 32, 7, 18, 14, 5, 27, 21, 19, 15, 20, 14, 16,
+        21, 6, 23, 18, 11, 19, 4, 26,
+    ];
+    let run_of = |anchor: usize, run_cost: usize| {
+        bulk_run_lengths(&mut corpus.to_vec(), anchor, &limits, run_cost)
+    };
+    assert_eq!(run_of(4, 32), 4..=9);
+    assert_eq!(run_of(18, 32), 11..=18);
+    assert_eq!(run_of(23, 32), 19..=23);
+    assert_eq!(run_of(32, 32), 26..=32);
+    // No cost to another run: each length its own run.
+    assert_eq!(run_of(18, 0), 18..=18);
+    // A run costs more than any padding: one run.
+    assert_eq!(run_of(18, 100_000), 4..=32);
+    // Equal lengths share a run.
+    assert_eq!(bulk_run_lengths(&mut [7; 40], 7, &limits, 32), 7..=7);
 }
 
 #[test]

@@ -272,6 +272,8 @@ impl ModelConfig {
             max_batch_size: self.max_batch_size.unwrap_or(rows),
             max_batch_tokens: self.max_batch_tokens.unwrap_or(tokens),
             max_queued_inputs: self.max_queued_inputs.unwrap_or(4096),
+            // Measured on the CPU only (see `bulk_run_lengths`).
+            run_cost_tokens: (!gpu).then_some(32),
         }
     }
 }
