@@ -121,6 +121,11 @@ impl<O> Request<O> {
         }
     }
 
+    /// Whether its inputs are batched by length across requests (`BULK_INPUTS`).
+    fn is_bulk(&self) -> bool {
+        self.inputs > BULK_INPUTS
+    }
+
     /// Nobody waits for the answer any more: the caller went away, or it failed already.
     fn abandoned(&self) -> bool {
         self.reply.lock().as_ref().is_none_or(|r| r.is_closed())
@@ -342,7 +347,7 @@ fn take_batch<E: Engine>(
     candidates.sort_by_key(|&i| {
         let left = left[&seq(i)];
         let closeness = E::tokens(&items[i].input).abs_diff(anchor_tokens) as u64;
-        if items[i].request.inputs > BULK_INPUTS {
+        if items[i].request.is_bulk() {
             // Bulk work: by length alone, across requests, so that runs pad little.
             (usize::MAX, closeness, seq(i), i)
         } else {
@@ -356,7 +361,7 @@ fn take_batch<E: Engine>(
     let bulk_lengths = match limits.run_cost_tokens {
         Some(run_cost) => {
             let mut lengths: Vec<usize> = (0..items.len())
-                .filter(|&i| i == anchor || items[i].request.inputs > BULK_INPUTS)
+                .filter(|&i| i == anchor || items[i].request.is_bulk())
                 .map(|i| E::tokens(&items[i].input))
                 .collect();
             bulk_run_lengths(&mut lengths, anchor_tokens, limits, run_cost)
@@ -371,7 +376,7 @@ fn take_batch<E: Engine>(
             break;
         }
         let tokens = E::tokens(&items[i].input);
-        if items[i].request.inputs > BULK_INPUTS && !bulk_lengths.contains(&tokens) {
+        if items[i].request.is_bulk() && !bulk_lengths.contains(&tokens) {
             continue;
         }
         let longer = longest.max(tokens);
