@@ -15,8 +15,11 @@ mod respin;
 pub mod source;
 mod st_config;
 mod static_embedding;
+#[cfg(test)]
+mod test_tokenizers;
 mod tokenize;
 mod weights;
+mod wordpiece;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,11 +31,10 @@ pub use inputs::{EmbedOptions, Token, TokenInput, warm_up_tiktoken};
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
 pub use rerank::{RerankOptions, Reranked};
 pub use source::{HubSettings, ModelSource};
-pub use tokenize::TokenSeq;
+pub use tokenize::{TextPreparation, TextTokenizer, TokenSeq};
 
 use cross_encoder::CrossEncoder;
 use static_embedding::StaticEmbedding;
-use tokenize::TextTokenizer;
 
 use crate::batcher::{BatchError, Batcher};
 use crate::config::ModelConfig;

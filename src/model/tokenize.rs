@@ -10,6 +10,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use super::LoadError;
 use super::long_text::{self, Shortening};
+use super::wordpiece::AsciiWordPiece;
 
 /// Token ids of one text (or pair), and whether truncation cut it.
 #[derive(Debug, Default)]
@@ -66,6 +67,8 @@ pub struct TextTokenizer {
     /// Texts longer than this many bytes are cut before tokenizing (`long_text`).
     window: usize,
     shortening: Shortening,
+    /// The exact fast path for ASCII text, where the tokenizer is BERT's WordPiece.
+    ascii: Option<AsciiWordPiece>,
 }
 
 impl TextTokenizer {
@@ -105,6 +108,12 @@ impl TextTokenizer {
             // Every token of a static model's text counts in its mean.
             TextPreparation::Static => (usize::MAX, Shortening::default()),
         };
+        let ascii = AsciiWordPiece::new(&tokenizer);
+        tracing::debug!(
+            path = %path.display(),
+            ascii_fast_path = ascii.is_some(),
+            "tokenizer loaded"
+        );
         Ok(Self {
             tokenizer,
             preparation,
@@ -112,6 +121,7 @@ impl TextTokenizer {
             pad_id,
             window,
             shortening,
+            ascii,
         })
     }
 
@@ -168,13 +178,25 @@ impl TextTokenizer {
     /// Tokenizes prepared texts: many in parallel (the tokenizers crate's thread pool), a few
     /// on the calling thread, where handing them to the pool would cost more than it saves
     /// and its threads would compete with inference for the cores.
+    /// ASCII texts take the exact fast path where the tokenizer has one (`wordpiece`).
     /// Long texts are first cut to the part that decides their tokens (`long_text`).
     pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<Encoded>, tokenizers::Error> {
-        let texts = texts
+        let special = self.special_tokens();
+        let mut encoded: Vec<Option<Encoded>> = match &self.ascii {
+            Some(ascii) => texts.iter().map(|t| ascii.encode(t, special)).collect(),
+            None => texts.iter().map(|_| None).collect(),
+        };
+        let rest = texts
             .iter()
-            .map(|text| self.bounded(text))
+            .zip(&encoded)
+            .filter(|(_, done)| done.is_none())
+            .map(|(text, _)| self.bounded(text))
             .collect::<Result<Vec<Cow<str>>, _>>()?;
-        self.encode_all(texts, self.special_tokens(), false)
+        let mut rest = self.encode_all(rest, special, false)?.into_iter();
+        for slot in encoded.iter_mut().filter(|slot| slot.is_none()) {
+            *slot = rest.next();
+        }
+        Ok(encoded.into_iter().flatten().collect())
     }
 
     /// Tokenizes (query, document) pairs as a cross-encoder's tokenizer does: one sequence

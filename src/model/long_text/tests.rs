@@ -1,34 +1,16 @@
 //! Every distinct tokenizer among the test models: the bounded text must give exactly the
 //! ids (and the overflow) of the whole text, for texts built to break each rule.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::{Shortening, bounded, shorten_runs};
+use crate::model::test_tokenizers::fixture_tokenizers;
 
 const MAX_LENGTH: usize = 64;
 /// Small, so the texts that overflow it stay quick to tokenize whole in a debug build.
 const WINDOW: usize = 1024;
-
-fn fixture_tokenizers() -> BTreeMap<Vec<u8>, PathBuf> {
-    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
-    let mut distinct = BTreeMap::new();
-    for group in std::fs::read_dir(&models).expect("../shared/models") {
-        let Ok(group) = std::fs::read_dir(group.unwrap().path()) else {
-            continue;
-        };
-        for model in group {
-            let path = model.unwrap().path().join("tokenizer.json");
-            if let Ok(bytes) = std::fs::read(&path) {
-                distinct.entry(bytes).or_insert(path);
-            }
-        }
-    }
-    assert!(distinct.len() >= 5, "too few tokenizers under {models:?}");
-    distinct
-}
 
 fn truncating(path: &PathBuf) -> Tokenizer {
     let mut tokenizer = Tokenizer::from_file(path).unwrap();
