@@ -178,20 +178,24 @@ impl TextTokenizer {
     /// Tokenizes prepared texts: many in parallel (the tokenizers crate's thread pool), a few
     /// on the calling thread, where handing them to the pool would cost more than it saves
     /// and its threads would compete with inference for the cores.
-    /// ASCII texts take the exact fast path where the tokenizer has one (`wordpiece`).
-    /// Long texts are first cut to the part that decides their tokens (`long_text`).
+    /// Long texts are first cut to the part that decides their tokens (`long_text`); ASCII
+    /// texts then take the exact fast path where the tokenizer has one (`wordpiece`).
     pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<Encoded>, tokenizers::Error> {
         let special = self.special_tokens();
+        let texts = texts
+            .iter()
+            .map(|text| self.bounded(text))
+            .collect::<Result<Vec<Cow<str>>, _>>()?;
         let mut encoded: Vec<Option<Encoded>> = match &self.ascii {
             Some(ascii) => texts.iter().map(|t| ascii.encode(t, special)).collect(),
             None => texts.iter().map(|_| None).collect(),
         };
-        let rest = texts
-            .iter()
+        let rest: Vec<Cow<str>> = texts
+            .into_iter()
             .zip(&encoded)
             .filter(|(_, done)| done.is_none())
-            .map(|(text, _)| self.bounded(text))
-            .collect::<Result<Vec<Cow<str>>, _>>()?;
+            .map(|(text, _)| text)
+            .collect();
         let mut rest = self.encode_all(rest, special, false)?.into_iter();
         for slot in encoded.iter_mut().filter(|slot| slot.is_none()) {
             *slot = rest.next();
