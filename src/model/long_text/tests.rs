@@ -1,30 +1,12 @@
 //! Every distinct tokenizer among the test models: the bounded text must give exactly the
 //! ids (and the overflow) of the whole text, for texts built to break each rule.
 
-use std::path::PathBuf;
-
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
-
 use super::{Shortening, bounded, shorten_runs};
-use crate::model::test_tokenizers::fixture_tokenizers;
+use crate::model::test_tokenizers::{configured, fixture_tokenizers};
 
 const MAX_LENGTH: usize = 64;
 /// Small, so the texts that overflow it stay quick to tokenize whole in a debug build.
 const WINDOW: usize = 1024;
-
-fn truncating(path: &PathBuf) -> Tokenizer {
-    let mut tokenizer = Tokenizer::from_file(path).unwrap();
-    tokenizer.with_padding(None);
-    tokenizer
-        .with_truncation(Some(TruncationParams {
-            max_length: MAX_LENGTH,
-            strategy: TruncationStrategy::LongestFirst,
-            stride: 0,
-            direction: TruncationDirection::Right,
-        }))
-        .unwrap();
-    tokenizer
-}
 
 fn hostile_texts() -> Vec<(&'static str, String)> {
     let prose = "Antidisestablishmentarianism notwithstanding, the quick brown fox jumps over \
@@ -75,7 +57,7 @@ fn hostile_texts() -> Vec<(&'static str, String)> {
 fn bounded_texts_tokenize_like_the_whole_text() {
     let mut failures = Vec::new();
     for path in fixture_tokenizers().values() {
-        let tokenizer = truncating(path);
+        let tokenizer = configured(path, Some(MAX_LENGTH));
         let shortening = Shortening::for_tokenizer(&tokenizer);
         for (case, text) in hostile_texts() {
             let short = bounded(&tokenizer, &shortening, &text, WINDOW).unwrap();
@@ -107,7 +89,7 @@ fn short_texts_are_left_alone() {
     let text = "short enough";
     let path = fixture_tokenizers().into_values().next().unwrap();
     assert!(matches!(
-        bounded(&truncating(&path), &Shortening::default(), text, WINDOW).unwrap(),
+        bounded(&configured(&path, Some(MAX_LENGTH)), &Shortening::default(), text, WINDOW).unwrap(),
         std::borrow::Cow::Borrowed(t) if t == text
     ));
 }

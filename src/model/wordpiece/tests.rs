@@ -2,24 +2,10 @@
 //! models: it must engage for each BERT WordPiece one, give the crate's ids and truncation on
 //! texts built to hit each rule, and stand aside where it cannot.
 
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::Tokenizer;
 
 use super::AsciiWordPiece;
-use crate::model::test_tokenizers::fixture_tokenizers;
-
-fn configured(path: &std::path::Path, max_length: Option<usize>) -> Tokenizer {
-    let mut tokenizer = Tokenizer::from_file(path).unwrap();
-    tokenizer.with_padding(None);
-    tokenizer
-        .with_truncation(max_length.map(|max_length| TruncationParams {
-            max_length,
-            strategy: TruncationStrategy::LongestFirst,
-            stride: 0,
-            direction: TruncationDirection::Right,
-        }))
-        .unwrap();
-    tokenizer
-}
+use crate::model::test_tokenizers::{configured, fixture_tokenizers};
 
 fn is_bert_wordpiece(json: &[u8]) -> bool {
     let json: serde_json::Value = serde_json::from_slice(json).unwrap();
