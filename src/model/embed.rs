@@ -100,7 +100,7 @@ impl Model {
         }
         match &self.backend {
             Backend::Graph(batcher) => Ok(Started::Queued {
-                pending: batcher.submit(seqs)?,
+                pending: super::submit(batcher, seqs)?,
                 tokens,
             }),
             Backend::Static(table) => {

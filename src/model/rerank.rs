@@ -173,7 +173,7 @@ impl Model {
                 ),
             });
         }
-        Ok((batcher.submit(seqs)?, tokens))
+        Ok((super::submit(batcher, seqs)?, tokens))
     }
 
     fn scored(
