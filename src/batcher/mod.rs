@@ -1,6 +1,6 @@
-//! Dynamic micro-batching for one model: a worker thread takes tokenized inputs from any
-//! number of requests off a bounded queue and runs them on the model's engine (its ONNX
-//! session) in batches of similar length.
+//! Dynamic micro-batching for one model: a worker thread owns the model's engine (its ONNX
+//! session) and a bounded queue of tokenized inputs from any number of requests, and runs
+//! them in batches of similar length.
 //!
 //! Sharing: a batch is anchored on one input of each queued request in turn, so every
 //! request runs within as many runs as there are requests queued; the rest of the batch goes
@@ -19,9 +19,8 @@
 //!
 //! Waiting policy: the worker takes whatever is queued the moment it is free, and never
 //! waits for more. Under load, inputs pile up while a batch runs, so batches fill by
-//! themselves; a lone request runs at once, on its own thread (`Batcher::run_or_submit`),
-//! and pays no added latency. `scripts/bench` measures both ends (concurrency 1 and 64)
-//! against the bare session.
+//! themselves; a lone request runs at once and pays no added latency. `scripts/bench`
+//! measures both ends (concurrency 1 and 64) against the bare session.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::RangeInclusive;
@@ -167,10 +166,6 @@ struct Queue<E: Engine> {
     items: VecDeque<Item<E>>,
     closed: bool,
     next_seq: u64,
-    /// The request whose input anchored the last batch (`take_batch`).
-    last_anchor: u64,
-    /// A batch is running, on the worker or on a submitting thread (`run_or_submit`).
-    running: bool,
 }
 
 struct Shared<E: Engine> {
@@ -178,8 +173,6 @@ struct Shared<E: Engine> {
     limits: BatchLimits,
     queue: Mutex<Queue<E>>,
     ready: Condvar,
-    /// Locked by whichever thread runs a batch; `Queue::running` keeps it uncontended.
-    engine: Mutex<E>,
 }
 
 impl<E: Engine> Shared<E> {
@@ -188,29 +181,6 @@ impl<E: Engine> Shared<E> {
             .queue_depth
             .with_label_values(&[self.model.as_str()])
             .set(depth as i64);
-    }
-
-    /// The next batch (`take_batch`), out of `queue`.
-    fn take_batch(&self, queue: &mut Queue<E>) -> Vec<Item<E>> {
-        let batch = take_batch(&mut queue.items, &self.limits, &mut queue.last_anchor);
-        self.report_depth(queue.items.len());
-        batch
-    }
-}
-
-/// A batch running: when it ends, even by a panic, the worker may run again, and runs
-/// what was queued meanwhile.
-struct Running<'a, E: Engine>(&'a Shared<E>);
-
-impl<E: Engine> Drop for Running<'_, E> {
-    fn drop(&mut self) {
-        let mut queue = self.0.queue.lock();
-        queue.running = false;
-        let waiting = !queue.items.is_empty();
-        drop(queue);
-        if waiting {
-            self.0.ready.notify_one();
-        }
     }
 }
 
@@ -239,9 +209,8 @@ impl<O> Pending<O> {
 }
 
 impl<E: Engine> Batcher<E> {
-    /// Starts the worker thread. `engine` runs one batch at a time, on the worker or on a
-    /// thread that found the model idle (`run_or_submit`).
-    pub fn start(model: &str, engine: E, limits: BatchLimits) -> std::io::Result<Self> {
+    /// Starts the worker thread, which owns `engine` from now on.
+    pub fn start(model: &str, mut engine: E, limits: BatchLimits) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             model: model.to_string(),
             limits,
@@ -249,16 +218,13 @@ impl<E: Engine> Batcher<E> {
                 items: VecDeque::new(),
                 closed: false,
                 next_seq: 1,
-                last_anchor: 0,
-                running: false,
             }),
             ready: Condvar::new(),
-            engine: Mutex::new(engine),
         });
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name(format!("batcher {model}"))
-            .spawn(move || run_worker(&worker_shared))?;
+            .spawn(move || run_worker(&worker_shared, &mut engine))?;
         Ok(Self {
             shared,
             worker: Some(worker),
@@ -273,57 +239,8 @@ impl<E: Engine> Batcher<E> {
     /// A request is refused only while others wait, so even one larger than the whole queue
     /// runs on an idle model.
     pub fn submit(&self, inputs: Vec<E::Input>) -> Result<Pending<E::Output>, BatchError> {
-        let pending = self.enqueue(&mut self.shared.queue.lock(), inputs)?;
-        self.shared.ready.notify_one();
-        Ok(pending)
-    }
-
-    /// `submit`, but a request of at most `BULK_INPUTS` inputs that finds the model idle
-    /// (nothing queued, no run in progress) runs at once on the calling thread, inside
-    /// `block`, which must let the thread block (as `tokio::task::block_in_place` does on an
-    /// async worker); inputs that batch cannot hold are left to the worker. A lone request
-    /// so saves two thread wake-ups (the worker's, then its own), each up to 0.1 ms where
-    /// the woken core idles, as on a VM. Under load the queue is rarely empty, and the
-    /// worker runs everything.
-    pub fn run_or_submit(
-        &self,
-        inputs: Vec<E::Input>,
-        block: impl FnOnce(&mut dyn FnMut()),
-    ) -> Result<Pending<E::Output>, BatchError> {
-        let small = inputs.len() <= BULK_INPUTS;
-        let mut queue = self.shared.queue.lock();
-        let pending = self.enqueue(&mut queue, inputs)?;
-        // Requests lie in submission order: the first item is this request's only when
-        // nothing else was waiting.
-        let alone = queue
-            .items
-            .front()
-            .is_some_and(|item| item.request.seq == queue.next_seq);
-        if !small || !alone || queue.running {
-            drop(queue);
-            self.shared.ready.notify_one();
-            return Ok(pending);
-        }
-        let shared = &*self.shared;
-        let mut batch = Some(shared.take_batch(&mut queue));
-        queue.running = true;
-        drop(queue);
-        let _running = Running(shared);
-        block(&mut || {
-            if let Some(batch) = batch.take() {
-                run_batch(shared, &mut shared.engine.lock(), batch);
-            }
-        });
-        Ok(pending)
-    }
-
-    /// Queues `inputs` as one request on `queue`, or refuses at once when it cannot take them.
-    fn enqueue(
-        &self,
-        queue: &mut Queue<E>,
-        inputs: Vec<E::Input>,
-    ) -> Result<Pending<E::Output>, BatchError> {
         let (reply_tx, reply) = oneshot::channel();
+        let mut queue = self.shared.queue.lock();
         queue.next_seq += 1;
         let request = Arc::new(Request::new(inputs.len(), reply_tx, queue.next_seq));
         if inputs.is_empty() {
@@ -350,6 +267,8 @@ impl<E: Engine> Batcher<E> {
                 index,
                 request: request.clone(),
             }));
+        drop(queue);
+        self.shared.ready.notify_one();
         Ok(Pending { reply })
     }
 }
@@ -365,7 +284,8 @@ impl<E: Engine> Drop for Batcher<E> {
     }
 }
 
-fn run_worker<E: Engine>(shared: &Shared<E>) {
+fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E) {
+    let mut last_anchor = 0;
     loop {
         let batch = {
             let mut queue = shared.queue.lock();
@@ -379,21 +299,20 @@ fn run_worker<E: Engine>(shared: &Shared<E>) {
                         .with_label_values(&[shared.model.as_str()])
                         .inc_by(dropped as u64);
                 }
-                if queue.items.is_empty() {
-                    shared.report_depth(0);
-                    if queue.closed {
-                        return;
-                    }
-                } else if !queue.running {
+                if !queue.items.is_empty() {
                     break;
+                }
+                shared.report_depth(0);
+                if queue.closed {
+                    return;
                 }
                 shared.ready.wait(&mut queue);
             }
-            queue.running = true;
-            shared.take_batch(&mut queue)
+            let batch = take_batch(&mut queue.items, &shared.limits, &mut last_anchor);
+            shared.report_depth(queue.items.len());
+            batch
         };
-        let _running = Running(shared);
-        run_batch(shared, &mut shared.engine.lock(), batch);
+        run_batch(shared, engine, batch);
     }
 }
 

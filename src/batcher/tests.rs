@@ -4,11 +4,10 @@ use std::sync::mpsc;
 
 use super::*;
 
-/// Inputs are token counts and come back as outputs. Every run is reported on `runs`, with
-/// the name of the thread it runs on; a gated engine then waits for the test to release
-/// the run. Input `PANICS` makes the run panic.
+/// Inputs are token counts and come back as outputs. Every run is reported on `runs`;
+/// a gated engine then waits for the test to release the run.
 struct Fake {
-    runs: mpsc::Sender<(Vec<usize>, String)>,
+    runs: mpsc::Sender<Vec<usize>>,
     gate: Option<mpsc::Receiver<()>>,
     fails_on: Option<usize>,
 }
@@ -23,12 +22,7 @@ impl Engine for Fake {
 
     fn run(&mut self, batch: &[&usize]) -> anyhow::Result<Vec<usize>> {
         let inputs: Vec<usize> = batch.iter().map(|&&n| n).collect();
-        let thread = std::thread::current()
-            .name()
-            .unwrap_or_default()
-            .to_string();
-        self.runs.send((inputs.clone(), thread))?;
-        assert!(!inputs.contains(&PANICS), "the engine panics");
+        self.runs.send(inputs.clone())?;
         if let Some(gate) = &self.gate {
             gate.recv_timeout(Duration::from_secs(10))?;
         }
@@ -38,8 +32,6 @@ impl Engine for Fake {
         Ok(inputs)
     }
 }
-
-const PANICS: usize = 999;
 
 const LIMITS: BatchLimits = BatchLimits {
     max_batch_size: 3,
@@ -53,7 +45,7 @@ const LIMITS: BatchLimits = BatchLimits {
 struct Harness {
     gate: mpsc::Sender<()>,
     batcher: Batcher<Fake>,
-    runs: mpsc::Receiver<(Vec<usize>, String)>,
+    runs: mpsc::Receiver<Vec<usize>>,
 }
 
 impl Harness {
@@ -75,11 +67,6 @@ impl Harness {
 
     /// The inputs of the next run, once the worker is inside it.
     fn next_run(&self) -> Vec<usize> {
-        self.next_run_and_thread().0
-    }
-
-    /// The inputs of the next run and the name of the thread that runs it.
-    fn next_run_and_thread(&self) -> (Vec<usize>, String) {
         self.runs
             .recv_timeout(Duration::from_secs(10))
             .expect("a run")
@@ -91,13 +78,6 @@ impl Harness {
 
     fn submit(&self, inputs: &[usize]) -> Pending<usize> {
         self.batcher.submit(inputs.to_vec()).unwrap()
-    }
-
-    /// `run_or_submit` from a thread that may block.
-    fn run_or_submit(&self, inputs: &[usize]) -> Pending<usize> {
-        self.batcher
-            .run_or_submit(inputs.to_vec(), |run| run())
-            .unwrap()
     }
 }
 
@@ -386,7 +366,7 @@ fn stopping_finishes_what_is_queued() {
     let pending = harness.submit(&[1, 2, 3, 4]);
     drop(harness.batcher);
     assert_eq!(outputs(pending), [1, 2, 3, 4]);
-    let runs: Vec<Vec<usize>> = harness.runs.try_iter().map(|(run, _)| run).collect();
+    let runs: Vec<Vec<usize>> = harness.runs.try_iter().collect();
     assert_eq!(runs, [vec![1, 2, 3], vec![4]]);
 }
 
@@ -432,92 +412,4 @@ fn respects_the_token_budget_but_always_takes_the_oldest() {
     assert_eq!(lengths(&take_batch(&mut queue, &LIMITS, &mut 0)), [45, 40]);
     let mut long = items(&[500]);
     assert_eq!(lengths(&take_batch(&mut long, &LIMITS, &mut 0)), [500]);
-}
-
-const WORKER: &str = "batcher fake";
-
-fn this_thread() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or_default()
-        .to_string()
-}
-
-#[test]
-fn a_small_request_on_an_idle_model_runs_on_the_calling_thread() {
-    let harness = Harness::start(LIMITS, false, None);
-    let mut pending = harness.run_or_submit(&[7, 8]);
-    assert_eq!(harness.next_run_and_thread(), (vec![7, 8], this_thread()));
-    // Answered before `run_or_submit` returned.
-    let completed = pending.reply.try_recv().expect("answered already").unwrap();
-    assert_eq!(completed.outputs, [7, 8]);
-    assert!(completed.queued < Duration::from_secs(1));
-}
-
-#[test]
-fn bulk_requests_and_requests_behind_others_go_to_the_worker() {
-    let harness = Harness::start(LIMITS, true, None);
-    let bulk = harness.run_or_submit(&[1, 2, 3, 4, 5]);
-    assert_eq!(
-        harness.next_run_and_thread(),
-        (vec![1, 2, 3], WORKER.into())
-    );
-    // The worker is inside a run: a small request queues behind it.
-    let small = harness.run_or_submit(&[9]);
-    harness.release();
-    assert_eq!(
-        harness.next_run_and_thread(),
-        (vec![4, 5, 9], WORKER.into())
-    );
-    harness.release();
-    assert_eq!(outputs(small), [9]);
-    assert_eq!(outputs(bulk), [1, 2, 3, 4, 5]);
-}
-
-#[test]
-fn requests_that_arrive_during_a_run_on_a_calling_thread_follow_it_on_the_worker() {
-    let harness = Harness::start(LIMITS, true, None);
-    let batcher = &harness.batcher;
-    let pending = std::thread::scope(|scope| {
-        let caller = std::thread::Builder::new()
-            .name("caller".into())
-            .spawn_scoped(scope, || {
-                batcher.run_or_submit(vec![10], |run| run()).unwrap()
-            })
-            .unwrap();
-        assert_eq!(harness.next_run_and_thread(), (vec![10], "caller".into()));
-        // Neither runs beside the run in progress, nor on this thread.
-        let second = harness.run_or_submit(&[11]);
-        let third = harness.submit(&[12]);
-        harness.release();
-        assert_eq!(harness.next_run_and_thread(), (vec![11, 12], WORKER.into()));
-        harness.release();
-        [caller.join().unwrap(), second, third]
-    });
-    let answers: Vec<Vec<usize>> = pending.into_iter().map(outputs).collect();
-    assert_eq!(answers, [[10], [11], [12]]);
-}
-
-#[test]
-fn inputs_that_the_calling_threads_batch_cannot_hold_are_left_to_the_worker() {
-    let harness = Harness::start(LIMITS, false, None);
-    let pending = harness.run_or_submit(&[60, 70]);
-    let runs = [harness.next_run_and_thread(), harness.next_run_and_thread()];
-    assert_eq!(runs, [(vec![60], this_thread()), (vec![70], WORKER.into())]);
-    assert_eq!(outputs(pending), [60, 70]);
-}
-
-#[test]
-fn a_run_that_panics_on_the_calling_thread_leaves_the_model_running() {
-    let harness = Harness::start(LIMITS, false, None);
-    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        harness.run_or_submit(&[PANICS])
-    }));
-    assert!(panicked.is_err());
-    assert_eq!(harness.next_run(), [PANICS]);
-    assert_eq!(outputs(harness.run_or_submit(&[5])), [5]);
-    assert_eq!(harness.next_run_and_thread(), (vec![5], this_thread()));
-    let queued = harness.submit(&[6]);
-    assert_eq!(harness.next_run_and_thread(), (vec![6], WORKER.into()));
-    assert_eq!(outputs(queued), [6]);
 }

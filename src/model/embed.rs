@@ -100,7 +100,7 @@ impl Model {
         }
         match &self.backend {
             Backend::Graph(batcher) => Ok(Started::Queued {
-                pending: super::submit(batcher, seqs)?,
+                pending: batcher.submit(seqs)?,
                 tokens,
             }),
             Backend::Static(table) => {

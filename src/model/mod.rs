@@ -36,9 +36,7 @@ pub use tokenize::{TextPreparation, TextTokenizer, TokenSeq};
 use cross_encoder::CrossEncoder;
 use static_embedding::StaticEmbedding;
 
-use tokio::runtime::RuntimeFlavor;
-
-use crate::batcher::{BatchError, Batcher, Engine, Pending};
+use crate::batcher::{BatchError, Batcher};
 use crate::config::ModelConfig;
 use crate::metrics::METRICS;
 use crate::runtime::Device;
@@ -130,23 +128,6 @@ async fn tokenizing<T: Send + 'static>(
         tokio::task::spawn_blocking(tokenize)
             .await
             .map_err(|e| EmbedError::Task(e.to_string()))
-    }
-}
-
-/// Queues `inputs` on `batcher`, or runs them on this thread when the model is idle and the
-/// thread may block (`Batcher::run_or_submit`): an async worker first hands its other tasks
-/// to another thread (`block_in_place`); a current-thread runtime must not block, so there
-/// they always queue.
-fn submit<E: Engine>(
-    batcher: &Batcher<E>,
-    inputs: Vec<E::Input>,
-) -> Result<Pending<E::Output>, BatchError> {
-    match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => {
-            batcher.run_or_submit(inputs, |run| tokio::task::block_in_place(run))
-        }
-        Ok(_) => batcher.submit(inputs),
-        Err(_) => batcher.run_or_submit(inputs, |run| run()),
     }
 }
 
@@ -304,76 +285,5 @@ mod tests {
                 .iter()
                 .map(Input::size)
         ));
-    }
-
-    /// Runs each batch and answers with the name of the thread that ran it.
-    struct ThreadNames;
-
-    impl Engine for ThreadNames {
-        type Input = ();
-        type Output = String;
-
-        fn tokens(_: &()) -> usize {
-            1
-        }
-
-        fn run(&mut self, batch: &[&()]) -> anyhow::Result<Vec<String>> {
-            let thread = std::thread::current()
-                .name()
-                .unwrap_or_default()
-                .to_string();
-            Ok(vec![thread; batch.len()])
-        }
-    }
-
-    async fn ran_on(batcher: &Batcher<ThreadNames>) -> String {
-        let pending = submit(batcher, vec![()]).unwrap();
-        pending.wait().await.unwrap().outputs.remove(0)
-    }
-
-    fn batcher() -> Batcher<ThreadNames> {
-        let limits = crate::batcher::BatchLimits {
-            max_batch_size: 32,
-            max_batch_tokens: 16_384,
-            max_queued_inputs: 64,
-            run_cost_tokens: None,
-        };
-        Batcher::start("threads", ThreadNames, limits).unwrap()
-    }
-
-    #[test]
-    fn a_lone_request_runs_where_its_thread_may_block() {
-        let batcher = std::sync::Arc::new(batcher());
-        let multi_thread = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("async worker")
-            .build()
-            .unwrap();
-        let shared = batcher.clone();
-        let on_worker = multi_thread
-            .block_on(multi_thread.spawn(async move { ran_on(&shared).await }))
-            .unwrap();
-        assert_eq!(
-            on_worker, "async worker",
-            "on an async worker, inside block_in_place"
-        );
-        let pending = submit(&batcher, vec![()]).unwrap();
-        let outside = pending.wait_blocking().unwrap().outputs.remove(0);
-        assert_eq!(outside, this_thread(), "outside any async runtime");
-        let current_thread = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let queued = current_thread.block_on(ran_on(&batcher));
-        assert_eq!(
-            queued, "batcher threads",
-            "a current-thread runtime must not block"
-        );
-    }
-
-    fn this_thread() -> String {
-        std::thread::current()
-            .name()
-            .unwrap_or_default()
-            .to_string()
     }
 }

@@ -173,7 +173,7 @@ impl Model {
                 ),
             });
         }
-        Ok((super::submit(batcher, seqs)?, tokens))
+        Ok((batcher.submit(seqs)?, tokens))
     }
 
     fn scored(
