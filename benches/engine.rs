@@ -1,5 +1,6 @@
 //! The engine ceiling: the bare ONNX Runtime session, no server, on all-MiniLM-L6-v2 fp32
-//! with the server's session options, in each spinning mode (`always`, `never`): single
+//! with the server's session options, in each spinning mode (`always`; `adaptive`'s
+//! spinning inside runs that stops at each run's end, as on a quiet machine; `never`): single
 //! sentences one run at a time, batches of 32 copies of that sentence, and the 32 corpus
 //! sentences sorted by length in one run. Prints one JSON object: each workload's best over
 //! the modes (the highest rate, the lowest latencies), and every mode's own figures under
@@ -91,7 +92,7 @@ fn main() {
     });
 
     let mut report = json!({"single_tokens": single[0].len(), "modes": {}});
-    for spinning in [Spinning::Always, Spinning::Never] {
+    for spinning in [Spinning::Always, Spinning::Adaptive, Spinning::Never] {
         let mut session = open(&dir.join("onnx/model.onnx"), spinning);
         let mut figures = json!({
             "single": measure(&mut session, &single, budget),
