@@ -88,8 +88,9 @@ fn bounded_texts_tokenize_like_the_whole_text() {
 fn short_texts_are_left_alone() {
     let text = "short enough";
     let path = fixture_tokenizers().into_values().next().unwrap();
+    let tokenizer = configured(&path, Some(MAX_LENGTH));
     assert!(matches!(
-        bounded(&configured(&path, Some(MAX_LENGTH)), &Shortening::default(), text, WINDOW).unwrap(),
+        bounded(&tokenizer, &Shortening::default(), text, WINDOW).unwrap(),
         std::borrow::Cow::Borrowed(t) if t == text
     ));
 }
