@@ -4,10 +4,12 @@
 //! sentences one run at a time, batches of 32 copies of that sentence, and the 32 corpus
 //! sentences sorted by length in one run. Prints one JSON object: each workload's best over
 //! the modes (the highest rate, the lowest latencies), and every mode's own figures under
-//! `modes`. `scripts/bench` compares the server against the best.
+//! `modes`.
 //!
 //! `cargo bench --bench engine` (BENCH_SECONDS per measurement, default 5); under `cargo
-//! test` it runs each measurement once as a smoke test.
+//! test` it runs each measurement once as a smoke test. `cargo bench --bench engine --
+//! --commands` measures on request instead (`serve_commands`): `scripts/bench` asks it for
+//! bursts beside each of the server's windows and compares the server against the best.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -87,24 +89,40 @@ fn main() {
             })
             .collect();
         pairs.sort_by_key(|(ids, _)| ids.len());
-        let (ids, types): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
-        (Path::new(&dir).join("onnx/model.onnx"), ids, types)
+        let (ids, types) = pairs.into_iter().unzip();
+        Reranker {
+            onnx: Path::new(&dir).join("onnx/model.onnx"),
+            ids,
+            types,
+        }
     });
 
-    let mut report = json!({"single_tokens": single[0].len(), "modes": {}});
-    for spinning in [Spinning::Always, Spinning::Adaptive, Spinning::Never] {
-        let mut session = open(&dir.join("onnx/model.onnx"), spinning);
-        let mut figures = json!({
-            "single": measure(&mut session, &single, budget),
-            "batch32_same": measure(&mut session, &copies, budget),
-            "batch32_corpus": measure(&mut session, &sorted, budget),
+    let onnx = dir.join("onnx/model.onnx");
+    let workloads = Workloads {
+        single,
+        copies,
+        sorted,
+        reranker,
+    };
+    if std::env::args().any(|a| a == "--commands") {
+        serve_commands(&workloads, |spinning| {
+            let rerank = workloads.reranker.as_ref().map(|r| open(&r.onnx, spinning));
+            (open(&onnx, spinning), rerank)
         });
+        return;
+    }
+
+    let mut report = json!({"single_tokens": workloads.single[0].len(), "modes": {}});
+    for spinning in MODES {
+        let mut session = open(&onnx, spinning);
+        let mut figures = json!({});
+        for workload in ["single", "batch32_same", "batch32_corpus"] {
+            figures[workload] = workloads.measure(workload, &mut session, budget);
+        }
         drop(session);
-        if let Some((onnx, ids, types)) = &reranker {
-            let mut session = open(onnx, spinning);
-            figures["rerank_batch32"] = measure_with(budget, ids.len(), || {
-                run_typed(&mut session, ids, Some(types))
-            });
+        if let Some(reranker) = &workloads.reranker {
+            let mut session = open(&reranker.onnx, spinning);
+            figures["rerank_batch32"] = workloads.measure("rerank_batch32", &mut session, budget);
         }
         report["modes"][spinning.to_string()] = figures;
     }
@@ -113,6 +131,76 @@ fn main() {
         report[workload] = best(&modes, workload);
     }
     println!("{report}");
+}
+
+const MODES: [Spinning; 3] = [Spinning::Always, Spinning::Adaptive, Spinning::Never];
+
+/// What the engine runs: tokenized inputs of each workload.
+struct Workloads {
+    single: Vec<Vec<u32>>,
+    copies: Vec<Vec<u32>>,
+    sorted: Vec<Vec<u32>>,
+    reranker: Option<Reranker>,
+}
+
+/// The cross-encoder's model file, and its pairs' ids and segment ids.
+struct Reranker {
+    onnx: std::path::PathBuf,
+    ids: Vec<Vec<u32>>,
+    types: Vec<Vec<u32>>,
+}
+
+impl Workloads {
+    /// Runs `workload` on `session` (the cross-encoder's for `rerank_batch32`) for `budget`.
+    fn measure(&self, workload: &str, session: &mut Session, budget: Duration) -> Value {
+        match workload {
+            "single" => measure(session, &self.single, budget),
+            "batch32_same" => measure(session, &self.copies, budget),
+            "batch32_corpus" => measure(session, &self.sorted, budget),
+            "rerank_batch32" => {
+                let Reranker { ids, types, .. } = self.reranker.as_ref().expect("BENCH_RERANKER");
+                measure_with(budget, ids.len(), || run_typed(session, ids, Some(types)))
+            }
+            other => panic!("unknown workload {other}"),
+        }
+    }
+}
+
+/// `--commands`: every mode's sessions stay open, and each line on standard input,
+/// `WORKLOAD MODE SECONDS`, is answered by one line of JSON with that measurement, so that
+/// `scripts/bench` can measure the engine in short bursts right beside each server window
+/// (this machine's speed drifts within tens of seconds). The first line says it is ready.
+fn serve_commands(workloads: &Workloads, open: impl Fn(Spinning) -> (Session, Option<Session>)) {
+    let mut sessions: Vec<(Spinning, (Session, Option<Session>))> =
+        MODES.iter().map(|&mode| (mode, open(mode))).collect();
+    let say = |line: Value| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .expect("stdout");
+    };
+    say(json!({"ready": true, "single_tokens": workloads.single[0].len()}));
+    for line in std::io::stdin().lines() {
+        let line = line.expect("stdin");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [workload, mode, seconds] = words[..] else {
+            panic!("expected `WORKLOAD MODE SECONDS`, got {line:?}")
+        };
+        let budget = Duration::from_secs_f64(seconds.parse().expect("seconds"));
+        let (_, (session, rerank)) = sessions
+            .iter_mut()
+            .find(|(m, _)| m.to_string() == mode)
+            .unwrap_or_else(|| panic!("unknown mode {mode}"));
+        let session = match workload {
+            "rerank_batch32" => rerank.as_mut().expect("BENCH_RERANKER"),
+            _ => session,
+        };
+        let mut figures = workloads.measure(workload, session, budget);
+        figures["workload"] = json!(workload);
+        figures["spinning"] = json!(mode);
+        say(figures);
+    }
 }
 
 /// A workload's best over the spinning modes: the highest rate, the lowest latencies, and
