@@ -19,7 +19,9 @@
 //!
 //! Waiting policy: the worker takes whatever is queued the moment it is free, and never
 //! waits for more. Under load, inputs pile up while a batch runs, so batches fill by
-//! themselves; a lone request runs at once and pays no added latency. `scripts/bench`
+//! themselves; a lone request runs at once and pays no added latency. When a run leaves the
+//! queue empty, the worker may busy-wait a moment for the next request before it sleeps
+//! (`Engine::idle_spin`), so that a client's next request finds it awake. `scripts/bench`
 //! measures both ends (concurrency 1 and 64) against the bare session.
 
 use std::collections::{HashMap, VecDeque};
@@ -30,7 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use crate::metrics::METRICS;
@@ -47,6 +49,13 @@ pub trait Engine: Send + 'static {
 
     /// One output per input of `batch`, in its order.
     fn run(&mut self, batch: &[&Self::Input]) -> anyhow::Result<Vec<Self::Output>>;
+
+    /// How long the worker may busy-wait for the next request after a run that emptied the
+    /// queue, before it sleeps. A sleeping worker must be woken for that request, on its
+    /// path: on a VM whose idle vCPUs halt that costs tens of µs (README, "Spinning").
+    fn idle_spin(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Bounds of the batches and the queue of one model.
@@ -173,9 +182,35 @@ struct Shared<E: Engine> {
     limits: BatchLimits,
     queue: Mutex<Queue<E>>,
     ready: Condvar,
+    /// Bumped under the queue's lock by every submission and by closing, so that a worker
+    /// spinning without the lock sees either.
+    events: AtomicU64,
 }
 
 impl<E: Engine> Shared<E> {
+    fn bump_events(&self) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Busy-waits until the queue sees an event after `seen`, or for `limit`. The core goes
+    /// to anyone else who wants it at every check of the clock, so spinning delays no one.
+    fn spin_for_event(&self, seen: u64, limit: Duration) {
+        const SPINS_PER_CHECK: u32 = 64;
+        let deadline = Instant::now() + limit;
+        loop {
+            for _ in 0..SPINS_PER_CHECK {
+                if self.events.load(Ordering::Relaxed) != seen {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= deadline {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     fn report_depth(&self, depth: usize) {
         METRICS
             .queue_depth
@@ -220,6 +255,7 @@ impl<E: Engine> Batcher<E> {
                 next_seq: 1,
             }),
             ready: Condvar::new(),
+            events: AtomicU64::new(0),
         });
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new()
@@ -267,6 +303,7 @@ impl<E: Engine> Batcher<E> {
                 index,
                 request: request.clone(),
             }));
+        self.shared.bump_events();
         drop(queue);
         self.shared.ready.notify_one();
         Ok(Pending { reply })
@@ -276,7 +313,10 @@ impl<E: Engine> Batcher<E> {
 impl<E: Engine> Drop for Batcher<E> {
     /// Lets the worker finish what is queued, then stops it.
     fn drop(&mut self) {
-        self.shared.queue.lock().closed = true;
+        let mut queue = self.shared.queue.lock();
+        queue.closed = true;
+        self.shared.bump_events();
+        drop(queue);
         self.shared.ready.notify_all();
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
@@ -287,6 +327,7 @@ impl<E: Engine> Drop for Batcher<E> {
 fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E) {
     let mut last_anchor = 0;
     loop {
+        let mut may_spin = true;
         let batch = {
             let mut queue = shared.queue.lock();
             loop {
@@ -305,6 +346,13 @@ fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E) {
                 shared.report_depth(0);
                 if queue.closed {
                     return;
+                }
+                let spin = engine.idle_spin();
+                if may_spin && !spin.is_zero() {
+                    may_spin = false;
+                    let seen = shared.events.load(Ordering::Relaxed);
+                    MutexGuard::unlocked(&mut queue, || shared.spin_for_event(seen, spin));
+                    continue;
                 }
                 shared.ready.wait(&mut queue);
             }

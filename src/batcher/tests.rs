@@ -10,6 +10,7 @@ struct Fake {
     runs: mpsc::Sender<Vec<usize>>,
     gate: Option<mpsc::Receiver<()>>,
     fails_on: Option<usize>,
+    idle_spin: Duration,
 }
 
 impl Engine for Fake {
@@ -31,6 +32,10 @@ impl Engine for Fake {
         }
         Ok(inputs)
     }
+
+    fn idle_spin(&self) -> Duration {
+        self.idle_spin
+    }
 }
 
 const LIMITS: BatchLimits = BatchLimits {
@@ -50,12 +55,22 @@ struct Harness {
 
 impl Harness {
     fn start(limits: BatchLimits, gated: bool, fails_on: Option<usize>) -> Self {
+        Self::spinning(limits, gated, fails_on, Duration::ZERO)
+    }
+
+    fn spinning(
+        limits: BatchLimits,
+        gated: bool,
+        fails_on: Option<usize>,
+        idle_spin: Duration,
+    ) -> Self {
         let (runs_tx, runs) = mpsc::channel();
         let (gate, gate_rx) = mpsc::channel();
         let engine = Fake {
             runs: runs_tx,
             gate: gated.then_some(gate_rx),
             fails_on,
+            idle_spin,
         };
         let batcher = Batcher::start("fake", engine, limits).unwrap();
         Self {
@@ -368,6 +383,37 @@ fn stopping_finishes_what_is_queued() {
     assert_eq!(outputs(pending), [1, 2, 3, 4]);
     let runs: Vec<Vec<usize>> = harness.runs.try_iter().collect();
     assert_eq!(runs, [vec![1, 2, 3], vec![4]]);
+}
+
+/// Fails the test instead of hanging it if the worker does not stop.
+fn stop(batcher: Batcher<Fake>) {
+    let (stopped, joined) = mpsc::channel();
+    std::thread::spawn(move || {
+        drop(batcher);
+        stopped.send(())
+    });
+    joined
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the worker stops");
+}
+
+#[test]
+fn a_spinning_worker_takes_the_next_request_and_stops_when_asked() {
+    // Spinning far longer than the test: only the queue's events can end each spin.
+    let harness = Harness::spinning(LIMITS, false, None, Duration::from_secs(3600));
+    assert_eq!(outputs(harness.submit(&[1])), [1]);
+    assert_eq!(outputs(harness.submit(&[2, 3])), [2, 3]);
+    let runs: Vec<Vec<usize>> = harness.runs.try_iter().collect();
+    assert_eq!(runs, [vec![1], vec![2, 3]]);
+    stop(harness.batcher);
+}
+
+#[test]
+fn a_worker_that_spun_in_vain_still_wakes_for_the_next_request() {
+    let harness = Harness::spinning(LIMITS, false, None, Duration::from_nanos(1));
+    assert_eq!(outputs(harness.submit(&[1])), [1]);
+    assert_eq!(outputs(harness.submit(&[2])), [2]);
+    stop(harness.batcher);
 }
 
 #[test]

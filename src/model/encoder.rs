@@ -76,6 +76,10 @@ impl crate::batcher::Engine for Encoder {
     fn run(&mut self, batch: &[&TokenSeq]) -> anyhow::Result<Vec<Vec<f32>>> {
         self.embed(batch)
     }
+
+    fn idle_spin(&self) -> std::time::Duration {
+        self.session.idle_spin()
+    }
 }
 
 impl Encoder {

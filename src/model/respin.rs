@@ -6,6 +6,7 @@
 //! at each change of the machine's load (`contention`'s hysteresis keeps those rare).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use ort::session::Session;
@@ -13,6 +14,12 @@ use ort::session::Session;
 use crate::contention;
 use crate::metrics::METRICS;
 use crate::runtime::{Device, Runtime, Spinning};
+
+/// How long the worker of a session that spins inside its runs busy-waits for the next
+/// request after a run that emptied its queue (`batcher::Engine::idle_spin`): longer than
+/// a local client's turn-around between requests at concurrency 1 (0.3 to 0.5 ms on the
+/// development VM), short enough to cost little when no request comes.
+const IDLE_SPIN: Duration = Duration::from_millis(1);
 
 /// A model's session, and how to build it again for another spinning mode.
 pub struct AdaptiveSession {
@@ -38,6 +45,17 @@ impl AdaptiveSession {
                 onnx,
                 current: Spinning::Adaptive,
             }),
+        }
+    }
+
+    /// How long its worker may busy-wait for the next request: as long as the session spins
+    /// inside its runs (a CPU session of an adaptive runtime on a quiet machine), else not
+    /// at all, so that a busy machine's cores go to the processes that want them.
+    pub fn idle_spin(&self) -> Duration {
+        if self.rebuild.is_some() && !contention::contended() {
+            IDLE_SPIN
+        } else {
+            Duration::ZERO
         }
     }
 
