@@ -19,15 +19,13 @@ use subtle::ConstantTimeEq;
 #[derive(Clone)]
 pub struct ModelLabel(pub String);
 
-/// Requires `Authorization: Bearer KEY` with one of the configured keys (when there are any).
+/// Requires `Authorization: Bearer KEY` with one of the configured keys (layered only where
+/// there are any).
 pub async fn require_api_key(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if state.api_keys.is_empty() {
-        return next.run(request).await;
-    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
