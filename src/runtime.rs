@@ -150,8 +150,9 @@ pub unsafe fn disable_telemetry() {
 /// (`contention`, `model::respin`); README, "Spinning", has the measurements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Spinning {
-    /// Spin while a run is in progress, sleep between runs; never spin while other
-    /// processes keep the cores busy.
+    /// Spin while a run is in progress, sleep between runs (the batcher's thread waits up
+    /// to 1 ms for the next request first, `batcher::Engine::idle_spin`); never spin while
+    /// other processes keep the cores busy.
     #[default]
     Adaptive,
     /// Spin between runs too (ONNX Runtime's own default), at the cost of a core

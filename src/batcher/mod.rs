@@ -347,12 +347,13 @@ fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E) {
                 if queue.closed {
                     return;
                 }
-                let spin = engine.idle_spin();
-                if may_spin && !spin.is_zero() {
-                    may_spin = false;
-                    let seen = shared.events.load(Ordering::Relaxed);
-                    MutexGuard::unlocked(&mut queue, || shared.spin_for_event(seen, spin));
-                    continue;
+                if std::mem::take(&mut may_spin) {
+                    let spin = engine.idle_spin();
+                    if !spin.is_zero() {
+                        let seen = shared.events.load(Ordering::Relaxed);
+                        MutexGuard::unlocked(&mut queue, || shared.spin_for_event(seen, spin));
+                        continue;
+                    }
                 }
                 shared.ready.wait(&mut queue);
             }
