@@ -172,9 +172,9 @@ fn keys_from_a_file_and_protected_metrics() {
 }
 
 /// Off by default: clients ask for compression by habit, and vectors cost more CPU to
-/// compress than a LAN saves.
+/// compress than a LAN saves. No CORS origins by default either.
 #[test]
-fn responses_are_not_compressed_unless_configured() {
+fn responses_are_neither_compressed_nor_cors_enabled_unless_configured() {
     let server = Server::start(&["--models-dir", &models_root_arg()]);
     let response = reqwest::blocking::Client::new()
         .post(server.url("/v1/embeddings"))
@@ -184,8 +184,24 @@ fn responses_are_not_compressed_unless_configured() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert!(!response.headers().contains_key("content-encoding"));
+    // Nor any CORS header (the layer is left out without origins).
+    assert!(!response.headers().contains_key("vary"));
     let body: serde_json::Value = response.json().unwrap();
     assert_eq!(body["data"].as_array().unwrap().len(), 20);
+    let preflight = reqwest::blocking::Client::new()
+        .request(reqwest::Method::OPTIONS, server.url("/v1/embeddings"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .unwrap();
+    assert!(
+        !preflight
+            .headers()
+            .keys()
+            .any(|name| name.as_str().starts_with("access-control-")),
+        "{:?}",
+        preflight.headers()
+    );
 }
 
 #[test]
