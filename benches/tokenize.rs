@@ -1,6 +1,8 @@
 //! What tokenizing one request costs on all-MiniLM-L6-v2: the server's tokenizer
 //! (`TextTokenizer`, with its ASCII fast path for BERT WordPiece) against the tokenizers
-//! crate configured the same way, on one corpus sentence and on the 32 corpus sentences.
+//! crate configured the same way, on one corpus sentence and on the 32 corpus sentences;
+//! and a rerank request's pairs on the BERT cross-encoder fixture (each text tokenized once,
+//! against each pair tokenized whole), for a sentence and for a 16 KiB query.
 //! "cold" sweeps 64 MiB of memory before each call, as an inference run does to the caches
 //! between two requests; "warm" repeats the call back to back. Prints medians in µs.
 //!
@@ -83,6 +85,65 @@ fn main() {
         }
     }
     black_box(&sweep);
+    pairs(&corpus, if full { 200 } else { 2 });
+}
+
+/// A rerank request's pairs: one query with the 32 corpus sentences, both ways.
+fn pairs(corpus: &[String], runs: usize) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/models/rerank/bert-cross-encoder/tokenizer.json");
+    let preparation = TextPreparation::Transformer {
+        max_seq_length: 512,
+        do_lower_case: false,
+    };
+    let server = TextTokenizer::load(&path, preparation).expect("tokenizer");
+    let mut whole = Tokenizer::from_file(&path).expect("tokenizer");
+    whole.with_padding(None);
+    whole
+        .with_truncation(Some(TruncationParams {
+            max_length: 512,
+            ..TruncationParams::default()
+        }))
+        .expect("truncation");
+    let documents: Vec<std::borrow::Cow<str>> = corpus.iter().map(|d| d.as_str().into()).collect();
+    let long_query = corpus
+        .join(" ")
+        .repeat(16 * 1024 / corpus.join(" ").len() + 1);
+    for (name, query) in [
+        ("a sentence", corpus[0].as_str()),
+        ("16 KiB", long_query.as_str()),
+    ] {
+        let ours = server.encode_pairs(query, &documents, None).expect("pairs");
+        for (document, pair) in corpus.iter().zip(&ours) {
+            let theirs = whole
+                .encode_fast((query, document.as_str()), true)
+                .expect("pair");
+            assert_eq!(pair.ids, theirs.get_ids(), "{document}");
+        }
+        let crate_pairs = || {
+            for document in corpus {
+                black_box(
+                    whole
+                        .encode_fast((query, document.as_str()), true)
+                        .expect("pair"),
+                );
+            }
+        };
+        let server_pairs = || {
+            black_box(server.encode_pairs(query, &documents, None).expect("pairs"));
+        };
+        for (who, encode) in [
+            ("each pair whole", &crate_pairs as &dyn Fn()),
+            ("embedserve", &server_pairs),
+        ] {
+            let took = median(runs, || time(encode));
+            println!(
+                "{:<45} {:>10.1}",
+                format!("32 pairs, query {name}, {who}"),
+                took.as_secs_f64() * 1e6
+            );
+        }
+    }
 }
 
 fn time(run: &dyn Fn()) -> Duration {

@@ -254,11 +254,14 @@ async fn tokens(
     let model = serve_model(state, &name, label).await?;
     let add_special_tokens = request.add_special_tokens;
     let prompt_name = request.prompt_name;
+    let max_tokens = state.limits.max_tokens_per_request;
     let tokens = super::embeddings::blocking(move || {
-        texts
-            .iter()
-            .map(|text| model.tokens(text, prompt_name.as_deref(), add_special_tokens))
-            .collect::<Result<Vec<_>, _>>()
+        model.tokens(
+            &texts,
+            prompt_name.as_deref(),
+            add_special_tokens,
+            max_tokens,
+        )
     })
     .await??;
     Ok(axum::Json(tokens).into_response())

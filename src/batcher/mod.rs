@@ -271,6 +271,25 @@ impl<E: Engine> Batcher<E> {
         self.shared.limits
     }
 
+    /// Refuses `inputs` more inputs now if `submit` would: a request checks before it
+    /// tokenizes, so a full queue costs it nothing but this answer.
+    pub fn check_room(&self, inputs: usize) -> Result<(), BatchError> {
+        let queued = self.shared.queue.lock().items.len();
+        self.room_for(queued, inputs)
+    }
+
+    fn room_for(&self, queued: usize, inputs: usize) -> Result<(), BatchError> {
+        let max = self.shared.limits.max_queued_inputs;
+        if queued > 0 && queued + inputs > max {
+            return Err(BatchError::QueueFull {
+                model: self.shared.model.clone(),
+                queued,
+                max,
+            });
+        }
+        Ok(())
+    }
+
     /// Queues `inputs` as one request, or refuses at once when the queue cannot take them.
     /// A request is refused only while others wait, so even one larger than the whole queue
     /// runs on an idle model.
@@ -287,15 +306,7 @@ impl<E: Engine> Batcher<E> {
             }));
             return Ok(Pending { reply });
         }
-        let queued = queue.items.len();
-        let max = self.shared.limits.max_queued_inputs;
-        if queued > 0 && queued + inputs.len() > max {
-            return Err(BatchError::QueueFull {
-                model: self.shared.model.clone(),
-                queued,
-                max,
-            });
-        }
+        self.room_for(queue.items.len(), inputs.len())?;
         queue
             .items
             .extend(inputs.into_iter().enumerate().map(|(index, input)| Item {

@@ -86,6 +86,9 @@ impl Model {
     /// Tokenizes (and for static models embeds) on the calling thread; graph models'
     /// inputs are queued on the batcher.
     fn start(&self, inputs: &[Input], options: &EmbedOptions) -> Result<Started, EmbedError> {
+        if let Backend::Graph(batcher) = &self.backend {
+            batcher.check_room(inputs.len())?;
+        }
         let seqs = self.tokenize(inputs, options)?;
         let tokens: usize = seqs.iter().map(TokenSeq::len).sum();
         if tokens > options.max_tokens {

@@ -1,6 +1,7 @@
 //! From a request's inputs to token sequences: the prompt, token-id input (OpenAI clients
 //! send tiktoken `cl100k_base` ids; models have their own vocabulary), and truncation.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Deserialize;
@@ -52,6 +53,17 @@ fn invalid(param: &'static str, message: String) -> EmbedError {
     EmbedError::Invalid { param, message }
 }
 
+/// A request's texts hold more tokens than it may.
+pub fn too_many_tokens(param: &'static str, max: usize) -> EmbedError {
+    invalid(
+        param,
+        format!(
+            "the inputs hold more than {max} tokens; at most {max} are allowed per request \
+             (server.max_tokens_per_request): split them over several requests"
+        ),
+    )
+}
+
 /// One token of a text, as TEI's `/tokenize` describes it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Token {
@@ -83,19 +95,45 @@ impl Model {
         })
     }
 
-    /// The tokens of `text` as the model reads it: prompt prepended (the default prompt
-    /// when `prompt_name` is `None`), prepared, and truncated like an input.
+    /// The tokens of each text as the model reads it: prompt prepended (the default prompt
+    /// when `prompt_name` is `None`), prepared, and truncated like an input; at most
+    /// `max_tokens` in all, refused before a text of a model that does not truncate is
+    /// tokenized whole.
     pub fn tokens(
         &self,
-        text: &str,
+        texts: &[String],
         prompt_name: Option<&str>,
         add_special_tokens: bool,
-    ) -> Result<Vec<Token>, EmbedError> {
+        max_tokens: usize,
+    ) -> Result<Vec<Vec<Token>>, EmbedError> {
         let prompt = self.prompt(prompt_name.or(self.default_prompt_name.as_deref()))?;
-        let prepared = self.tokenizer.prepare(prompt, text);
-        self.tokenizer
-            .tokens(&prepared, add_special_tokens)
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))
+        let tokenizer_failed = |e: tokenizers::Error| EmbedError::Tokenizer(e.to_string());
+        let mut left = max_tokens;
+        let mut all = Vec::with_capacity(texts.len());
+        for text in texts {
+            let prepared = self.tokenizer.prepare(prompt, text);
+            let over = self
+                .tokenizer
+                .exceeds(&[&prepared], left)
+                .map_err(tokenizer_failed)?;
+            let tokens = if over {
+                None
+            } else {
+                Some(
+                    self.tokenizer
+                        .tokens(&prepared, add_special_tokens)
+                        .map_err(tokenizer_failed)?,
+                )
+            };
+            match tokens {
+                Some(tokens) if tokens.len() <= left => {
+                    left -= tokens.len();
+                    all.push(tokens);
+                }
+                _ => return Err(too_many_tokens("inputs", max_tokens)),
+            }
+        }
+        Ok(all)
     }
 
     pub fn tokenize(
@@ -128,7 +166,12 @@ impl Model {
                     }
                     match token_input {
                         TokenInput::Tiktoken => {
-                            texts.push(self.tokenizer.prepare(prompt, &decode_cl100k(i, ids)?))
+                            let decoded = decode_cl100k(i, ids)?;
+                            let prepared = match self.tokenizer.prepare(prompt, &decoded) {
+                                Cow::Borrowed(_) => None,
+                                Cow::Owned(prepared) => Some(prepared),
+                            };
+                            texts.push(Cow::Owned(prepared.unwrap_or(decoded)))
                         }
                         TokenInput::Native if !prompt.is_empty() => {
                             return Err(invalid(
@@ -150,6 +193,13 @@ impl Model {
                     }
                 }
             }
+        }
+        if self
+            .tokenizer
+            .exceeds(&texts, options.max_tokens)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
+        {
+            return Err(too_many_tokens("input", options.max_tokens));
         }
         let mut encoded = self
             .tokenizer

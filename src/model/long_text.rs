@@ -99,7 +99,7 @@ fn overflows(encoding: &tokenizers::Encoding) -> bool {
 
 /// The last cut at or before `size`, and past `size / 2`, that falls before a space
 /// following a non-space character.
-fn space_cut(text: &str, size: usize) -> Option<usize> {
+pub fn space_cut(text: &str, size: usize) -> Option<usize> {
     let bytes = text.as_bytes();
     let mut end = size.min(bytes.len());
     while let Some(at) = memchr::memrchr(b' ', &bytes[..end]) {

@@ -118,28 +118,15 @@ impl Model {
                 "a cross-encoder runs as a graph".to_string(),
             ));
         };
+        batcher.check_room(documents.len())?;
         let query = self.tokenizer.prepare_text(query);
-        let documents = documents
+        let documents: Vec<Cow<str>> = documents
             .iter()
-            .map(|document| {
-                let prepared = self.tokenizer.prepare_text(document);
-                let Some(max) = options.max_tokens_per_document else {
-                    return Ok(prepared);
-                };
-                let keep = self.tokenizer.first_tokens(&prepared, max)?.len();
-                Ok(match prepared {
-                    Cow::Borrowed(text) => Cow::Borrowed(&text[..keep]),
-                    Cow::Owned(mut text) => {
-                        text.truncate(keep);
-                        Cow::Owned(text)
-                    }
-                })
-            })
-            .collect::<Result<Vec<Cow<str>>, tokenizers::Error>>()
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+            .map(|document| self.tokenizer.prepare_text(document))
+            .collect();
         let encoded = self
             .tokenizer
-            .encode_pairs(&query, &documents)
+            .encode_pairs(&query, &documents, options.max_tokens_per_document)
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         let truncate = options.truncate.unwrap_or(self.truncate);
         let mut tokens = 0;

@@ -12,6 +12,8 @@ use super::LoadError;
 use super::long_text::{self, Shortening};
 use super::wordpiece::AsciiWordPiece;
 
+mod pairs;
+
 /// Token ids of one text (or pair), and whether truncation cut it.
 #[derive(Debug, Default)]
 pub struct Encoded {
@@ -23,6 +25,14 @@ pub struct Encoded {
 
 /// Requests with fewer texts are tokenized on one thread.
 const PARALLEL_FROM: usize = 16;
+
+/// Bytes of text counted at a time by `exceeds`.
+const COUNT_WINDOW: usize = 64 * 1024;
+
+/// The most tokens one byte of text can give: a character's compatibility decomposition
+/// (NFKD, NFKC) has up to 18 characters, ﷺ's, from 3 bytes, and a character is at most
+/// one token; rounded up.
+const MAX_TOKENS_PER_BYTE: usize = 8;
 
 /// The token ids of one input, unpadded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,21 +148,16 @@ impl TextTokenizer {
         self.tokenizer.get_truncation().map(|t| t.max_length)
     }
 
-    /// Prepares `prompt + text` as sentence-transformers' input module does.
-    pub fn prepare(&self, prompt: &str, text: &str) -> String {
-        let joined;
-        let full = if prompt.is_empty() {
-            text
-        } else {
-            joined = format!("{prompt}{text}");
-            &joined
-        };
+    /// Prepares `prompt + text` as sentence-transformers' input module does: borrowed when
+    /// there is nothing to change.
+    pub fn prepare<'t>(&self, prompt: &str, text: &'t str) -> Cow<'t, str> {
         // sentence-transformers 5 no longer strips whitespace: byte-level BPE and
         // SentencePiece tokenizers give leading spaces tokens of their own.
-        if self.lower_cases() {
-            full.to_lowercase()
-        } else {
-            full.to_string()
+        match (prompt.is_empty(), self.lower_cases()) {
+            (true, false) => Cow::Borrowed(text),
+            (true, true) => Cow::Owned(text.to_lowercase()),
+            (false, false) => Cow::Owned(format!("{prompt}{text}")),
+            (false, true) => Cow::Owned(format!("{prompt}{text}").to_lowercase()),
         }
     }
 
@@ -180,11 +185,14 @@ impl TextTokenizer {
     /// and its threads would compete with inference for the cores.
     /// Long texts are first cut to the part that decides their tokens (`long_text`); ASCII
     /// texts then take the exact fast path where the tokenizer has one (`wordpiece`).
-    pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<Encoded>, tokenizers::Error> {
+    pub fn encode_batch<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+    ) -> Result<Vec<Encoded>, tokenizers::Error> {
         let special = self.special_tokens();
         let texts = texts
             .iter()
-            .map(|text| self.bounded(text))
+            .map(|text| self.bounded(text.as_ref()))
             .collect::<Result<Vec<Cow<str>>, _>>()?;
         let mut encoded: Vec<Option<Encoded>> = match &self.ascii {
             Some(ascii) => texts.iter().map(|t| ascii.encode(t, special)).collect(),
@@ -196,47 +204,23 @@ impl TextTokenizer {
             .filter(|(_, done)| done.is_none())
             .map(|(text, _)| text)
             .collect();
-        let mut rest = self.encode_all(rest, special, false)?.into_iter();
+        let mut rest = self.encode_all(rest, special)?.into_iter();
         for slot in encoded.iter_mut().filter(|slot| slot.is_none()) {
             *slot = rest.next();
         }
         Ok(encoded.into_iter().flatten().collect())
     }
 
-    /// Tokenizes (query, document) pairs as a cross-encoder's tokenizer does: one sequence
-    /// with the special tokens of a pair, segment ids 1 for the document where the tokenizer
-    /// gives them, and the pair truncated together (`longest_first`).
-    pub fn encode_pairs(
+    /// Encodes texts: many in parallel, a few on this thread (`encode_batch`).
+    fn encode_all(
         &self,
-        query: &str,
-        documents: &[Cow<'_, str>],
-    ) -> Result<Vec<Encoded>, tokenizers::Error> {
-        let query = self.bounded(query)?;
-        let pairs = documents
-            .iter()
-            .map(|document| Ok((query.as_ref(), self.bounded(document)?)))
-            .collect::<Result<Vec<_>, tokenizers::Error>>()?;
-        self.encode_all(pairs, true, true)
-    }
-
-    /// Encodes texts or pairs, keeping segment ids for pairs only.
-    fn encode_all<'s, E>(
-        &self,
-        inputs: Vec<E>,
+        inputs: Vec<Cow<'_, str>>,
         add_special_tokens: bool,
-        pairs: bool,
-    ) -> Result<Vec<Encoded>, tokenizers::Error>
-    where
-        E: Into<tokenizers::EncodeInput<'s>> + Send,
-    {
+    ) -> Result<Vec<Encoded>, tokenizers::Error> {
         let encoded = |e: tokenizers::Encoding| Encoded {
             truncated: !e.get_overflowing().is_empty(),
             ids: e.get_ids().to_vec(),
-            type_ids: if pairs {
-                e.get_type_ids().to_vec()
-            } else {
-                Vec::new()
-            },
+            type_ids: Vec::new(),
         };
         if inputs.len() < PARALLEL_FROM {
             return inputs
@@ -254,24 +238,40 @@ impl TextTokenizer {
         Ok(encodings.into_iter().map(encoded).collect())
     }
 
+    /// Whether `texts` hold more than `max` tokens (without special tokens), for a model
+    /// that does not truncate: a static table reads every token, so a 16 MiB text is
+    /// tokenized whole, and its full encoding (or `/tokenize`'s answer) costs about 80 bytes
+    /// a token. This counts in windows of `COUNT_WINDOW` bytes cut before spaces, holding
+    /// one window's encoding at a time. Texts that truncate are cut before tokenizing
+    /// (`bounded`) and never need it; neither do texts too short to give `max` tokens.
+    pub fn exceeds<S: AsRef<str>>(&self, texts: &[S], max: usize) -> tokenizers::Result<bool> {
+        let bytes: usize = texts.iter().map(|t| t.as_ref().len()).sum();
+        if self.max_length().is_some() || bytes.saturating_mul(MAX_TOKENS_PER_BYTE) <= max {
+            return Ok(false);
+        }
+        let mut counted = 0;
+        for text in texts {
+            let mut rest = text.as_ref();
+            while !rest.is_empty() {
+                let cut = if rest.len() <= COUNT_WINDOW {
+                    rest.len()
+                } else {
+                    long_text::space_cut(rest, COUNT_WINDOW)
+                        .unwrap_or_else(|| rest.floor_char_boundary(COUNT_WINDOW))
+                };
+                counted += self.tokenizer.encode_fast(&rest[..cut], false)?.len();
+                if counted > max {
+                    return Ok(true);
+                }
+                rest = &rest[cut..];
+            }
+        }
+        Ok(false)
+    }
+
     /// `text`, or the part of it that decides its tokens when it is long (`long_text`).
     fn bounded<'t>(&self, text: &'t str) -> tokenizers::Result<Cow<'t, str>> {
         long_text::bounded(&self.tokenizer, &self.shortening, text, self.window)
-    }
-
-    /// The start of `text` that holds its first `max` tokens (without special tokens).
-    pub fn first_tokens<'t>(&self, text: &'t str, max: usize) -> tokenizers::Result<&'t str> {
-        let bounded = self.bounded(text)?;
-        let encoding = self.tokenizer.encode(bounded.as_ref(), false)?;
-        let offsets = encoding.get_offsets();
-        // Truncation stops at `max_seq_length` tokens, which pairs are cut to anyway.
-        if offsets.len() <= max {
-            return Ok(text);
-        }
-        let end = offsets
-            .get(max.saturating_sub(1))
-            .map_or(0, |&(_, end)| end);
-        Ok(&text[..text.floor_char_boundary(end)])
     }
 
     /// The tokens of a prepared text, with the text each covers.
@@ -310,7 +310,7 @@ impl TextTokenizer {
         let prepared = self.prepare("", prompt);
         let encoding = self
             .tokenizer
-            .encode_fast(prepared.as_str(), self.special_tokens())?;
+            .encode_fast(prepared.as_ref(), self.special_tokens())?;
         Ok(encoding.get_ids().len().saturating_sub(1))
     }
 }
