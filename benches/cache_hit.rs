@@ -22,6 +22,7 @@ fn main() {
                 "configured={}",
                 models.join("tiny/bert-mean").display()
             )],
+            ..ModelFlags::default()
         },
         ..Overrides::default()
     };

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod contention;
 pub mod echo;
 pub mod loader;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod runtime;

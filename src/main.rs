@@ -79,6 +79,7 @@ struct PullArgs {
 fn main() -> ExitCode {
     // SAFETY: no other thread exists yet.
     unsafe { embedserve::runtime::disable_telemetry() };
+    embedserve::memory::configure();
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
@@ -121,6 +122,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 models: ModelFlags {
                     models_dirs: args.models_dirs,
                     models: vec![args.model],
+                    ..ModelFlags::default()
                 },
                 runtime: args.runtime,
                 ..Overrides::default()

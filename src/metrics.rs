@@ -30,6 +30,10 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     pub open_connections: IntGauge,
     pub connections_timed_out: IntCounter,
+    pub connections_refused: IntCounterVec,
+    pub body_bytes_reserved: IntGauge,
+    pub bodies_refused: IntCounterVec,
+    pub memory_trims: IntCounter,
     pub other_processes_cpu: Gauge,
     pub cpu_contended: IntGauge,
     pub session_respins: IntCounterVec,
@@ -160,6 +164,34 @@ impl Metrics {
                     "connections_timed_out_total",
                     "Connections closed for sending no request head in time, idling past the \
                      keep-alive timeout, or idling while the server drained",
+                    r
+                )?,
+                connections_refused: register_int_counter_vec_with_registry!(
+                    "connections_refused_total",
+                    "Connections closed at once, by reason: per_ip (the client's address held \
+                     server.max_connections_per_ip) or shed (all slots held: the oldest \
+                     connection with no request in flight made room for a new one)",
+                    &["reason"],
+                    r
+                )?,
+                body_bytes_reserved: register_int_gauge_with_registry!(
+                    "body_bytes_reserved",
+                    "Bytes of server.body_buffer_budget reserved by request bodies being read \
+                     and parsed",
+                    r
+                )?,
+                bodies_refused: register_int_counter_vec_with_registry!(
+                    "bodies_refused_total",
+                    "Request bodies given up, by reason: timeout (not complete within \
+                     server.body_timeout, 408) or budget (no room in \
+                     server.body_buffer_budget within it, 503)",
+                    &["reason"],
+                    r
+                )?,
+                memory_trims: register_int_counter_with_registry!(
+                    "memory_trims_total",
+                    "Times freed memory was handed back to the operating system after large \
+                     requests",
                     r
                 )?,
                 other_processes_cpu: register_gauge_with_registry!(

@@ -24,7 +24,7 @@ use crate::runtime::Runtime;
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let cache = Arc::new(start_cache(&config).await?);
     let (host, port) = (config.server.host.as_str(), config.server.port);
-    let tcp = TcpListener::bind((host, port))
+    let tcp = listen(host, port)
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let preloads: Vec<_> = cache.catalog().preloads().cloned().collect();
@@ -36,6 +36,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // The cl100k_base vocabulary takes a moment to load: not on the first request's time.
     tokio::task::spawn_blocking(crate::model::warm_up_tiktoken);
     spawn_idle_reaper(&cache);
+    crate::memory::spawn_trimmer();
 
     let address = tcp.local_addr()?;
     tracing::info!("embedserve listening on http://{address}");
@@ -62,6 +63,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tcp,
         ConnectionLimits {
             max_connections: server_config.max_connections,
+            max_connections_per_ip: server_config.max_connections_per_ip,
             header_read_timeout: server_config.header_read_timeout,
             keep_alive_timeout: server_config.keep_alive_timeout,
         },
@@ -120,7 +122,11 @@ pub fn app_state(config: &Config, cache: Arc<ModelCache>, ready: Arc<Readiness>)
     let server = &config.server;
     AppState {
         cache,
-        max_body_bytes: server.max_body_bytes,
+        body: api::BodyLimits {
+            max_bytes: server.max_body_bytes,
+            timeout: server.body_timeout,
+            budget: api::BodyBudget::new(server.body_buffer_budget),
+        },
         limits: api::RequestLimits {
             max_inputs_per_request: server.max_inputs_per_request,
             max_tokens_per_request: server.max_tokens_per_request,
@@ -152,6 +158,37 @@ pub async fn start_cache(config: &Config) -> anyhow::Result<ModelCache> {
     let catalog = Catalog::from_config(config);
     let loader = ModelLoader::new(catalog.hub().clone(), Arc::new(runtime));
     Ok(ModelCache::new(catalog, loader, config.cache.clone()))
+}
+
+/// Connections the kernel may hold for `accept` (capped by `net.core.somaxconn`). The
+/// standard library's 128 overflowed under a connection flood: the kernel then dropped
+/// SYNs, and a fresh client waited a full second for its retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on the first address `host` resolves to that can be bound.
+async fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for address in tokio::net::lookup_host((host, port)).await? {
+        let socket = if address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(address)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "no address to listen on",
+        )
+    }))
 }
 
 /// Writes `port` whole or not at all (a reader polling for the file never sees it half

@@ -91,21 +91,42 @@ fn a_pinned_preloaded_model_is_never_evicted() {
         model_dir("tiny/bert-mean").to_str().unwrap(),
     ));
     let server = Server::start(&["--config", config.to_str().unwrap()]);
+    assert_never_evicted(&server, "pinned", "tiny/bert-mean");
+}
+
+/// `--pin` pins from the command line what `pin = true` pins in the file: a model that
+/// clients asking for others cannot evict.
+#[test]
+fn a_model_pinned_on_the_command_line_is_never_evicted() {
+    let root = models_root_arg();
+    let server = Server::start(&[
+        "--models-dir",
+        &root,
+        "--max-loaded-models",
+        "2",
+        "--pin",
+        "tiny/bert-mean",
+    ]);
+    assert_never_evicted(&server, "tiny/bert-mean", "tiny/bert-mean");
+}
+
+/// `name` (serving `model`) is loaded and pinned from the start and stays loaded while
+/// the other tiny models take turns in the one slot left.
+fn assert_never_evicted(server: &Server, name: &str, model: &str) {
     assert!(
-        server
-            .model_states()
-            .contains(&("pinned".into(), true, true)),
-        "preloaded and pinned"
+        server.model_states().contains(&(name.into(), true, true)),
+        "preloaded and pinned: {:?}",
+        server.model_states()
     );
     for _ in 0..2 {
-        for model in &TINY[1..] {
-            assert_correct(&server, model, model);
-            assert!(server.loaded().contains(&"pinned".to_string()));
+        for other in &TINY[1..] {
+            assert_correct(server, other, other);
+            assert!(server.loaded().contains(&name.to_string()));
             assert_eq!(server.loaded().len(), 2);
         }
     }
-    assert_correct(&server, "pinned", "tiny/bert-mean");
-    assert_eq!(loads(&server, "pinned"), 1.0);
+    assert_correct(server, name, model);
+    assert_eq!(loads(server, name), 1.0);
 }
 
 #[test]

@@ -43,6 +43,12 @@ impl ApiError {
         self
     }
 
+    /// Sets `Retry-After`: the client may try again in `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     pub fn code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self

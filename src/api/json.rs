@@ -1,10 +1,9 @@
-//! The JSON body extractor of the API: the body is read within `server.max_body_bytes`,
+//! The JSON body extractor of the API: the body is read within its bounds (`body`),
 //! parsed off the async runtime when it is large, and a field that does not parse is named
 //! by its path (`input[3]`, `truncate`) in the message and as the error's `param`.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -29,18 +28,15 @@ impl<T: DeserializeOwned + Send + 'static> FromRequest<Arc<AppState>> for ApiJso
             )
             .code("unsupported_media_type"));
         }
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    too_large(state.max_body_bytes)
-                } else {
-                    ApiError::new(rejection.status(), rejection.body_text())
-                }
-            })?;
+        let (body, reservation) = super::body::read(request, &state.body).await?;
         let max_inputs = state.limits.max_inputs_per_request;
         let inline = body.len() <= PARSE_INLINE_BYTES;
-        let parse = move || super::input::with_max_inputs(max_inputs, || parse(&body));
+        let parse = move || {
+            let parsed = super::input::with_max_inputs(max_inputs, || parse(&body));
+            drop(body);
+            drop(reservation);
+            parsed
+        };
         let value = if inline {
             parse()?
         } else {

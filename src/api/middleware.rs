@@ -90,8 +90,8 @@ pub async fn refuse_oversized_bodies(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if announced.is_some_and(|bytes| bytes > state.max_body_bytes as u64) {
-        return super::json::too_large(state.max_body_bytes).into_response();
+    if announced.is_some_and(|bytes| bytes > state.body.max_bytes as u64) {
+        return super::json::too_large(state.body.max_bytes).into_response();
     }
     next.run(request).await
 }

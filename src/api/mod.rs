@@ -1,5 +1,6 @@
 //! The HTTP API: routes, OpenAI's request and response types, and the error envelope.
 
+mod body;
 mod embeddings;
 mod error;
 mod input;
@@ -26,6 +27,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+pub use body::{BodyBudget, BodyLimits};
 pub use error::ApiError;
 pub use json::ApiJson;
 pub use ops::Readiness;
@@ -34,7 +36,7 @@ use crate::cache::ModelCache;
 
 pub struct AppState {
     pub cache: Arc<ModelCache>,
-    pub max_body_bytes: usize,
+    pub body: BodyLimits,
     pub limits: RequestLimits,
     pub ready: Arc<Readiness>,
     pub api_keys: Vec<String>,
@@ -111,7 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(axum::middleware::from_fn(middleware::track))
         .fallback(error::unknown_route)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.max_body_bytes));
+        .layer(DefaultBodyLimit::max(state.body.max_bytes));
     if state.compress_responses {
         app = app.layer(compression());
     }

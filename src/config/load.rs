@@ -76,6 +76,10 @@ impl Config {
         self.server.api_keys.extend(server.api_keys);
         self.server.api_key_file = server.api_key_file.or(self.server.api_key_file.take());
         set(&mut self.server.max_connections, server.max_connections);
+        set(
+            &mut self.server.max_connections_per_ip,
+            server.max_connections_per_ip,
+        );
         set(&mut self.server.drain_delay, server.drain_delay);
         self.server.default_model = server.default_model.or(self.server.default_model.take());
         self.runtime.library = runtime.ort_library.or(self.runtime.library.take());
@@ -104,8 +108,39 @@ impl Config {
         }
         self.models_dirs.extend(models.models_dirs);
         for spec in &models.models {
-            self.models.push(ModelConfig::from_spec(spec)?);
+            self.models.push(ModelConfig::from_spec("--model", spec)?);
         }
+        for spec in &models.pins {
+            self.pin(spec)?;
+        }
+        Ok(())
+    }
+
+    /// `--pin`: the configured model of that name (or alias), else a new one from the spec;
+    /// preloaded either way, and never evicted.
+    fn pin(&mut self, spec: &str) -> Result<(), ConfigError> {
+        let named = |m: &ModelConfig| {
+            m.effective_name() == spec.trim() || m.aliases.iter().any(|a| a == spec.trim())
+        };
+        let model = match self.models.iter().position(named) {
+            Some(i) => &mut self.models[i],
+            None => {
+                let model = ModelConfig::from_spec("--pin", spec)?;
+                match self
+                    .models
+                    .iter()
+                    .position(|m| m.effective_name() == model.effective_name())
+                {
+                    Some(i) => &mut self.models[i],
+                    None => {
+                        self.models.push(model);
+                        self.models.last_mut().expect("just pushed")
+                    }
+                }
+            }
+        };
+        model.pin = true;
+        model.preload = true;
         Ok(())
     }
 
@@ -131,6 +166,7 @@ impl Config {
                 self.server.header_read_timeout,
             ),
             ("server.keep_alive_timeout", self.server.keep_alive_timeout),
+            ("server.body_timeout", self.server.body_timeout),
         ] {
             if timeout.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than 0s"));
@@ -181,6 +217,15 @@ impl Config {
             if value == Some(0) {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
             }
+        }
+        if self.server.body_buffer_budget < self.server.max_body_bytes as u64 {
+            return Err(ConfigError::invalid(
+                "server.body_buffer_budget",
+                format!(
+                    "must hold at least one body of server.max_body_bytes ({} bytes)",
+                    self.server.max_body_bytes
+                ),
+            ));
         }
         let pinned = self.models.iter().filter(|m| m.pin).count();
         if pinned > self.cache.max_loaded_models {
@@ -416,19 +461,54 @@ mod tests {
     }
 
     #[test]
+    fn pin_names_a_configured_model_or_adds_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[models]]\nname = \"small\"\nsource = \"org/small\"\naliases = [\"s\"]\n",
+        )
+        .unwrap();
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            overrides: Overrides,
+        }
+        let pins = |args: &[&str]| {
+            let args = ["embedserve"].iter().chain(args);
+            let overrides = <Cli as clap::Parser>::try_parse_from(args)
+                .unwrap()
+                .overrides;
+            Config::load(Some(&path), overrides).map(|c| {
+                c.models
+                    .iter()
+                    .map(|m| (m.effective_name(), m.pin && m.preload))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(pins(&["--pin", "s"]).unwrap(), [("small".into(), true)]);
+        assert_eq!(
+            pins(&["--pin", "org/big", "--model", "org/big"]).unwrap(),
+            [("small".into(), false), ("org/big".into(), true)]
+        );
+        let error = pins(&["--pin", "a="]).unwrap_err().to_string();
+        assert!(error.contains("--pin"), "{error}");
+    }
+
+    #[test]
     fn spec_names_default_to_the_hub_id_or_folder() {
         assert_eq!(
-            ModelConfig::from_spec("org/name@rev")
+            ModelConfig::from_spec("--model", "org/name@rev")
                 .unwrap()
                 .effective_name(),
             "org/name"
         );
         assert_eq!(
-            ModelConfig::from_spec("./models/my-model/")
+            ModelConfig::from_spec("--model", "./models/my-model/")
                 .unwrap()
                 .effective_name(),
             "my-model"
         );
-        assert!(ModelConfig::from_spec("name=").is_err());
+        assert!(ModelConfig::from_spec("--model", "name=").is_err());
     }
 }

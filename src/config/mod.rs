@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use overrides::{BatchFlags, CacheFlags, ModelFlags, Overrides, RuntimeFlags, ServerFlags};
-use units::byte_size;
+use units::{byte_size, bytes};
 
 use crate::batcher::BatchLimits;
 use crate::model::{Batching, ModelSource, PoolingMode, TokenInput};
@@ -86,6 +86,16 @@ pub struct ServerConfig {
     /// How long a connection may idle between requests before it is closed.
     #[serde(with = "humantime_serde")]
     pub keep_alive_timeout: Duration,
+    /// Most connections open at once from one client address; 0: no bound (the right
+    /// setting behind a proxy or load balancer, where every client has its address).
+    pub max_connections_per_ip: usize,
+    /// How long a request's body may take to arrive once its head has; slower ones get 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Most bytes that request bodies being read and parsed may hold at once, all
+    /// connections together; a body that finds no room within `body_timeout` gets 503.
+    #[serde(deserialize_with = "bytes")]
+    pub body_buffer_budget: u64,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +120,9 @@ impl Default for ServerConfig {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(60),
+            max_connections_per_ip: 0,
+            body_timeout: Duration::from_secs(10),
+            body_buffer_budget: 16 * DEFAULT_MAX_BODY_BYTES as u64,
         }
     }
 }
@@ -215,20 +228,21 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Parses a command-line `SPEC`: `SOURCE` or `NAME=SOURCE`. Models named on the command
-    /// line are preloaded: the operator asked for them by name.
-    pub fn from_spec(spec: &str) -> Result<Self, ConfigError> {
+    /// Parses the `SPEC` of command-line `flag` (named in errors): `SOURCE` or
+    /// `NAME=SOURCE`. Models named on the command line are preloaded: the operator asked for
+    /// them by name.
+    pub fn from_spec(flag: &str, spec: &str) -> Result<Self, ConfigError> {
         let (name, source) = match spec.split_once('=') {
             Some((name, source)) => (Some(name.trim().to_string()), source.trim()),
             None => (None, spec.trim()),
         };
         if source.is_empty() || name.as_deref() == Some("") {
             return Err(ConfigError::invalid(
-                "--model",
+                flag,
                 format!("`{spec}` is not SOURCE or NAME=SOURCE"),
             ));
         }
-        let source = ModelSource::parse(source).map_err(|e| ConfigError::invalid("--model", e))?;
+        let source = ModelSource::parse(source).map_err(|e| ConfigError::invalid(flag, e))?;
         Ok(Self {
             name,
             source,

@@ -51,6 +51,10 @@ pub struct ServerFlags {
     /// Most client connections open at once.
     #[arg(long, env = "EMBEDSERVE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Most connections open at once from one client address (0: no bound; keep it 0
+    /// behind a proxy).
+    #[arg(long, env = "EMBEDSERVE_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
     /// On SIGTERM or SIGINT, how long to keep serving with /ready at 503 (e.g. `5s`).
     #[arg(long, value_name = "DURATION", env = "EMBEDSERVE_DRAIN_DELAY", value_parser = humantime::parse_duration)]
     pub drain_delay: Option<std::time::Duration>,
@@ -79,6 +83,15 @@ pub struct ModelFlags {
         value_delimiter = ','
     )]
     pub models: Vec<String>,
+    /// A model that is preloaded and never evicted (repeatable): the name of a configured
+    /// model, or a SPEC as for --model.
+    #[arg(
+        long = "pin",
+        value_name = "MODEL",
+        env = "EMBEDSERVE_PIN",
+        value_delimiter = ','
+    )]
+    pub pins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -4,6 +4,10 @@
 use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer};
 
+pub fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ByteSize::deserialize(d).map(|size| size.as_u64())
+}
+
 pub fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     ByteSize::deserialize(d).map(|size| Some(size.as_u64()))
 }

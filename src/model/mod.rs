@@ -252,22 +252,10 @@ impl Drop for Model {
             .with_label_values(&[self.name.as_str(), device.as_str()])
             .dec();
         tracing::info!(model = %self.name, "unloaded {}: its memory is released", self.name);
-        return_freed_memory();
+        // Resident memory (and the cache's memory budget) then reflects the models loaded.
+        crate::memory::trim();
     }
 }
-
-/// Hands memory that the allocator keeps after a model is freed back to the OS, so that
-/// resident memory (and the cache's memory budget) reflects the models really loaded.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn return_freed_memory() {
-    // SAFETY: glibc's malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn return_freed_memory() {}
 
 #[cfg(test)]
 mod tests {

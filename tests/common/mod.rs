@@ -202,13 +202,42 @@ impl Server {
 
     /// The server's peak resident memory so far, in bytes (Linux's VmHWM).
     pub fn peak_resident_bytes(&self) -> u64 {
+        self.status_kib("VmHWM:") * 1024
+    }
+
+    /// Starts a new peak: `peak_resident_bytes` counts from the resident memory of now.
+    pub fn reset_peak_resident(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").unwrap();
+    }
+
+    /// The server's resident memory now, in bytes (Linux's VmRSS).
+    pub fn resident_bytes(&self) -> u64 {
+        self.status_kib("VmRSS:") * 1024
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmHWM in /proc/PID/status")
-            * 1024
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+    }
+
+    /// Polls resident memory until it is at most `bytes`, for at most `within`; the last
+    /// reading if it never got there.
+    pub fn wait_for_resident_at_most(&self, bytes: u64, within: Duration) -> Result<u64, u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let resident = self.resident_bytes();
+            if resident <= bytes {
+                return Ok(resident);
+            }
+            if Instant::now() > deadline {
+                return Err(resident);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Polls `/ready` until it answers 200.
