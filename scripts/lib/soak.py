@@ -5,6 +5,7 @@ import collections
 import json
 import os
 import random
+import selectors
 import socket
 import threading
 import time
@@ -23,6 +24,10 @@ WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly 
          "antidisestablishmentarianism 漢字 café naïve").split()
 VALID_CLIENTS = 4
 HOSTILE_CLIENTS = 3
+# Sockets a flood keeps open from 127.0.0.2, reopening each as soon as the server closes it
+# (the soak's server holds at most 256 connections).
+FLOOD_SOCKETS = 400
+RERANKER = "rerank/bert-cross-encoder"
 
 
 class Tally:
@@ -38,10 +43,10 @@ class Tally:
                 self.failures.append(failure)
 
 
-def post(base, body, timeout=300, headers=None):
+def post(base, body, timeout=300, headers=None, path="/v1/embeddings"):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(
-        base + "/v1/embeddings", data,
+        base + path, data,
         {"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -112,6 +117,18 @@ def hostile_client(base, deadline, tally, seed):
         "half a head, then silence": lambda: raw(
             base, b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n", hold=True) or "closed",
         "silent connection": lambda: raw(base, b"", hold=True) or "closed",
+        "rerank: 16 KiB query, 2048 documents": lambda: post(
+            base, {"model": RERANKER, "query": "a long query " * 1300, "documents": ["a"] * 2048},
+            path="/v1/rerank")[0],
+        "/tokenize: 8 MiB for a static model": lambda: post(
+            base, {"model": MODELS[-1][0], "inputs": "word " * (8 << 18)}, path="/tokenize")[0],
+        "16 MB announced, 8 MiB sent, then silence": lambda: raw(
+            base, b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: 16000000\r\n\r\n" + b" " * (8 << 20), hold=True)
+            or "closed",
+        "a body's first byte, then silence": lambda: raw(
+            base, b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: 100\r\n\r\n{", hold=True) or "closed",
         "abandoned after 20 ms": lambda: abandoned(base, rng),
     }
     while time.monotonic() < deadline:
@@ -126,6 +143,55 @@ def hostile_client(base, deadline, tally, seed):
         tally.add(f"hostile {name}: {status}", f"{name}: {outcome}" if server_error else None)
         if server_error:
             tally.add("5xx")
+
+
+def flood(base, deadline, tally):
+    """Keeps FLOOD_SOCKETS connections from 127.0.0.2 open with half a head, each reopened
+    as soon as the server closes it, until the deadline."""
+    host, port = base.removeprefix("http://").split(":")
+    selector = selectors.DefaultSelector()
+
+    def open_one():
+        conn = socket.socket()
+        conn.setblocking(False)
+        conn.bind(("127.0.0.2", 0))
+        conn.connect_ex((host, int(port)))
+        selector.register(conn, selectors.EVENT_WRITE)
+
+    for _ in range(FLOOD_SOCKETS):
+        open_one()
+    while time.monotonic() < deadline:
+        for key, events in selector.select(timeout=0.5):
+            conn = key.fileobj
+            if events & selectors.EVENT_WRITE:
+                try:
+                    conn.send(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
+                    selector.modify(conn, selectors.EVENT_READ)
+                    continue
+                except OSError:
+                    pass
+            else:
+                try:
+                    if conn.recv(4096):
+                        continue
+                except OSError:
+                    pass
+            selector.unregister(conn)
+            conn.close()
+            tally.add("flood: reopened")
+            open_one()
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+
+
+def health_latency(base):
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=60) as response:
+            response.read()
+    except OSError:
+        return None
+    return time.monotonic() - started
 
 
 def abandoned(base, rng):
@@ -170,11 +236,14 @@ def main():
                for i in range(VALID_CLIENTS)]
     clients += [threading.Thread(target=hostile_client, args=(args.base, deadline, tally, 100 + i))
                 for i in range(HOSTILE_CLIENTS)]
+    clients.append(threading.Thread(target=flood, args=(args.base, deadline, tally)))
     for client in clients:
         client.start()
     samples = []
     while any(c.is_alive() for c in clients):
-        samples.append({"t": round(time.monotonic() - started), **sample(args.pid)})
+        latency = health_latency(args.base)
+        samples.append({"t": round(time.monotonic() - started), **sample(args.pid),
+                        "health_ms": None if latency is None else round(latency * 1000, 1)})
         time.sleep(5)
     for client in clients:
         client.join()
@@ -198,6 +267,8 @@ def main():
                     "mean_second_minute": round(sum(first_minutes) / len(first_minutes), 1),
                     "mean_last_minute": round(sum(last_minutes) / len(last_minutes), 1)},
         "fds": {"start": start["fds"], "end": end["fds"]},
+        "health_ms": {"max": max((s["health_ms"] or 1e9) for s in samples) if samples else None,
+                      "unanswered": sum(s["health_ms"] is None for s in samples)},
         "threads": {"start": start["threads"], "end": end["threads"]},
         "failures": tally.failures,
         "samples": samples,
@@ -213,6 +284,9 @@ def main():
           f"in the last minute {rss['mean_last_minute']:.0f}")
     print(f"open fds: {start['fds']} -> {end['fds']}; threads: {start['threads']} -> "
           f"{end['threads']}")
+    health = report["health_ms"]
+    print(f"a fresh client's /health under the flood: at most {health['max']} ms "
+          f"({health['unanswered']} unanswered)")
     for failure in tally.failures:
         print("  failure:", failure)
     if five_xx or report["valid_failed"]:
