@@ -205,7 +205,7 @@ fn health_latency(server: &Server) -> Duration {
 #[test]
 fn half_sent_bodies_hold_the_budget_for_the_body_timeout_and_no_longer() {
     let server = server("[server]\nbody_timeout = \"2s\"\nbody_buffer_budget = \"64MiB\"\n");
-    server.embed("tiny/bert-mean", json!("warm up"), json!({}));
+    warm_up(&server, "tiny/bert-mean");
     let before = server.resident_bytes();
     let chunk = vec![b' '; 15 << 20];
     assert_peak_within(&server, "24 half-sent bodies", 64 * MIB + 32 * MIB, || {
@@ -227,6 +227,14 @@ fn half_sent_bodies_hold_the_budget_for_the_body_timeout_and_no_longer() {
     assert!(server.metric("embedserve_bodies_refused_total", &[("reason", "budget")]) >= 1.0);
     assert_eq!(server.metric("embedserve_body_bytes_reserved", &[]), 0.0);
     assert_memory_returns_to(&server, before);
+}
+
+/// Loads `model`, and waits for the server's own start-up work: the `cl100k_base` table,
+/// which loads in the background (taking seconds and 17 MiB in a debug build), is needed
+/// by token-id input. A baseline taken before it is done is no baseline.
+fn warm_up(server: &Server, model: &str) {
+    server.embed(model, json!("warm up"), json!({}));
+    server.embed(model, json!([[9906, 1917]]), json!({}));
 }
 
 /// Resident memory comes back within 20 % of `before` within 30 s.
@@ -323,7 +331,11 @@ fn memory_goes_back_after_large_requests() {
     let server = server("");
     let model = "sentence-transformers/all-MiniLM-L6-v2";
     let huge = "word ".repeat(3 << 20);
-    server.embed(model, json!(&huge[..10_000]), json!({}));
+    warm_up(&server, model);
+    // ONNX Runtime's arena grows to the largest run and keeps it (by design, see README's
+    // Memory): the baseline has had the largest run the requests below can make, four
+    // truncated inputs.
+    server.embed(model, json!(vec![&huge[..10_000]; 4]), json!({}));
     let before = server.resident_bytes();
     for _ in 0..2 {
         let statuses = post_at_once(
@@ -335,5 +347,6 @@ fn memory_goes_back_after_large_requests() {
         assert_eq!(statuses, [200; 4]);
     }
     assert_memory_returns_to(&server, before);
-    assert!(server.metric("embedserve_memory_trims_total", &[]) >= 1.0);
+    // The trimmer runs within 2 s of the requests.
+    server.wait_for_metric("embedserve_memory_trims_total", &[], 1.0);
 }
