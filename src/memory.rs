@@ -50,10 +50,10 @@ pub fn spawn_trimmer() {
         let mut ticks = tokio::time::interval(TRIM_EVERY);
         loop {
             ticks.tick().await;
-            let due = TRIMS_DUE.load(Ordering::Relaxed);
-            if due > 0 {
-                let _ =
-                    TRIMS_DUE.compare_exchange(due, due - 1, Ordering::Relaxed, Ordering::Relaxed);
+            let due = TRIMS_DUE.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |due| {
+                due.checked_sub(1)
+            });
+            if due.is_ok() {
                 let _ = tokio::task::spawn_blocking(trim).await;
             }
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::Request;
 use axum::extract::connect_info::ConnectInfo;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -80,20 +80,23 @@ pub struct BodyLimits {
     pub budget: BodyBudget,
 }
 
-/// Reads `request`'s body whole, within `limits`; the reservation must be held until what
-/// the body becomes is parsed.
-pub async fn read(request: Request, limits: &BodyLimits) -> Result<(Bytes, Reservation), ApiError> {
-    let deadline = Instant::now() + limits.timeout;
-    let announced = request
-        .headers()
+/// The body size a request's `Content-Length` announces.
+pub fn announced_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    if announced.is_some_and(|bytes| bytes > limits.max_bytes) {
-        return Err(super::json::too_large(limits.max_bytes));
-    }
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads `request`'s body whole, within `limits`; the reservation must be held until what
+/// the body becomes is parsed. (A body announced over the limit was refused already, before
+/// `100 Continue`: `middleware::refuse_oversized_bodies`.)
+pub async fn read(request: Request, limits: &BodyLimits) -> Result<(Bytes, Reservation), ApiError> {
+    let deadline = Instant::now() + limits.timeout;
     // A body without a length may grow to the limit: it reserves the limit.
-    let size = announced.unwrap_or(limits.max_bytes);
+    let size = announced_length(request.headers())
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .map_or(limits.max_bytes, |bytes| bytes.min(limits.max_bytes));
     // While the body arrives the connection may be shed to make room for others: the
     // request has cost nothing yet.
     let _reading = request
@@ -104,7 +107,7 @@ pub async fn read(request: Request, limits: &BodyLimits) -> Result<(Bytes, Reser
         .await
         .map_err(|_| no_room(limits.timeout))?;
     let mut body = request.into_body();
-    let mut buffer = Vec::with_capacity(size.min(limits.max_bytes));
+    let mut buffer = Vec::with_capacity(size);
     let collect = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {

@@ -85,11 +85,7 @@ pub async fn refuse_oversized_bodies(
     request: Request,
     next: Next,
 ) -> Response {
-    let announced = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let announced = super::body::announced_length(request.headers());
     if announced.is_some_and(|bytes| bytes > state.body.max_bytes as u64) {
         return super::json::too_large(state.body.max_bytes).into_response();
     }

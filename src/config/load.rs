@@ -122,23 +122,18 @@ impl Config {
         let named = |m: &ModelConfig| {
             m.effective_name() == spec.trim() || m.aliases.iter().any(|a| a == spec.trim())
         };
-        let model = match self.models.iter().position(named) {
-            Some(i) => &mut self.models[i],
+        let index = match self.models.iter().position(named) {
+            Some(index) => index,
             None => {
                 let model = ModelConfig::from_spec("--pin", spec)?;
-                match self
-                    .models
-                    .iter()
-                    .position(|m| m.effective_name() == model.effective_name())
-                {
-                    Some(i) => &mut self.models[i],
-                    None => {
-                        self.models.push(model);
-                        self.models.last_mut().expect("just pushed")
-                    }
-                }
+                let same = |m: &ModelConfig| m.effective_name() == model.effective_name();
+                self.models.iter().position(same).unwrap_or_else(|| {
+                    self.models.push(model);
+                    self.models.len() - 1
+                })
             }
         };
+        let model = &mut self.models[index];
         model.pin = true;
         model.preload = true;
         Ok(())

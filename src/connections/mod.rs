@@ -141,10 +141,7 @@ impl BoundedListener {
                     // An address over its share is refused now, not after the queue.
                     let cap = self.limits.max_connections_per_ip;
                     if cap > 0 && self.open.held_by(address.ip().to_canonical()) >= cap {
-                        METRICS
-                            .connections_refused
-                            .with_label_values(&["per_ip"])
-                            .inc();
+                        count_refused("per_ip");
                         drop(stream);
                     } else {
                         self.waiting.push_back((stream, address));
@@ -161,13 +158,9 @@ impl BoundedListener {
     /// The waiting connection to admit next: the oldest of the address that holds the
     /// fewest connections, so a newcomer goes before a flood's backlog.
     fn next_waiting(&mut self) -> Option<(TcpStream, SocketAddr)> {
-        self.waiting.front()?;
-        let index = if self.waiting.len() == 1 {
-            0
-        } else {
-            self.open
-                .lightest(self.waiting.iter().map(|(_, address)| address.ip()))
-        };
+        let index = self
+            .open
+            .lightest(self.waiting.iter().map(|(_, address)| address.ip()))?;
         self.waiting.remove(index)
     }
 
@@ -181,10 +174,7 @@ impl BoundedListener {
     ) -> Option<(Watched, SocketAddr)> {
         let ip = address.ip().to_canonical();
         let Some((id, activity)) = self.open.admit(ip, self.limits.max_connections_per_ip) else {
-            METRICS
-                .connections_refused
-                .with_label_values(&["per_ip"])
-                .inc();
+            count_refused("per_ip");
             return None;
         };
         let registration = Registration {
@@ -196,10 +186,7 @@ impl BoundedListener {
             Ok(slot) => slot,
             Err(_) => {
                 if self.open.shed_oldest(&self.slots) {
-                    METRICS
-                        .connections_refused
-                        .with_label_values(&["shed"])
-                        .inc();
+                    count_refused("shed");
                     // Let the connections already admitted (and the one shed) run before
                     // taking more: a flood's admissions would otherwise queue hundreds of
                     // tasks ahead of a newcomer's.
@@ -219,6 +206,13 @@ impl BoundedListener {
             address,
         ))
     }
+}
+
+fn count_refused(reason: &str) {
+    METRICS
+        .connections_refused
+        .with_label_values(&[reason])
+        .inc();
 }
 
 /// Errors of one connection (reset before accept) are skipped; running out of file

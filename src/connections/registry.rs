@@ -37,24 +37,25 @@ impl OpenConnections {
         Some((id, activity))
     }
 
-    /// The position of the first of `ips` that holds the fewest connections.
-    pub(super) fn lightest(&self, ips: impl Iterator<Item = IpAddr>) -> usize {
+    /// The position of the first of `ips` that holds the fewest connections; `None` when
+    /// there are none.
+    pub(super) fn lightest(&self, ips: impl Iterator<Item = IpAddr>) -> Option<usize> {
         let registry = self.0.lock();
-        let mut best = (usize::MAX, 0);
+        let mut best: Option<(usize, usize)> = None;
         for (index, ip) in ips.enumerate() {
             let held = registry
                 .per_ip
                 .get(&ip.to_canonical())
                 .copied()
                 .unwrap_or(0);
-            if held < best.0 {
-                best = (held, index);
+            if best.is_none_or(|(fewest, _)| held < fewest) {
+                best = Some((held, index));
                 if held == 0 {
                     break;
                 }
             }
         }
-        best.1
+        best.map(|(_, index)| index)
     }
 
     /// Connections open from `ip`.
@@ -174,7 +175,12 @@ mod tests {
         let held: Vec<_> = (0..2).map(|_| open.admit(ip(1), 2).unwrap()).collect();
         assert!(open.admit(ip(1), 2).is_none());
         let _other = open.admit(ip(3), 2).unwrap();
-        assert_eq!(open.lightest([ip(1), ip(3), ip(4), ip(5)].into_iter()), 2);
+        assert_eq!(
+            open.lightest([ip(1), ip(3), ip(4), ip(5)].into_iter()),
+            Some(2)
+        );
+        assert_eq!(open.lightest([ip(1)].into_iter()), Some(0));
+        assert_eq!(open.lightest(std::iter::empty()), None);
         open.remove(held[0].0, ip(1));
         assert_eq!(open.held_by(ip(1)), 1);
         assert!(open.admit(ip(1), 2).is_some());

@@ -108,30 +108,24 @@ impl Model {
     ) -> Result<Vec<Vec<Token>>, EmbedError> {
         let prompt = self.prompt(prompt_name.or(self.default_prompt_name.as_deref()))?;
         let tokenizer_failed = |e: tokenizers::Error| EmbedError::Tokenizer(e.to_string());
+        let over_budget = || too_many_tokens("inputs", max_tokens);
         let mut left = max_tokens;
         let mut all = Vec::with_capacity(texts.len());
         for text in texts {
             let prepared = self.tokenizer.prepare(prompt, text);
-            let over = self
+            if self
                 .tokenizer
                 .exceeds(&[&prepared], left)
-                .map_err(tokenizer_failed)?;
-            let tokens = if over {
-                None
-            } else {
-                Some(
-                    self.tokenizer
-                        .tokens(&prepared, add_special_tokens)
-                        .map_err(tokenizer_failed)?,
-                )
-            };
-            match tokens {
-                Some(tokens) if tokens.len() <= left => {
-                    left -= tokens.len();
-                    all.push(tokens);
-                }
-                _ => return Err(too_many_tokens("inputs", max_tokens)),
+                .map_err(tokenizer_failed)?
+            {
+                return Err(over_budget());
             }
+            let tokens = self
+                .tokenizer
+                .tokens(&prepared, add_special_tokens)
+                .map_err(tokenizer_failed)?;
+            left = left.checked_sub(tokens.len()).ok_or_else(over_budget)?;
+            all.push(tokens);
         }
         Ok(all)
     }

@@ -24,6 +24,13 @@ impl Side {
     fn truncated(&self) -> bool {
         self.encoding.len() < self.length
     }
+
+    /// Keeps the first `tokens` tokens, dropping the rest.
+    fn keep(&mut self, tokens: usize) {
+        self.encoding
+            .truncate(tokens, 0, TruncationDirection::Right);
+        self.encoding.take_overflowing();
+    }
 }
 
 impl TextTokenizer {
@@ -43,10 +50,7 @@ impl TextTokenizer {
             .map(|document| {
                 let mut document = self.side(document, 1)?;
                 if let Some(max) = max_tokens_per_document.filter(|&max| max < document.length) {
-                    document
-                        .encoding
-                        .truncate(max, 0, TruncationDirection::Right);
-                    document.encoding.take_overflowing();
+                    document.keep(max);
                     document.length = document.encoding.len();
                 }
                 self.pair(&query, document)
@@ -57,8 +61,9 @@ impl TextTokenizer {
     fn side(&self, text: &str, type_id: u32) -> tokenizers::Result<Side> {
         let bounded = self.bounded(text)?;
         // Segment id 1 for the document, as tokenizing the pair gives where no post-processor
-        // sets them. Without special tokens the tokenizer cuts at `max_length`, more than a pair keeps
-        // of either side; the rest comes back as overflowing pieces, counted and dropped.
+        // sets them. Without special tokens the tokenizer cuts at `max_length`, more than a
+        // pair keeps of either side; the rest comes back as overflowing pieces, counted and
+        // dropped.
         let mut encoding = self.tokenizer.encode_fast(bounded.as_ref(), false)?;
         let rest: usize = encoding.take_overflowing().iter().map(Encoding::len).sum();
         encoding.set_type_ids(vec![type_id; encoding.len()]);
@@ -68,9 +73,8 @@ impl TextTokenizer {
         })
     }
 
-    fn pair(&self, query: &Side, document: Side) -> tokenizers::Result<Encoded> {
+    fn pair(&self, query: &Side, mut document: Side) -> tokenizers::Result<Encoded> {
         let mut query = query.clone();
-        let mut document = document;
         // `longest_first` gives the longer side of two over-long ones the odd token of the
         // budget, and both were cut to the same length here: the shorter one (by its whole
         // length) gives up one token more, which it can spare (it keeps half the budget).
@@ -82,9 +86,7 @@ impl TextTokenizer {
                 Ordering::Equal => None,
             };
             if let Some(side) = shorter {
-                side.encoding
-                    .truncate(cut - 1, 0, TruncationDirection::Right);
-                side.encoding.take_overflowing();
+                side.keep(cut - 1);
             }
         }
         let cut_before = query.truncated() || document.truncated();
