@@ -184,7 +184,8 @@ impl Metrics {
                     "bodies_refused_total",
                     "Request bodies given up, by reason: timeout (not complete within \
                      server.body_timeout, 408) or budget (no room in \
-                     server.body_buffer_budget within it, 503)",
+                     server.body_buffer_budget: for a body's first 64 KiB within \
+                     body_timeout, at once for the rest; 503)",
                     &["reason"],
                     r
                 )?,

@@ -248,6 +248,34 @@ fn assert_memory_returns_to(server: &Server, before: u64) {
     );
 }
 
+/// Connections that announce 16 MB and send nothing held room for all of it: 17 of them
+/// took the whole budget for `body_timeout`, and every other body waited that long. Now a
+/// body holds room for what it sent, so the budget stays open to others.
+#[test]
+fn announced_bodies_that_never_come_hold_no_budget() {
+    let server = server("[server]\nbody_timeout = \"60s\"\nbody_buffer_budget = \"64MiB\"\n");
+    let stalled: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = connect(&server);
+            stream
+                .write_all(
+                    b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                      Content-Length: 16000000\r\n\r\n",
+                )
+                .unwrap();
+            stream
+        })
+        .collect();
+    // Each holds its first reservation, not its announcement.
+    server.wait_for_metric("embedserve_body_bytes_reserved", &[], 8.0 * 64.0 * 1024.0);
+    let reserved = server.metric("embedserve_body_bytes_reserved", &[]);
+    assert_eq!(reserved, 8.0 * 64.0 * 1024.0);
+    // Were it held for the announcements, this would wait the 60 s and get 503.
+    let vectors = server.embed("tiny/bert-mean", json!("served at once"), json!({}));
+    assert_eq!(vectors.len(), 1);
+    drop(stalled);
+}
+
 /// A body that never finishes gets 408 after `body_timeout`, not `request_timeout` (5 min).
 #[test]
 fn a_slow_body_gets_408_after_the_body_timeout() {

@@ -2,12 +2,17 @@
 //! `server.max_body_bytes`, complete within `server.body_timeout` of the request's head,
 //! and, across all connections together, at most `server.body_buffer_budget` bytes held in
 //! bodies being read and parsed. A client that announces 16 MB and stalls after most of it
-//! once held 15.6 MiB for five minutes (400 such: 6.2 GB); now it holds its reservation for
+//! once held 15.6 MiB for five minutes (400 such: 6.2 GB); now it holds what it sent for
 //! `body_timeout` at most, and the budget caps what all of them hold.
 //!
-//! A body waits for room in the budget (fairly, first come first served) within its
-//! `body_timeout`; past that it gets 503 with `Retry-After`. A body that does not arrive in
-//! time gets 408, and its connection closes.
+//! A body reserves room for what has arrived, not for what it announces: reserving the
+//! announcement let 17 connections that announced 16 MB and sent nothing hold the whole
+//! budget, and every other body waited for them. Its first `FIRST_RESERVATION` bytes (all of
+//! a usual request) it waits for, fairly, first come first served, within `body_timeout`;
+//! room for more it takes only if the budget has it at once, else it gets 503 with
+//! `Retry-After`: a body holding room never waits for more, so bodies cannot hold the budget
+//! between them and wait for each other until all time out. A body that does not arrive in
+//! time gets 408 (hyper closes a connection whose body was not read to its end).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,10 +48,15 @@ impl BodyBudget {
         }
     }
 
-    async fn reserve(&self, bytes: usize) -> Reservation {
-        let kib = u32::try_from(bytes.div_ceil(1024))
+    fn kib(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes.div_ceil(1024))
             .unwrap_or(u32::MAX)
-            .clamp(1, self.total_kib);
+            .clamp(1, self.total_kib)
+    }
+
+    /// Room for `bytes`, waiting for it in turn.
+    async fn reserve(&self, bytes: usize) -> Reservation {
+        let kib = self.kib(bytes);
         let permit = self
             .kib
             .clone()
@@ -56,7 +66,28 @@ impl BodyBudget {
         METRICS.body_bytes_reserved.add(i64::from(kib) * 1024);
         Reservation { permit }
     }
+
+    /// Grows `reservation` to room for `bytes` if the budget has it now.
+    fn grow(&self, reservation: &mut Reservation, bytes: usize) -> bool {
+        let more = self
+            .kib(bytes)
+            .saturating_sub(reservation.permit.num_permits() as u32);
+        if more == 0 {
+            return true;
+        }
+        match self.kib.clone().try_acquire_many_owned(more) {
+            Ok(permit) => {
+                reservation.permit.merge(permit);
+                METRICS.body_bytes_reserved.add(i64::from(more) * 1024);
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
+
+/// A body's first bytes are reserved before it is read, waiting for room if need be.
+const FIRST_RESERVATION: usize = 64 * 1024;
 
 /// Room for one body in the budget, held until the body is parsed.
 pub struct Reservation {
@@ -103,9 +134,10 @@ pub async fn read(request: Request, limits: &BodyLimits) -> Result<(Bytes, Reser
         .extensions()
         .get::<ConnectInfo<ConnectionActivity>>()
         .map(|ConnectInfo(activity)| activity.reading_body());
-    let reservation = tokio::time::timeout_at(deadline, limits.budget.reserve(size))
-        .await
-        .map_err(|_| no_room(limits.timeout))?;
+    let mut reservation =
+        tokio::time::timeout_at(deadline, limits.budget.reserve(size.min(FIRST_RESERVATION)))
+            .await
+            .map_err(|_| no_room(Some(limits.timeout)))?;
     let mut body = request.into_body();
     let mut buffer = Vec::with_capacity(size);
     let collect = async {
@@ -117,8 +149,12 @@ pub async fn read(request: Request, limits: &BodyLimits) -> Result<(Bytes, Reser
                 )
             })?;
             if let Ok(data) = frame.into_data() {
-                if buffer.len() + data.len() > limits.max_bytes {
+                let held = buffer.len() + data.len();
+                if held > limits.max_bytes {
                     return Err(super::json::too_large(limits.max_bytes));
+                }
+                if !limits.budget.grow(&mut reservation, held) {
+                    return Err(no_room(None));
                 }
                 buffer.extend_from_slice(&data);
             }
@@ -143,14 +179,22 @@ fn too_slow(timeout: Duration) -> ApiError {
     .code("body_timeout")
 }
 
-fn no_room(timeout: Duration) -> ApiError {
+/// 503: no room in the budget, for the body's first bytes within `timeout`, or at once for
+/// the rest of it.
+fn no_room(waited: Option<Duration>) -> ApiError {
     METRICS.bodies_refused.with_label_values(&["budget"]).inc();
+    let found = match waited {
+        Some(timeout) => format!(
+            "found no room for this one within {}",
+            humantime::format_duration(timeout)
+        ),
+        None => "has no room for the rest of this one".to_string(),
+    };
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         format!(
             "the server is receiving too many request bodies at once (server.body_buffer_budget) \
-             and found no room for this one within {}; retry shortly",
-            humantime::format_duration(timeout)
+             and {found}; retry shortly"
         ),
     )
     .code("server_busy")

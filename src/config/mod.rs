@@ -93,7 +93,8 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
     /// Most bytes that request bodies being read and parsed may hold at once, all
-    /// connections together; a body that finds no room within `body_timeout` gets 503.
+    /// connections together, counted as they arrive; a body that finds no room (for its
+    /// first 64 KiB within `body_timeout`, at once for the rest) gets 503.
     #[serde(deserialize_with = "bytes")]
     pub body_buffer_budget: u64,
 }
