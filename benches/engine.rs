@@ -1,10 +1,10 @@
 //! The engine ceiling: the bare ONNX Runtime session, no server, on all-MiniLM-L6-v2 fp32
 //! with the server's session options, in each spinning mode (`always`; `adaptive`'s
 //! spinning inside runs that stops at each run's end, as on a quiet machine; `never`): single
-//! sentences one run at a time, batches of 32 copies of that sentence, and the 32 corpus
-//! sentences sorted by length in one run. Prints one JSON object: each workload's best over
-//! the modes (the highest rate, the lowest latencies), and every mode's own figures under
-//! `modes`.
+//! sentences one run at a time, batches of 32 copies of that sentence, the 32 corpus
+//! sentences sorted by length in one run, and 16 passages of 256 tokens in one run. Prints
+//! one JSON object: each workload's best over the modes (the highest rate, the lowest
+//! latencies), and every mode's own figures under `modes`.
 //!
 //! `cargo bench --bench engine` (BENCH_SECONDS per measurement, default 5); under `cargo
 //! test` it runs each measurement once as a smoke test. `cargo bench --bench engine --
@@ -43,7 +43,7 @@ fn main() {
         .expect("ONNX Runtime (run scripts/fetch-onnxruntime)");
     let open = |onnx: &Path, spinning: Spinning| {
         runtime
-            .with_spinning(spinning)
+            .with_own_pool(spinning)
             .session_builder(Device::Cpu, None)
             .expect("session options")
             .0
@@ -67,6 +67,9 @@ fn main() {
     };
 
     let single = vec![encode(corpus[0])];
+    // Long inputs: 16 passages of the corpus's sentences run together from the i-th on,
+    // each cut at 256 tokens (all-MiniLM-L6-v2's max_seq_length), in one run.
+    let passages = (0..16).map(|i| encode(&passage(&corpus, i))).collect();
     let copies = vec![single[0].clone(); 32];
     let mut sorted: Vec<Vec<u32>> = corpus.iter().map(|t| encode(t)).collect();
     sorted.sort_by_key(Vec::len);
@@ -102,6 +105,7 @@ fn main() {
         single,
         copies,
         sorted,
+        passages,
         reranker,
     };
     if std::env::args().any(|a| a == "--commands") {
@@ -116,7 +120,7 @@ fn main() {
     for spinning in MODES {
         let mut session = open(&onnx, spinning);
         let mut figures = json!({});
-        for workload in ["single", "batch32_same", "batch32_corpus"] {
+        for workload in ["single", "batch32_same", "batch32_corpus", "passages16"] {
             figures[workload] = workloads.measure(workload, &mut session, budget);
         }
         drop(session);
@@ -140,7 +144,15 @@ struct Workloads {
     single: Vec<Vec<u32>>,
     copies: Vec<Vec<u32>>,
     sorted: Vec<Vec<u32>>,
+    passages: Vec<Vec<u32>>,
     reranker: Option<Reranker>,
+}
+
+/// The `i`-th bench passage: every corpus sentence from the `i`-th on, then from the first,
+/// joined by spaces (scripts/bench sends the same texts).
+fn passage(corpus: &[&str], i: usize) -> String {
+    let (head, tail) = corpus.split_at(i % corpus.len());
+    [tail, head].concat().join(" ")
 }
 
 /// The cross-encoder's model file, and its pairs' ids and segment ids.
@@ -157,6 +169,7 @@ impl Workloads {
             "single" => measure(session, &self.single, budget),
             "batch32_same" => measure(session, &self.copies, budget),
             "batch32_corpus" => measure(session, &self.sorted, budget),
+            "passages16" => measure(session, &self.passages, budget),
             "rerank_batch32" => {
                 let Reranker { ids, types, .. } = self.reranker.as_ref().expect("BENCH_RERANKER");
                 measure_with(budget, ids.len(), || run_typed(session, ids, Some(types)))

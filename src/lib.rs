@@ -15,4 +15,5 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod runtime;
+pub mod scheduler;
 pub mod server;

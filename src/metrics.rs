@@ -20,6 +20,7 @@ pub struct Metrics {
     pub batch_tokens: HistogramVec,
     pub cancelled_inputs: IntCounterVec,
     pub inference_seconds: HistogramVec,
+    pub run_wait_seconds: HistogramVec,
     pub tokens: IntCounterVec,
     pub models_loaded: IntGauge,
     pub model_device: IntGaugeVec,
@@ -35,6 +36,8 @@ pub struct Metrics {
     pub bodies_refused: IntCounterVec,
     pub memory_trims: IntCounter,
     pub other_processes_cpu: Gauge,
+    pub own_cpu: Gauge,
+    pub run_core_wait: Gauge,
     pub cpu_contended: IntGauge,
     pub session_respins: IntCounterVec,
 }
@@ -107,6 +110,16 @@ impl Metrics {
                     "Time of one inference run, pooling included",
                     &["model"],
                     SECONDS.to_vec(),
+                    r
+                )?,
+                run_wait_seconds: register_histogram_vec_with_registry!(
+                    "run_wait_seconds",
+                    "Time a batch waited for its turn on the device, while other models ran",
+                    &["model"],
+                    vec![
+                        0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                        1.0, 2.5, 5.0
+                    ],
                     r
                 )?,
                 tokens: register_int_counter_vec_with_registry!(
@@ -201,10 +214,21 @@ impl Metrics {
                      last second; sampled only while runtime.spinning is adaptive",
                     r
                 )?,
+                own_cpu: register_gauge_with_registry!(
+                    "own_cpu_cores",
+                    "Cores this process kept busy over the last second",
+                    r
+                )?,
+                run_core_wait: register_gauge_with_registry!(
+                    "run_core_wait_ratio",
+                    "Share of adaptive sessions' run time their thread waited for a core, over \
+                     the last second in which they ran at least 100 ms",
+                    r
+                )?,
                 cpu_contended: register_int_gauge_with_registry!(
                     "cpu_contended",
-                    "1 while other processes keep the cores busy, so that CPU sessions do not \
-                     spin (runtime.spinning = adaptive)",
+                    "1 while other processes take the cores this process's runs use, so that \
+                     CPU sessions do not spin (runtime.spinning = adaptive)",
                     r
                 )?,
                 session_respins: register_int_counter_vec_with_registry!(

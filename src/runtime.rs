@@ -2,15 +2,20 @@
 //! the session options every model gets: full graph optimisation, and its own intra-op pool
 //! whose threads spin as `runtime.spinning` says (see `Spinning`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
-use ort::environment::Environment;
+use parking_lot::Mutex;
+
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep;
 use ort::session::{Session, builder::GraphOptimizationLevel, builder::SessionBuilder};
 
 use crate::config::RuntimeConfig;
+use crate::scheduler::{Lane, RunScheduler};
 
 /// The file name `scripts/fetch-onnxruntime` installs under `.onnxruntime/`.
 const LIBRARY_NAME: &str = "libonnxruntime.so";
@@ -33,6 +38,10 @@ pub struct Runtime {
     environment: Environment,
     intra_threads: usize,
     spinning: Spinning,
+    /// Sessions get a pool of their own, spinning so, instead of the process-wide one.
+    own_pool: Option<Spinning>,
+    /// Each device's turns, shared by every model that runs there (`scheduler`).
+    devices: Arc<Mutex<HashMap<Device, Arc<RunScheduler>>>>,
 }
 
 impl Runtime {
@@ -46,10 +55,21 @@ impl Runtime {
         let intra_threads = config
             .intra_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let environment = builder
+        // Every session runs on one process-wide pool, so that models running in turn
+        // (`scheduler`) share warm threads, and the threads of the model that ran last
+        // never spin beside the next one's run. It spins except under `never`; `adaptive`
+        // rebuilds sessions with a non-spinning pool of their own while other processes take
+        // the cores (`model::respin`), since a pool's spinning is fixed when it is built.
+        let builder = builder
             .with_name("embedserve")
             .with_telemetry(false)
-            .build()?;
+            .with_global_thread_pool(
+                GlobalThreadPoolOptions::default()
+                    .with_intra_threads(intra_threads)?
+                    .with_inter_threads(1)?
+                    .with_spin_control(config.spinning != Spinning::Never)?,
+            );
+        let environment = builder.build()?;
         tracing::info!(
             library = %library.display(),
             intra_threads,
@@ -60,24 +80,32 @@ impl Runtime {
             environment,
             intra_threads,
             spinning: config.spinning,
+            own_pool: None,
+            devices: Arc::default(),
         })
+    }
+
+    /// A model's place in the turns of the device it runs on.
+    pub fn lane(&self, device: Device, model: &str) -> Lane {
+        self.devices.lock().entry(device).or_default().lane(model)
     }
 
     pub fn spinning(&self) -> Spinning {
         self.spinning
     }
 
-    /// The same runtime, building sessions that spin as `spinning` says: for a session
-    /// rebuilt to follow the machine's load, and benchmarks that compare the modes.
-    pub fn with_spinning(&self, spinning: Spinning) -> Self {
+    /// The same runtime, building sessions with a pool of their own that spins as
+    /// `spinning` says (`adaptive`: inside runs only, stopping at each run's end): for a
+    /// session rebuilt to follow the machine's load, and benchmarks that compare the modes.
+    pub fn with_own_pool(&self, spinning: Spinning) -> Self {
         Self {
-            spinning,
+            own_pool: Some(spinning),
             ..self.clone()
         }
     }
 
-    /// A session builder with the server's defaults (full graph optimisation, its own
-    /// intra-op pool spinning as configured) on `device`, and the device it really got:
+    /// A session builder with the server's defaults (full graph optimisation, the
+    /// process-wide pool unless `with_own_pool`) on `device`, and the device it really got:
     /// `auto` falls back to the CPU when the CUDA provider does not register, an explicit
     /// `cuda` fails with the reason.
     pub fn session_builder(
@@ -87,15 +115,9 @@ impl Runtime {
     ) -> Result<(SessionBuilder, Device), String> {
         let builder = Session::builder(&self.environment)
             .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
-            .and_then(|b| Ok(b.with_intra_threads(self.intra_threads)?))
-            .and_then(|b| Ok(b.with_inter_threads(1)?))
-            .and_then(|b| Ok(b.with_intra_op_spinning(self.spinning != Spinning::Never)?))
-            .and_then(|b| {
-                let stop = self.spinning == Spinning::Adaptive;
-                Ok(b.with_config_entry(
-                    "session.force_spinning_stop",
-                    if stop { "1" } else { "0" },
-                )?)
+            .and_then(|b| match self.own_pool {
+                Some(spinning) => self.own_pool(b, spinning),
+                None => Ok(b),
             })
             .map_err(|e| e.to_string())?;
         let cuda = |id: i32| {
@@ -124,6 +146,19 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// A pool of the session's own, spinning as `spinning` says.
+    fn own_pool(&self, builder: SessionBuilder, spinning: Spinning) -> ort::Result<SessionBuilder> {
+        let stop = spinning == Spinning::Adaptive;
+        Ok(builder
+            .with_independent_thread_pool()?
+            .with_intra_threads(self.intra_threads)?
+            .with_inter_threads(1)?
+            .with_intra_op_spinning(spinning != Spinning::Never)?
+            .with_config_entry("session.force_spinning_stop", if stop { "1" } else { "0" })?)
+    }
+}
+
 /// ONNX Runtime 1.32's Linux library starts its own telemetry (1DS, which looks up and
 /// reports to mobile.events.data.microsoft.com about 9 s after start, then every minute or
 /// so) when it loads, whatever the environment's telemetry setting says. Only the
@@ -137,26 +172,25 @@ pub unsafe fn disable_telemetry() {
     unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
 }
 
-/// When the threads of a session's intra-op pool busy-wait for work instead of sleeping.
+/// When the threads of the intra-op pool busy-wait for work instead of sleeping.
 ///
 /// A run of a transformer is hundreds of operators, each split over the pool: a sleeping
 /// thread must be woken for every one of them (a futex and, on a VM, an idle virtual CPU to
 /// bring back), which made a single sentence 1.9 ms slower on the development machine.
-/// Spinning after a run, though, burns a core that HTTP, tokenization and other models need,
-/// and where other processes compete for the cores, a spinning thread mostly waits for a
-/// partner that is not running: there `Never` was 1.4 times as fast. `Adaptive` spins inside
-/// runs and stops at each run's end (ONNX Runtime's `session.force_spinning_stop`), and
-/// rebuilds CPU sessions without spinning while other processes keep the cores busy
-/// (`contention`, `model::respin`); README, "Spinning", has the measurements.
+/// Where other processes compete for the cores, though, a spinning thread mostly waits for a
+/// partner that is not running: there `Never` was 1.4 times as fast. Every CPU session runs
+/// on one process-wide pool (`Runtime::init`), so only the model that runs spins, never an
+/// idle one; README, "Spinning", has the measurements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Spinning {
-    /// Spin while a run is in progress, sleep between runs (the batcher's thread waits up
-    /// to 1 ms for the next request first, `batcher::Engine::idle_spin`); never spin while
-    /// other processes keep the cores busy.
+    /// Spin (the pool busy-waits a few tens of ms after a run, then sleeps), except while
+    /// other processes take the cores the runs need: then CPU sessions are rebuilt on a pool
+    /// of their own that never spins, until the neighbour calms down (`contention`,
+    /// `model::respin`). The batcher's thread waits up to 1 ms for the next request before
+    /// it sleeps (`batcher::Engine::idle_spin`) while no other model runs.
     #[default]
     Adaptive,
-    /// Spin between runs too (ONNX Runtime's own default), at the cost of a core
-    /// busy-waiting for a while after each run.
+    /// Spin whatever other processes do (ONNX Runtime's own default).
     Always,
     /// Never spin: every operator wakes the threads it needs.
     Never,
@@ -205,7 +239,7 @@ impl<'de> serde::Deserialize<'de> for Spinning {
 }
 
 /// Where a model runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Device {
     #[default]
     Cpu,

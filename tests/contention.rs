@@ -1,7 +1,8 @@
 //! `runtime.spinning = adaptive` follows other processes' load: a busy loop in this process
-//! (another process to the server) makes the server rebuild its session without spinning,
-//! and once the loop stops, with spinning again; every vector along the way is the
-//! reference's. In a file of its own so that no other test's load counts.
+//! (another process to the server) makes a busy server rebuild its session without
+//! spinning, and once the loop stops, with spinning again; every vector along the way is
+//! the reference's. An idle server keeps spinning beside the loop. In a file of its own so
+//! that no other test's load counts.
 
 mod common;
 
@@ -12,8 +13,12 @@ use std::time::{Duration, Instant};
 use common::{Server, models_root_arg};
 use serde_json::json;
 
-const MODEL: &str = "tiny/bert-mean";
+/// A model whose runs keep the server's cores busy, as the decision wants to see.
+const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 const WITHIN: Duration = Duration::from_secs(120);
+
+/// One test at a time: each one's server and busy loop are the other's other processes.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Embeds the reference's first case until `done` holds, checking every vector.
 fn embed_until(server: &Server, what: &str, done: impl Fn(&Server) -> bool) {
@@ -28,12 +33,45 @@ fn embed_until(server: &Server, what: &str, done: impl Fn(&Server) -> bool) {
             return;
         }
         assert!(Instant::now() < deadline, "never {what}");
-        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A thread that keeps one core busy until dropped.
+struct Hog {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hog {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
 #[test]
 fn adaptive_sessions_stop_spinning_while_another_process_keeps_a_core_busy() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let server = Server::start(&["--models-dir", &models_root_arg(), "--spinning", "adaptive"]);
     let contended = |s: &Server| s.metric("embedserve_cpu_contended", &[]);
     let respins =
@@ -42,24 +80,42 @@ fn adaptive_sessions_stop_spinning_while_another_process_keeps_a_core_busy() {
         contended(s) == 0.0
     });
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let hog = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::hint::spin_loop();
-            }
-        }
-    });
+    let hog = Hog::start();
     embed_until(&server, "rebuilt without spinning", |s| {
         contended(s) == 1.0 && respins(s, "never") >= 1.0
     });
-    stop.store(true, Ordering::Relaxed);
-    hog.join().unwrap();
+    drop(hog);
 
     embed_until(
         &server,
         "rebuilt with spinning once the core was free",
         |s| contended(s) == 0.0 && respins(s, "adaptive") >= 1.0,
     );
+}
+
+#[test]
+fn an_idle_server_keeps_spinning_beside_a_busy_process() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&["--models-dir", &models_root_arg(), "--spinning", "adaptive"]);
+    // One request starts the watcher; then the server goes idle (its load's measuring runs
+    // and this request behind it).
+    embed_until(&server, "serving", |_| true);
+    let deadline = Instant::now() + WITHIN;
+    while server.metric("embedserve_own_cpu_cores", &[]) >= 0.1 {
+        assert!(Instant::now() < deadline, "never idle");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.metric("embedserve_cpu_contended", &[]), 0.0);
+    let hog = Hog::start();
+    server.wait_for_metric("embedserve_other_processes_cpu_cores", &[], 0.8);
+    // Twelve of the watcher's windows with the hog running and no request: spinning is
+    // costing nothing, so it stays.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        assert_eq!(server.metric("embedserve_cpu_contended", &[]), 0.0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let respins = server.metric("embedserve_session_respins_total", &[("spinning", "never")]);
+    assert_eq!(respins, 0.0);
+    drop(hog);
 }

@@ -36,6 +36,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use crate::metrics::METRICS;
+use crate::scheduler::Lane;
 
 /// What a batcher runs, on its worker thread: one run over a batch of inputs. The ONNX
 /// encoder is one; unit tests drive the queue with fakes.
@@ -55,6 +56,13 @@ pub trait Engine: Send + 'static {
     /// path: on a VM whose idle vCPUs halt that costs tens of µs (README, "Spinning").
     fn idle_spin(&self) -> Duration {
         Duration::ZERO
+    }
+
+    /// Most rows worth running together when the longest is `columns` tokens: past it a
+    /// run's cost per token grows again (activations that outgrow the caches), so more rows
+    /// go in another run. Within `BatchLimits` either way.
+    fn max_rows(&self, _columns: usize) -> usize {
+        usize::MAX
     }
 }
 
@@ -192,9 +200,10 @@ impl<E: Engine> Shared<E> {
         self.events.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Busy-waits until the queue sees an event after `seen`, or for `limit`. The core goes
-    /// to anyone else who wants it at every check of the clock, so spinning delays no one.
-    fn spin_for_event(&self, seen: u64, limit: Duration) {
+    /// Busy-waits until the queue sees an event after `seen`, for `limit` at most, and only
+    /// while `device_free` holds: another model's run needs every core. The core goes to
+    /// anyone else who wants it at every check of the clock.
+    fn spin_for_event(&self, seen: u64, limit: Duration, device_free: impl Fn() -> bool) {
         const SPINS_PER_CHECK: u32 = 64;
         let deadline = Instant::now() + limit;
         loop {
@@ -204,7 +213,7 @@ impl<E: Engine> Shared<E> {
                 }
                 std::hint::spin_loop();
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || !device_free() {
                 return;
             }
             std::thread::yield_now();
@@ -245,7 +254,14 @@ impl<O> Pending<O> {
 
 impl<E: Engine> Batcher<E> {
     /// Starts the worker thread, which owns `engine` from now on.
-    pub fn start(model: &str, mut engine: E, limits: BatchLimits) -> std::io::Result<Self> {
+    /// With a `lane`, every run waits for its turn on the device the lane shares with other
+    /// models (`scheduler`).
+    pub fn start(
+        model: &str,
+        mut engine: E,
+        limits: BatchLimits,
+        lane: Option<Lane>,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             model: model.to_string(),
             limits,
@@ -260,7 +276,7 @@ impl<E: Engine> Batcher<E> {
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name(format!("batcher {model}"))
-            .spawn(move || run_worker(&worker_shared, &mut engine))?;
+            .spawn(move || run_worker(&worker_shared, &mut engine, lane))?;
         Ok(Self {
             shared,
             worker: Some(worker),
@@ -335,44 +351,69 @@ impl<E: Engine> Drop for Batcher<E> {
     }
 }
 
-fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E) {
+fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E, mut lane: Option<Lane>) {
     let mut last_anchor = 0;
-    loop {
-        let mut may_spin = true;
+    while wait_for_work(shared, engine, lane.as_ref()) {
+        // The batch is taken once the turn comes, so that it holds what arrived meanwhile.
+        let turn = lane.as_mut().map(Lane::turn);
         let batch = {
             let mut queue = shared.queue.lock();
-            loop {
-                let before = queue.items.len();
-                queue.items.retain(|item| !item.request.abandoned());
-                let dropped = before - queue.items.len();
-                if dropped > 0 {
-                    METRICS
-                        .cancelled_inputs
-                        .with_label_values(&[shared.model.as_str()])
-                        .inc_by(dropped as u64);
-                }
-                if !queue.items.is_empty() {
-                    break;
-                }
-                shared.report_depth(0);
-                if queue.closed {
-                    return;
-                }
-                if std::mem::take(&mut may_spin) {
-                    let spin = engine.idle_spin();
-                    if !spin.is_zero() {
-                        let seen = shared.events.load(Ordering::Relaxed);
-                        MutexGuard::unlocked(&mut queue, || shared.spin_for_event(seen, spin));
-                        continue;
-                    }
-                }
-                shared.ready.wait(&mut queue);
+            drop_abandoned(shared, &mut queue.items);
+            if queue.items.is_empty() {
+                continue;
             }
-            let batch = take_batch(&mut queue.items, &shared.limits, &mut last_anchor);
+            let max_rows = |columns| engine.max_rows(columns);
+            let batch = take_batch(
+                &mut queue.items,
+                &shared.limits,
+                &max_rows,
+                &mut last_anchor,
+            );
             shared.report_depth(queue.items.len());
             batch
         };
         run_batch(shared, engine, batch);
+        drop(turn);
+    }
+}
+
+/// Waits until inputs are queued (true) or the batcher closes with none left (false).
+fn wait_for_work<E: Engine>(shared: &Shared<E>, engine: &E, lane: Option<&Lane>) -> bool {
+    let mut may_spin = true;
+    let mut queue = shared.queue.lock();
+    loop {
+        drop_abandoned(shared, &mut queue.items);
+        if !queue.items.is_empty() {
+            return true;
+        }
+        shared.report_depth(0);
+        if queue.closed {
+            return false;
+        }
+        if std::mem::take(&mut may_spin) {
+            let spin = engine.idle_spin();
+            let device_free = || lane.is_none_or(|lane| !lane.device_in_use());
+            if !spin.is_zero() && device_free() {
+                let seen = shared.events.load(Ordering::Relaxed);
+                MutexGuard::unlocked(&mut queue, || {
+                    shared.spin_for_event(seen, spin, device_free)
+                });
+                continue;
+            }
+        }
+        shared.ready.wait(&mut queue);
+    }
+}
+
+fn drop_abandoned<E: Engine>(shared: &Shared<E>, items: &mut VecDeque<Item<E>>) {
+    let before = items.len();
+    items.retain(|item| !item.request.abandoned());
+    let dropped = before - items.len();
+    if dropped > 0 {
+        METRICS
+            .cancelled_inputs
+            .with_label_values(&[shared.model.as_str()])
+            .inc_by(dropped as u64);
     }
 }
 
@@ -390,6 +431,7 @@ const BULK_INPUTS: usize = 4;
 fn take_batch<E: Engine>(
     items: &mut VecDeque<Item<E>>,
     limits: &BatchLimits,
+    max_rows: &dyn Fn(usize) -> usize,
     last_anchor: &mut u64,
 ) -> Vec<Item<E>> {
     let seq = |i: usize| items[i].request.seq;
@@ -424,7 +466,7 @@ fn take_batch<E: Engine>(
                 .filter(|&i| i == anchor || items[i].request.is_bulk())
                 .map(|i| E::tokens(&items[i].input))
                 .collect();
-            bulk_run_lengths(&mut lengths, anchor_tokens, limits, run_cost)
+            bulk_run_lengths(&mut lengths, anchor_tokens, limits, max_rows, run_cost)
         }
         None => 0..=usize::MAX,
     };
@@ -440,7 +482,9 @@ fn take_batch<E: Engine>(
             continue;
         }
         let longer = longest.max(tokens);
-        if (chosen.len() + 1) * longer > limits.max_batch_tokens {
+        if (chosen.len() + 1) * longer > limits.max_batch_tokens
+            || chosen.len() + 1 > max_rows(longer)
+        {
             continue;
         }
         longest = longer;
@@ -465,6 +509,7 @@ fn bulk_run_lengths(
     lengths: &mut [usize],
     anchor: usize,
     limits: &BatchLimits,
+    max_rows: &dyn Fn(usize) -> usize,
     run_cost: usize,
 ) -> RangeInclusive<usize> {
     lengths.sort_unstable();
@@ -474,8 +519,9 @@ fn bulk_run_lengths(
     let mut cheapest = vec![(0usize, 0usize); n + 1];
     for end in 1..=n {
         let longest = lengths[end - 1];
+        let most_rows = limits.max_batch_size.min(max_rows(longest)).max(1);
         let mut best = (usize::MAX, end - 1);
-        for start in (end.saturating_sub(limits.max_batch_size.max(1))..end).rev() {
+        for start in (end.saturating_sub(most_rows)..end).rev() {
             let rows = end - start;
             if rows > 1 && rows * longest > limits.max_batch_tokens {
                 break;

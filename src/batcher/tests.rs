@@ -72,7 +72,7 @@ impl Harness {
             fails_on,
             idle_spin,
         };
-        let batcher = Batcher::start("fake", engine, limits).unwrap();
+        let batcher = Batcher::start("fake", engine, limits, None).unwrap();
         Self {
             gate,
             batcher,
@@ -291,7 +291,13 @@ fn the_cheapest_split_keeps_similar_lengths_together() {
         21, 6, 23, 18, 11, 19, 4, 26,
     ];
     let run_of = |anchor: usize, run_cost: usize| {
-        bulk_run_lengths(&mut corpus.to_vec(), anchor, &limits, run_cost)
+        bulk_run_lengths(
+            &mut corpus.to_vec(),
+            anchor,
+            &limits,
+            &|_| usize::MAX,
+            run_cost,
+        )
     };
     assert_eq!(run_of(4, 32), 4..=9);
     assert_eq!(run_of(18, 32), 11..=18);
@@ -302,7 +308,10 @@ fn the_cheapest_split_keeps_similar_lengths_together() {
     // A run costs more than any padding: one run.
     assert_eq!(run_of(18, 100_000), 4..=32);
     // Equal lengths share a run.
-    assert_eq!(bulk_run_lengths(&mut [7; 40], 7, &limits, 32), 7..=7);
+    assert_eq!(
+        bulk_run_lengths(&mut [7; 40], 7, &limits, &|_| usize::MAX, 32),
+        7..=7
+    );
 }
 
 #[test]
@@ -443,7 +452,7 @@ fn lengths(batch: &[Item<Fake>]) -> Vec<usize> {
 #[test]
 fn groups_the_oldest_with_inputs_of_similar_length() {
     let mut queue = items(&[10, 50, 11, 30, 9, 12]);
-    let batch = take_batch(&mut queue, &LIMITS, &mut 0);
+    let batch = take_batch(&mut queue, &LIMITS, &|_| usize::MAX, &mut 0);
     assert_eq!(lengths(&batch), [10, 11, 9]);
     assert_eq!(
         queue.iter().map(|i| i.input).collect::<Vec<_>>(),
@@ -454,8 +463,43 @@ fn groups_the_oldest_with_inputs_of_similar_length() {
 #[test]
 fn respects_the_token_budget_but_always_takes_the_oldest() {
     let mut queue = items(&[60, 45, 40]);
-    assert_eq!(lengths(&take_batch(&mut queue, &LIMITS, &mut 0)), [60]);
-    assert_eq!(lengths(&take_batch(&mut queue, &LIMITS, &mut 0)), [45, 40]);
+    assert_eq!(
+        lengths(&take_batch(&mut queue, &LIMITS, &|_| usize::MAX, &mut 0)),
+        [60]
+    );
+    assert_eq!(
+        lengths(&take_batch(&mut queue, &LIMITS, &|_| usize::MAX, &mut 0)),
+        [45, 40]
+    );
     let mut long = items(&[500]);
-    assert_eq!(lengths(&take_batch(&mut long, &LIMITS, &mut 0)), [500]);
+    assert_eq!(
+        lengths(&take_batch(&mut long, &LIMITS, &|_| usize::MAX, &mut 0)),
+        [500]
+    );
+}
+
+#[test]
+fn long_inputs_run_in_the_rows_their_length_is_cheapest_in() {
+    let limits = BatchLimits {
+        max_batch_size: 32,
+        max_batch_tokens: 16_384,
+        max_queued_inputs: 100,
+        run_cost_tokens: Some(32),
+    };
+    // Eight rows at most once the longest reaches 200 tokens; short inputs are not capped.
+    let max_rows = |columns: usize| if columns >= 200 { 8 } else { usize::MAX };
+    let mut passages = items(&[256; 20]);
+    let runs: Vec<usize> = std::iter::from_fn(|| {
+        (!passages.is_empty()).then(|| take_batch(&mut passages, &limits, &max_rows, &mut 0).len())
+    })
+    .collect();
+    assert_eq!(runs, [8, 8, 4]);
+    let mut sentences = items(&[20; 40]);
+    assert_eq!(
+        take_batch(&mut sentences, &limits, &max_rows, &mut 0).len(),
+        32
+    );
+    let mut lengths = vec![256; 20];
+    let run = bulk_run_lengths(&mut lengths, 256, &limits, &max_rows, 32);
+    assert_eq!(run, 256..=256);
 }

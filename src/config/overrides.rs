@@ -126,11 +126,11 @@ pub struct RuntimeFlags {
     /// Path of libonnxruntime.so (ORT_DYLIB_PATH wins over it).
     #[arg(long, env = "EMBEDSERVE_ORT_LIBRARY")]
     pub ort_library: Option<PathBuf>,
-    /// Intra-op threads of each model; all cores by default.
+    /// Threads of the intra-op pool all models share; all cores by default.
     #[arg(long, env = "EMBEDSERVE_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
-    /// When intra-op threads busy-wait for work: adaptive (inside runs, while no other process
-    /// keeps the cores busy), always, never.
+    /// When intra-op threads busy-wait for work: adaptive (unless other processes take the
+    /// cores the runs need), always, never.
     #[arg(long, env = "EMBEDSERVE_SPINNING")]
     pub spinning: Option<Spinning>,
     /// Where models run: cpu, cuda, cuda:N, or auto (CUDA when it registers, else CPU).

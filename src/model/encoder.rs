@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::time::Instant;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -13,8 +14,11 @@ use super::LoadError;
 use super::head::Head;
 use super::pooling::Pooling;
 use super::respin::AdaptiveSession;
+use super::run_shape::RunShapes;
 use super::tokenize::TokenSeq;
+use crate::batcher::BatchLimits;
 use crate::runtime::{Device, Runtime};
+use crate::scheduler::Lane;
 
 /// Graph inputs we know how to fill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +67,7 @@ pub struct Encoder {
     pad_id: i64,
     quantizes_activations: bool,
     device: Device,
+    shapes: RunShapes,
 }
 
 impl crate::batcher::Engine for Encoder {
@@ -79,6 +84,10 @@ impl crate::batcher::Engine for Encoder {
 
     fn idle_spin(&self) -> std::time::Duration {
         self.session.idle_spin()
+    }
+
+    fn max_rows(&self, columns: usize) -> usize {
+        self.shapes.max_rows(columns)
     }
 }
 
@@ -190,7 +199,49 @@ impl Encoder {
                 .map_err(|e| fail(format!("cannot read it: {e}")))?,
             device,
             session: AdaptiveSession::new(session, runtime, device, onnx.to_path_buf()),
+            shapes: RunShapes::default(),
         })
+    }
+
+    /// Finds the rows per run each length is cheapest in (`RunShapes`), on the CPU, by
+    /// running sequences of `filler` tokens up to `max_length` within `limits`. A graph that
+    /// fails the synthetic runs keeps the plain limits; its requests will say what fails.
+    /// Each run takes its turn on `lane`, beside the models already serving.
+    pub fn measure_run_shapes(
+        &mut self,
+        max_length: usize,
+        limits: &BatchLimits,
+        filler: u32,
+        lane: &mut Lane,
+    ) {
+        if self.device != Device::Cpu || limits.max_batch_size < 2 {
+            return;
+        }
+        let run = |rows: usize, columns: usize| {
+            let seq = TokenSeq {
+                ids: vec![filler; columns],
+                type_ids: Vec::new(),
+                pool_from: 0,
+            };
+            let batch = vec![&seq; rows];
+            let _turn = lane.turn();
+            let started = Instant::now();
+            self.embed(&batch)?;
+            Ok(started.elapsed())
+        };
+        let started = Instant::now();
+        match RunShapes::measure(
+            run,
+            max_length,
+            limits.max_batch_size,
+            limits.max_batch_tokens,
+        ) {
+            Ok(shapes) => {
+                tracing::info!(?shapes, took = ?started.elapsed(), "measured the run shapes");
+                self.shapes = shapes;
+            }
+            Err(error) => tracing::warn!(%error, "cannot measure the run shapes"),
+        }
     }
 
     /// Whether the graph quantizes activations with a scale computed from each run's data.
@@ -254,7 +305,7 @@ impl Encoder {
                     TensorRef::from_array_view(([running.len(), cols], padded.feed(*feed)))?.into(),
                 ));
             }
-            outputs = session.get()?.run_with_options(inputs, run_options)?;
+            outputs = session.run(|session| session.run_with_options(inputs, run_options))??;
             let tensor = &outputs[output.as_str()];
             if *half_output {
                 let (shape, halves) = tensor.try_extract_tensor::<f16>()?;

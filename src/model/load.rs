@@ -128,7 +128,7 @@ impl Model {
             device: settings.device.unwrap_or_default(),
             gpu_mem_limit: settings.gpu_mem_limit,
         };
-        let encoder = Encoder::load(runtime, &onnx, graph, tokenizer.pad_id)?;
+        let mut encoder = Encoder::load(runtime, &onnx, graph, tokenizer.pad_id)?;
         let device = encoder.device();
         let dtype = encoder.output_dtype();
         tracing::info!(model = %spec.name, %device, "{} runs on {device}", spec.name);
@@ -162,7 +162,9 @@ impl Model {
                 ..limits
             },
         };
-        let batcher = Batcher::start(&spec.name, encoder, limits)
+        let mut lane = runtime.lane(device, &spec.name);
+        encoder.measure_run_shapes(max_seq_length, &limits, tokenizer.filler_id(), &mut lane);
+        let batcher = Batcher::start(&spec.name, encoder, limits, Some(lane))
             .map_err(|e| LoadError::Source(format!("cannot start the batcher thread: {e}")))?;
         let mut excluded_prompt_lengths = BTreeMap::new();
         if !st.include_prompt {

@@ -12,6 +12,7 @@ mod long_text;
 mod pooling;
 mod rerank;
 mod respin;
+mod run_shape;
 pub mod source;
 mod st_config;
 mod static_embedding;

@@ -1,12 +1,13 @@
-//! `Spinning::Adaptive` across processes: a CPU session is rebuilt without spinning while
-//! other processes keep the cores busy (`contention`), and with spinning inside runs once
-//! they are free again. ONNX Runtime fixes a session's spinning when it is built, so the
+//! `Spinning::Adaptive` across processes: a CPU session is rebuilt on a non-spinning pool of
+//! its own while other processes take the cores its runs need (`contention`), and on the
+//! process-wide spinning pool once they are free again. ONNX Runtime fixes a pool's spinning
+//! when it is built, so the
 //! session is built again, between two runs, on the thread that runs it: the old one goes
 //! first, so the model's memory never doubles, and the runs wait for one load of the graph
-//! at each change of the machine's load (`contention`'s hysteresis keeps those rare).
+//! at each change of the machine's load (`contention` holds each change for five of them).
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ort::session::Session;
@@ -59,9 +60,25 @@ impl AdaptiveSession {
         }
     }
 
-    /// The session to run now, rebuilt first if the machine's load changed since it was (or
-    /// if the last rebuild failed).
-    pub fn get(&mut self) -> anyhow::Result<&mut Session> {
+    /// Runs `run` on the session, rebuilt first if the machine's load changed since it was
+    /// (or if the last rebuild failed). For a session that follows the load, the run's time
+    /// and how much of it its thread waited for a core go to `contention`.
+    pub fn run<'s, R>(&'s mut self, run: impl FnOnce(&'s mut Session) -> R) -> anyhow::Result<R> {
+        let follows = self.rebuild.is_some();
+        let session = self.get()?;
+        if !follows {
+            return Ok(run(session));
+        }
+        let waited = contention::thread_waited();
+        let started = Instant::now();
+        let result = run(session);
+        if let (Some(before), Some(after)) = (waited, contention::thread_waited()) {
+            contention::record_run(started.elapsed(), after.saturating_sub(before));
+        }
+        Ok(result)
+    }
+
+    fn get(&mut self) -> anyhow::Result<&mut Session> {
         if let Some(rebuild) = &mut self.rebuild {
             let wanted = if contention::contended() {
                 Spinning::Never
@@ -81,7 +98,9 @@ impl AdaptiveSession {
                 } else {
                     self.session = None;
                     rebuild.current = wanted;
+                    let started = Instant::now();
                     self.session = Some(rebuild.build(wanted)?);
+                    contention::rebuilt(started.elapsed());
                     METRICS
                         .session_respins
                         .with_label_values(&[&wanted.to_string()])
@@ -96,10 +115,13 @@ impl AdaptiveSession {
 }
 
 impl Rebuild {
+    /// `Never`: on a non-spinning pool of its own; else on the process-wide pool.
     fn build(&self, spinning: Spinning) -> anyhow::Result<Session> {
-        let (mut builder, _) = self
-            .runtime
-            .with_spinning(spinning)
+        let runtime = match spinning {
+            Spinning::Never => self.runtime.with_own_pool(Spinning::Never),
+            _ => self.runtime.clone(),
+        };
+        let (mut builder, _) = runtime
             .session_builder(Device::Cpu, None)
             .map_err(anyhow::Error::msg)?;
         builder.commit_from_file(&self.onnx).with_context(|| {

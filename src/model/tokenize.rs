@@ -139,6 +139,14 @@ impl TextTokenizer {
         matches!(self.preparation, TextPreparation::Transformer { .. })
     }
 
+    /// An ordinary word's id, to fill synthetic inputs with (`RunShapes`).
+    pub fn filler_id(&self) -> u32 {
+        ["the", "\u{2581}the", "\u{120}the"]
+            .iter()
+            .find_map(|word| self.tokenizer.token_to_id(word))
+            .unwrap_or(self.vocab_size as u32 / 2)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
