@@ -38,7 +38,9 @@ pub struct Runtime {
     environment: Environment,
     intra_threads: usize,
     spinning: Spinning,
-    /// Sessions get a pool of their own, spinning so, instead of the process-wide one.
+    /// Whether CPU sessions share the process-wide pool (`always` and `never`).
+    shared_pool: bool,
+    /// Sessions get a pool of their own, spinning so, whatever the configuration.
     own_pool: Option<Spinning>,
     /// Each device's turns, shared by every model that runs there (`scheduler`).
     devices: Arc<Mutex<HashMap<Device, Arc<RunScheduler>>>>,
@@ -55,20 +57,26 @@ impl Runtime {
         let intra_threads = config
             .intra_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        // Every session runs on one process-wide pool, so that models running in turn
-        // (`scheduler`) share warm threads, and the threads of the model that ran last
-        // never spin beside the next one's run. It spins except under `never`; `adaptive`
-        // rebuilds sessions with a non-spinning pool of their own while other processes take
-        // the cores (`model::respin`), since a pool's spinning is fixed when it is built.
-        let builder = builder
-            .with_name("embedserve")
-            .with_telemetry(false)
-            .with_global_thread_pool(
+        // Under `always` and `never` every CPU session runs on one process-wide pool, so
+        // that the threads of the model that ran last never spin beside the next one's run.
+        // `adaptive` gives each session a pool of its own: ONNX Runtime stops only those
+        // from spinning at a run's end (`session.force_spinning_stop`), so an idle model's
+        // threads sleep; and it fixes a pool's spinning when it is built, so a session
+        // follows the machine's load by being rebuilt (`model::respin`). A process-wide
+        // pool that spins was tried for `adaptive`: three models at concurrency 1 each ran
+        // 1.2x as fast, but one at concurrency 64 0.88x (the pool spins after every run).
+        let shared_pool = config.spinning != Spinning::Adaptive;
+        let builder = builder.with_name("embedserve").with_telemetry(false);
+        let builder = if shared_pool {
+            builder.with_global_thread_pool(
                 GlobalThreadPoolOptions::default()
                     .with_intra_threads(intra_threads)?
                     .with_inter_threads(1)?
-                    .with_spin_control(config.spinning != Spinning::Never)?,
-            );
+                    .with_spin_control(config.spinning == Spinning::Always)?,
+            )
+        } else {
+            builder
+        };
         let environment = builder.build()?;
         tracing::info!(
             library = %library.display(),
@@ -80,6 +88,7 @@ impl Runtime {
             environment,
             intra_threads,
             spinning: config.spinning,
+            shared_pool,
             own_pool: None,
             devices: Arc::default(),
         })
@@ -104,8 +113,8 @@ impl Runtime {
         }
     }
 
-    /// A session builder with the server's defaults (full graph optimisation, the
-    /// process-wide pool unless `with_own_pool`) on `device`, and the device it really got:
+    /// A session builder with the server's defaults (full graph optimisation, the pool as
+    /// `runtime.spinning` and `with_own_pool` say) on `device`, and the device it really got:
     /// `auto` falls back to the CPU when the CUDA provider does not register, an explicit
     /// `cuda` fails with the reason.
     pub fn session_builder(
@@ -117,7 +126,8 @@ impl Runtime {
             .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
             .and_then(|b| match self.own_pool {
                 Some(spinning) => self.own_pool(b, spinning),
-                None => Ok(b),
+                None if self.shared_pool => Ok(b),
+                None => self.own_pool(b, self.spinning),
             })
             .map_err(|e| e.to_string())?;
         let cuda = |id: i32| {
@@ -149,9 +159,13 @@ impl Runtime {
 impl Runtime {
     /// A pool of the session's own, spinning as `spinning` says.
     fn own_pool(&self, builder: SessionBuilder, spinning: Spinning) -> ort::Result<SessionBuilder> {
+        let builder = if self.shared_pool {
+            builder.with_independent_thread_pool()?
+        } else {
+            builder
+        };
         let stop = spinning == Spinning::Adaptive;
         Ok(builder
-            .with_independent_thread_pool()?
             .with_intra_threads(self.intra_threads)?
             .with_inter_threads(1)?
             .with_intra_op_spinning(spinning != Spinning::Never)?
@@ -172,25 +186,27 @@ pub unsafe fn disable_telemetry() {
     unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
 }
 
-/// When the threads of the intra-op pool busy-wait for work instead of sleeping.
+/// When the threads of an intra-op pool busy-wait for work instead of sleeping.
 ///
 /// A run of a transformer is hundreds of operators, each split over the pool: a sleeping
 /// thread must be woken for every one of them (a futex and, on a VM, an idle virtual CPU to
 /// bring back), which made a single sentence 1.9 ms slower on the development machine.
-/// Where other processes compete for the cores, though, a spinning thread mostly waits for a
-/// partner that is not running: there `Never` was 1.4 times as fast. Every CPU session runs
-/// on one process-wide pool (`Runtime::init`), so only the model that runs spins, never an
-/// idle one; README, "Spinning", has the measurements.
+/// Spinning after a run, though, burns a core that HTTP and tokenization need, and where
+/// other processes compete for the cores, a spinning thread mostly waits for a partner that
+/// is not running: there `Never` was 1.4 times as fast. README, "Spinning", has the
+/// measurements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Spinning {
-    /// Spin (the pool busy-waits a few tens of ms after a run, then sleeps), except while
-    /// other processes take the cores the runs need: then CPU sessions are rebuilt on a pool
-    /// of their own that never spins, until the neighbour calms down (`contention`,
-    /// `model::respin`). The batcher's thread waits up to 1 ms for the next request before
-    /// it sleeps (`batcher::Engine::idle_spin`) while no other model runs.
+    /// Spin while a run is in progress and stop at its end (ONNX Runtime's
+    /// `session.force_spinning_stop`, on each session's own pool), except while other
+    /// processes take the cores the runs need: then CPU sessions are rebuilt without
+    /// spinning until the neighbour calms down (`contention`, `model::respin`). The
+    /// batcher's thread waits up to 1 ms for the next request before it sleeps
+    /// (`batcher::Engine::idle_spin`) while no other model runs.
     #[default]
     Adaptive,
-    /// Spin whatever other processes do (ONNX Runtime's own default).
+    /// Spin between runs too, whatever other processes do (ONNX Runtime's own default), on
+    /// one pool all sessions share.
     Always,
     /// Never spin: every operator wakes the threads it needs.
     Never,

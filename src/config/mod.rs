@@ -133,7 +133,7 @@ impl Default for ServerConfig {
 pub struct RuntimeConfig {
     /// Path of `libonnxruntime.so`; `ORT_DYLIB_PATH` wins over it.
     pub library: Option<PathBuf>,
-    /// Threads of the intra-op pool all sessions share; all cores when unset.
+    /// Intra-op threads of a run; all cores when unset.
     pub intra_threads: Option<usize>,
     /// When intra-op threads busy-wait for work: adaptive, always or never.
     pub spinning: Spinning,

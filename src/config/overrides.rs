@@ -126,7 +126,7 @@ pub struct RuntimeFlags {
     /// Path of libonnxruntime.so (ORT_DYLIB_PATH wins over it).
     #[arg(long, env = "EMBEDSERVE_ORT_LIBRARY")]
     pub ort_library: Option<PathBuf>,
-    /// Threads of the intra-op pool all models share; all cores by default.
+    /// Intra-op threads of a run; all cores by default.
     #[arg(long, env = "EMBEDSERVE_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
     /// When intra-op threads busy-wait for work: adaptive (unless other processes take the

@@ -1,10 +1,9 @@
-//! `Spinning::Adaptive` across processes: a CPU session is rebuilt on a non-spinning pool of
-//! its own while other processes take the cores its runs need (`contention`), and on the
-//! process-wide spinning pool once they are free again. ONNX Runtime fixes a pool's spinning
-//! when it is built, so the
-//! session is built again, between two runs, on the thread that runs it: the old one goes
-//! first, so the model's memory never doubles, and the runs wait for one load of the graph
-//! at each change of the machine's load (`contention` holds each change for five of them).
+//! `Spinning::Adaptive` across processes: a CPU session is rebuilt without spinning while
+//! other processes take the cores its runs need (`contention`), and with spinning inside
+//! runs once they are free again. ONNX Runtime fixes a session's spinning when it is built,
+//! so the session is built again, between two runs, on the thread that runs it: the old one
+//! goes first, so the model's memory never doubles, and the runs wait for one load of the
+//! graph at each change (`contention` holds each change for five rebuilds' time).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -115,13 +114,10 @@ impl AdaptiveSession {
 }
 
 impl Rebuild {
-    /// `Never`: on a non-spinning pool of its own; else on the process-wide pool.
     fn build(&self, spinning: Spinning) -> anyhow::Result<Session> {
-        let runtime = match spinning {
-            Spinning::Never => self.runtime.with_own_pool(Spinning::Never),
-            _ => self.runtime.clone(),
-        };
-        let (mut builder, _) = runtime
+        let (mut builder, _) = self
+            .runtime
+            .with_own_pool(spinning)
             .session_builder(Device::Cpu, None)
             .map_err(anyhow::Error::msg)?;
         builder.commit_from_file(&self.onnx).with_context(|| {
