@@ -20,6 +20,8 @@
 //! from rebuilding them back and forth.
 
 use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -46,12 +48,22 @@ static WATCHER: OnceLock<()> = OnceLock::new();
 static RUN_NANOS: AtomicU64 = AtomicU64::new(0);
 static WAITED_NANOS: AtomicU64 = AtomicU64::new(0);
 
-/// How long the calling thread has waited, runnable, for a core since it started
-/// (`/proc/thread-self/schedstat`); None where the kernel does not say.
+thread_local! {
+    /// This thread's `/proc/thread-self/schedstat`, opened once: each run then reads it with
+    /// one `pread` rather than an open, a read and a close.
+    static SCHEDSTAT: Option<File> = File::open("/proc/thread-self/schedstat").ok();
+}
+
+/// How long the calling thread has waited, runnable, for a core since it started; None
+/// where the kernel does not say.
 pub fn thread_waited() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let nanos = stat.split_whitespace().nth(1)?.parse().ok()?;
-    Some(Duration::from_nanos(nanos))
+    SCHEDSTAT.with(|file| {
+        let mut buffer = [0u8; 96];
+        let read = file.as_ref()?.read_at(&mut buffer, 0).ok()?;
+        let stat = std::str::from_utf8(&buffer[..read]).ok()?;
+        let nanos = stat.split_whitespace().nth(1)?.parse().ok()?;
+        Some(Duration::from_nanos(nanos))
+    })
 }
 
 /// One run of an adaptive session: how long it took, and how long its thread waited for a
@@ -337,5 +349,13 @@ mod tests {
         assert!((load.others - 1.0).abs() < 1e-9, "{load:?}");
         assert!((load.own - 0.6).abs() < 1e-9, "{load:?}");
         assert!(CpuTimes::parse("intr 1\n", &own(1)).is_none());
+    }
+
+    #[test]
+    fn a_thread_reads_its_own_wait_for_a_core_again_and_again() {
+        let first = thread_waited().expect("schedstat");
+        let later = thread_waited().expect("schedstat");
+        assert!(later >= first);
+        assert!(std::thread::spawn(thread_waited).join().unwrap().is_some());
     }
 }

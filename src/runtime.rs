@@ -1,6 +1,7 @@
 //! Finding and initialising ONNX Runtime: one environment per process, telemetry off, and
-//! the session options every model gets: full graph optimisation, and its own intra-op pool
-//! whose threads spin as `runtime.spinning` says (see `Spinning`).
+//! the session options every model gets: full graph optimisation, and an intra-op pool whose
+//! threads spin as `runtime.spinning` says (see `Spinning`); and each device's turns
+//! (`scheduler`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -38,8 +39,6 @@ pub struct Runtime {
     environment: Environment,
     intra_threads: usize,
     spinning: Spinning,
-    /// Whether CPU sessions share the process-wide pool (`always` and `never`).
-    shared_pool: bool,
     /// Sessions get a pool of their own, spinning so, whatever the configuration.
     own_pool: Option<Spinning>,
     /// Each device's turns, shared by every model that runs there (`scheduler`).
@@ -65,9 +64,8 @@ impl Runtime {
         // follows the machine's load by being rebuilt (`model::respin`). A process-wide
         // pool that spins was tried for `adaptive`: three models at concurrency 1 each ran
         // 1.2x as fast, but one at concurrency 64 0.88x (the pool spins after every run).
-        let shared_pool = config.spinning != Spinning::Adaptive;
         let builder = builder.with_name("embedserve").with_telemetry(false);
-        let builder = if shared_pool {
+        let builder = if shares_pool(config.spinning) {
             builder.with_global_thread_pool(
                 GlobalThreadPoolOptions::default()
                     .with_intra_threads(intra_threads)?
@@ -88,7 +86,6 @@ impl Runtime {
             environment,
             intra_threads,
             spinning: config.spinning,
-            shared_pool,
             own_pool: None,
             devices: Arc::default(),
         })
@@ -126,7 +123,7 @@ impl Runtime {
             .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
             .and_then(|b| match self.own_pool {
                 Some(spinning) => self.own_pool(b, spinning),
-                None if self.shared_pool => Ok(b),
+                None if shares_pool(self.spinning) => Ok(b),
                 None => self.own_pool(b, self.spinning),
             })
             .map_err(|e| e.to_string())?;
@@ -154,12 +151,10 @@ impl Runtime {
             },
         }
     }
-}
 
-impl Runtime {
     /// A pool of the session's own, spinning as `spinning` says.
     fn own_pool(&self, builder: SessionBuilder, spinning: Spinning) -> ort::Result<SessionBuilder> {
-        let builder = if self.shared_pool {
+        let builder = if shares_pool(self.spinning) {
             builder.with_independent_thread_pool()?
         } else {
             builder
@@ -171,6 +166,11 @@ impl Runtime {
             .with_intra_op_spinning(spinning != Spinning::Never)?
             .with_config_entry("session.force_spinning_stop", if stop { "1" } else { "0" })?)
     }
+}
+
+/// Whether CPU sessions share the process-wide pool under `spinning` (see `Runtime::init`).
+fn shares_pool(spinning: Spinning) -> bool {
+    spinning != Spinning::Adaptive
 }
 
 /// ONNX Runtime 1.32's Linux library starts its own telemetry (1DS, which looks up and
