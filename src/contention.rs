@@ -1,7 +1,7 @@
 //! Whether sessions should spin, for `Spinning::Adaptive`. Spinning inside runs is worth up
 //! to 29 % on cores the server has to itself, but a thread that spins while another process
-//! holds its partner's core mostly waits for a partner the kernel is not running (README,
-//! "Spinning"). So the decision is made from what the runs meet, four times a second over
+//! holds its partner's core mostly waits for a partner the kernel is not running (docs,
+//! `performance.md`, "Spinning"). So the decision is made from what the runs meet, four times a second over
 //! the last second, by a watcher thread:
 //!
 //! - spinning stops when the runs' threads waited for a core for at least `WAITING` of

@@ -193,8 +193,8 @@ pub unsafe fn disable_telemetry() {
 /// bring back), which made a single sentence 1.9 ms slower on the development machine.
 /// Spinning after a run, though, burns a core that HTTP and tokenization need, and where
 /// other processes compete for the cores, a spinning thread mostly waits for a partner that
-/// is not running: there `Never` was 1.4 times as fast. README, "Spinning", has the
-/// measurements.
+/// is not running: there `Never` was 1.4 times as fast. The docs' Performance page
+/// (`docs/src/performance.md`, "Spinning") has the measurements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Spinning {
     /// Spin while a run is in progress and stop at its end (ONNX Runtime's

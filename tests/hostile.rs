@@ -360,8 +360,8 @@ fn memory_goes_back_after_large_requests() {
     let model = "sentence-transformers/all-MiniLM-L6-v2";
     let huge = "word ".repeat(3 << 20);
     warm_up(&server, model);
-    // ONNX Runtime's arena grows to the largest run and keeps it (by design, see README's
-    // Memory): the baseline has had the largest run the requests below can make, four
+    // ONNX Runtime's arena grows to the largest run and keeps it (by design, see the docs'
+    // `operations.md`, Memory): the baseline has had the largest run the requests below can make, four
     // truncated inputs.
     server.embed(model, json!(vec![&huge[..10_000]; 4]), json!({}));
     let before = server.resident_bytes();

@@ -53,7 +53,7 @@ pub trait Engine: Send + 'static {
 
     /// How long the worker may busy-wait for the next request after a run that emptied the
     /// queue, before it sleeps. A sleeping worker must be woken for that request, on its
-    /// path: on a VM whose idle vCPUs halt that costs tens of µs (README, "Spinning").
+    /// path: on a VM whose idle vCPUs halt that costs tens of µs (docs, `performance.md`).
     fn idle_spin(&self) -> Duration {
         Duration::ZERO
     }

@@ -290,7 +290,7 @@ mod tests {
         Config::load(Some(&path), Overrides::default())
     }
 
-    /// The config files shipped in `config/`, and the TOML blocks of the README.
+    /// The config files shipped in `config/`, and the TOML blocks of the README and the docs.
     fn shipped_configs() -> Vec<(String, String)> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut found: Vec<(String, String)> = std::fs::read_dir(root.join("config"))
@@ -302,10 +302,23 @@ mod tests {
                 (e.path().display().to_string(), text)
             })
             .collect();
-        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-        for (i, block) in readme.split("```toml\n").skip(1).enumerate() {
-            let block = block.split("```").next().unwrap_or_default();
-            found.push((format!("README.md TOML block {i}"), block.to_string()));
+        let mut pages = vec![root.join("README.md")];
+        pages.extend(
+            std::fs::read_dir(root.join("docs/src"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|path| path.extension().is_some_and(|x| x == "md")),
+        );
+        for page in pages {
+            let text = std::fs::read_to_string(&page).unwrap();
+            for (i, block) in text.split("```toml\n").skip(1).enumerate() {
+                let block = block.split("```").next().unwrap_or_default();
+                found.push((
+                    format!("{} TOML block {i}", page.display()),
+                    block.to_string(),
+                ));
+            }
         }
         found
     }

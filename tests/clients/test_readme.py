@@ -1,6 +1,7 @@
-"""Every curl example in the README runs and gives what the README says it gives."""
+"""Every curl example in the README and the docs runs and gives what the page says it gives."""
 
 import json
+import pathlib
 import re
 import subprocess
 
@@ -8,14 +9,20 @@ import pytest
 
 from conftest import MINILM, MODELS, ROOT, Server
 
-README = (ROOT / "README.md").read_text()
-# A ```sh block with curl in it, and the ```json block that follows it, if the next block is one.
-BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, re.S)
-EXAMPLES = [
-    (code, BLOCKS[i + 1][1] if i + 1 < len(BLOCKS) and BLOCKS[i + 1][0] == "json" else None)
-    for i, (lang, code) in enumerate(BLOCKS)
-    if lang == "sh" and "curl " in code
-]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "src").glob("*.md"))]
+
+
+def examples(page):
+    """A ```sh block with curl in it, and the ```json block that follows it, if the next block is one."""
+    blocks = re.findall(r"```(\w*)\n(.*?)```", page.read_text(), re.S)
+    return [
+        (page.relative_to(ROOT), code, blocks[i + 1][1] if i + 1 < len(blocks) and blocks[i + 1][0] == "json" else None)
+        for i, (lang, code) in enumerate(blocks)
+        if lang == "sh" and "curl " in code
+    ]
+
+
+EXAMPLES = [example for page in PAGES for example in examples(page)]
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +62,15 @@ def contains(actual, expected, path="$"):
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
 
 
-def test_the_readme_has_curl_examples():
-    assert len(EXAMPLES) >= 3
+def test_the_readme_and_the_docs_have_curl_examples():
+    pages = {page for page, _, _ in EXAMPLES}
+    assert pathlib.Path("README.md") in pages and len(pages) >= 3, pages
 
 
-@pytest.mark.parametrize("code,expected", EXAMPLES, ids=[c.splitlines()[0][:50] for c, _ in EXAMPLES])
-def test_curl_example(readme_server, code, expected):
+@pytest.mark.parametrize(
+    "page,code,expected", EXAMPLES, ids=[f"{page}: {code.splitlines()[0][:50]}" for page, code, _ in EXAMPLES]
+)
+def test_curl_example(readme_server, page, code, expected):
     script = code.replace("http://127.0.0.1:8080", readme_server.base)
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
