@@ -1,7 +1,7 @@
 //! Models by Hub id, downloaded for real with hf-hub from a local server that answers like
 //! the Hub's file routes (HF_ENDPOINT), then served from the Hugging Face cache.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;

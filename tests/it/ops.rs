@@ -1,7 +1,7 @@
 //! What an operator relies on: health and readiness, metrics that move, API keys, request
 //! ids, compression, CORS, timeouts, JSON logs and graceful shutdown.
 
-mod common;
+use crate::common;
 
 use common::fake_hub::{REPO, start_gated_hub};
 use common::{Server, assert_error, config_file, metric_in, model_dir, models_root_arg};

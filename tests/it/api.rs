@@ -1,7 +1,7 @@
 //! The OpenAI embeddings API over real HTTP: encodings, dimensions, token-id input, model
 //! listing, and every error in OpenAI's envelope.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use common::{Server, assert_error, cosine, models_root};

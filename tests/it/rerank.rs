@@ -3,7 +3,7 @@
 //! rerank shape: Cohere/Jina `documents` (scores and order), TEI `texts` (scores, raw logits,
 //! texts), one pair per request and all pairs of a query in one request.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

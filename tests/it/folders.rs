@@ -1,7 +1,7 @@
 //! Model folders at the edges of what sentence-transformers exports: inputs that tokenize to
 //! nothing, and folders whose modules cannot be reproduced (refused at load, never served).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

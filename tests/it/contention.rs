@@ -4,7 +4,7 @@
 //! the reference's. An idle server keeps spinning beside the loop. In a file of its own so
 //! that no other test's load counts.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +16,6 @@ use serde_json::json;
 /// A model whose runs keep the server's cores busy, as the decision wants to see.
 const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 const WITHIN: Duration = Duration::from_secs(120);
-
-/// One test at a time: each one's server and busy loop are the other's other processes.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Embeds the reference's first case until `done` holds, checking every vector.
 fn embed_until(server: &Server, what: &str, done: impl Fn(&Server) -> bool) {
@@ -71,7 +68,8 @@ impl Drop for Hog {
 
 #[test]
 fn adaptive_sessions_stop_spinning_while_another_process_keeps_a_core_busy() {
-    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Any other server's runs would be this one's other processes.
+    let _alone = common::alone();
     let server = Server::start(&["--models-dir", &models_root_arg(), "--spinning", "adaptive"]);
     let contended = |s: &Server| s.metric("embedserve_cpu_contended", &[]);
     let respins =
@@ -95,7 +93,8 @@ fn adaptive_sessions_stop_spinning_while_another_process_keeps_a_core_busy() {
 
 #[test]
 fn an_idle_server_keeps_spinning_beside_a_busy_process() {
-    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Any other server's runs would be this one's other processes.
+    let _alone = common::alone();
     let server = Server::start(&["--models-dir", &models_root_arg(), "--spinning", "adaptive"]);
     // One request starts the watcher; then the server goes idle (its load's measuring runs
     // and this request behind it).

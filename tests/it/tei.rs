@@ -3,7 +3,7 @@
 //! `/info` describe the model, errors come in TEI's shape, and `/openapi.json` lists every
 //! route.
 
-mod common;
+use crate::common;
 
 use common::{Server, cosine, models_root_arg, reference};
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 //! loads abandoned by their requesters, and shutdown under load. Each test reproduces an
 //! attack that once exhausted the server.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! across runs, cancelled inputs never run, a full queue answers 429, and vectors do not
 //! depend on what else is in flight.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::{Arc, Barrier};

@@ -1,7 +1,7 @@
 //! Errors that need no model, answered by the router in process (no server, no socket):
 //! each is OpenAI's envelope with the right status, `code` and `param`.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::body::Body;
 use axum::http::{Request, header};
@@ -11,7 +11,21 @@ use embedserve::server::{app_state, start_cache};
 use serde_json::Value;
 use tower::ServiceExt;
 
-async fn app() -> axum::Router {
+/// The router, built once: ONNX Runtime allows one environment per process, and this binary's
+/// other tests run servers of their own. It is built on a runtime that lives as long as the
+/// process, so that the cache's background tasks outlive each test's runtime.
+static APP: LazyLock<axum::Router> = LazyLock::new(|| {
+    std::thread::spawn(|| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let app = runtime.block_on(build_app());
+        std::mem::forget(runtime);
+        app
+    })
+    .join()
+    .unwrap()
+});
+
+async fn build_app() -> axum::Router {
     let overrides = Overrides {
         server: ServerFlags {
             max_body_bytes: Some(1000),
@@ -24,6 +38,10 @@ async fn app() -> axum::Router {
     let ready = Arc::new(Readiness::not_ready("starting"));
     ready.set_ready();
     router(Arc::new(app_state(&config, cache, ready)))
+}
+
+async fn app() -> axum::Router {
+    APP.clone()
 }
 
 /// Sends one request and returns the status and the `error` object.

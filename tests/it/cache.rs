@@ -2,7 +2,7 @@
 //! order, pins, preload, idle timeout, memory budget, admin load/unload, and eviction that
 //! never cuts off a request in flight.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Barrier};
 

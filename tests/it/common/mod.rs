@@ -1,13 +1,13 @@
 //! Shared by the integration tests: the real `embedserve` binary started on a free port, a
 //! blocking HTTP client, and the reference vectors of `../shared/models`.
-#![allow(dead_code)]
 
 pub mod fake_hub;
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -55,6 +55,78 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .expect("run embedserve")
 }
 
+/// The machine the tests share. Every server holds a share of it while it runs; a test that
+/// measures the machine (its CPU time, memory or latency), which another test's server on the
+/// same two cores would blur, takes it whole with `alone`.
+struct Machine {
+    /// Servers running with a share, and whether a test holds the machine alone.
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+static MACHINE: Machine = Machine {
+    state: Mutex::new((0, false)),
+    changed: Condvar::new(),
+};
+
+thread_local! {
+    /// Whether this thread's test holds the machine alone: its servers then take no share.
+    static ALONE: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Machine {
+    fn wait_until(&self, free: impl Fn(&(usize, bool)) -> bool) -> MutexGuard<'_, (usize, bool)> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.changed
+            .wait_while(state, |state| !free(state))
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut (usize, bool))) {
+        change(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changed.notify_all();
+    }
+}
+
+/// The machine, for this test alone, until dropped: waits for every other test's servers to
+/// stop, and keeps others from starting. This test's servers must start on its own thread.
+pub fn alone() -> Alone {
+    MACHINE
+        .wait_until(|&(servers, alone)| servers == 0 && !alone)
+        .1 = true;
+    ALONE.set(true);
+    Alone
+}
+
+pub struct Alone;
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE.set(false);
+        MACHINE.update(|state| state.1 = false);
+    }
+}
+
+/// A server's share of the machine, given back when dropped.
+struct Share;
+
+impl Share {
+    /// None in a test that has the machine alone.
+    fn take() -> Option<Self> {
+        if ALONE.get() {
+            return None;
+        }
+        MACHINE.wait_until(|&(_, alone)| !alone).0 += 1;
+        Some(Share)
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        MACHINE.update(|state| state.0 -= 1);
+    }
+}
+
 /// A running `embedserve serve`, killed when dropped.
 pub struct Server {
     child: Child,
@@ -63,6 +135,7 @@ pub struct Server {
     client: reqwest::blocking::Client,
     /// Holds the port file.
     _scratch: tempfile::TempDir,
+    _share: Option<Share>,
 }
 
 /// How far a launch waits.
@@ -116,6 +189,7 @@ impl Server {
         envs: &[(&str, &str)],
         until: Until,
     ) -> Result<Self, String> {
+        let share = Share::take();
         let scratch = tempfile::tempdir().unwrap();
         let port_file = scratch.path().join("port");
         let mut command = match wrapper.split_first() {
@@ -182,6 +256,7 @@ impl Server {
                     log,
                     client,
                     _scratch: scratch,
+                    _share: share,
                 });
             }
             let exited = child.try_wait().expect("try_wait").is_some();

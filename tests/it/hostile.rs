@@ -3,11 +3,10 @@
 //! how fast a fresh client is served during a flood (100 ms), and that memory goes back to
 //! where it was within 30 s of an attack.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{Server, assert_error, models_root_arg};
@@ -19,22 +18,17 @@ const ACTIVATIONS: u64 = 64 * MIB;
 const RERANKERS: [&str; 2] = ["rerank/bert-cross-encoder", "rerank/xlmr-reranker"];
 const STATIC: &str = "zoo-model2vec/static-embedding";
 
-/// One attack at a time: each measures the server's memory and latency, which another
-/// test's load on the same two cores would blur.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// A server with `config`, for this test alone.
+/// A server with `config`, on the machine alone: each attack measures the server's memory and
+/// latency, which another test's load on the same two cores would blur.
 fn server(config: &str) -> Target {
-    let turn = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let alone = common::alone();
     let (config_dir, path) = common::config_file(config);
     let root = models_root_arg();
     let server = Server::start(&["--models-dir", &root, "--config", path.to_str().unwrap()]);
     Target {
         server,
         _config_dir: config_dir,
-        _turn: turn,
+        _alone: alone,
     }
 }
 
@@ -42,7 +36,7 @@ fn server(config: &str) -> Target {
 struct Target {
     server: Server,
     _config_dir: tempfile::TempDir,
-    _turn: MutexGuard<'static, ()>,
+    _alone: common::Alone,
 }
 
 impl std::ops::Deref for Target {

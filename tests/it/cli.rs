@@ -1,7 +1,7 @@
 //! The command line: `embed` without a server, and start-up and load failures that say
 //! what is wrong and what to do.
 
-mod common;
+use crate::common;
 
 use common::{
     Server, assert_error, config_file, cosine, model_dir, models_root, reference, run_cli,

@@ -4,7 +4,7 @@
 //! `GROUP/NAME/reference.json` outside `rerank*`, with each ONNX file in the folder (fp32,
 //! fp16, int8 variants) served as its own model, and static models without one.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -1,0 +1,22 @@
+//! The integration tests, in one binary: each module drives the built server over real HTTP
+//! (or, in `envelopes`, the router in process), with the models in ../shared/models.
+//!
+//! Tests run two at a time (one per core); those that measure the machine (CPU, memory,
+//! latency) take it alone through `common::alone`.
+
+mod common;
+
+mod abuse;
+mod api;
+mod batching;
+mod cache;
+mod cli;
+mod contention;
+mod envelopes;
+mod folders;
+mod hostile;
+mod hub;
+mod ops;
+mod reference;
+mod rerank;
+mod tei;
