@@ -25,7 +25,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::connections::ConnectionActivity;
 use crate::metrics::METRICS;
 
@@ -151,7 +151,7 @@ pub async fn read(request: Request, limits: &BodyLimits) -> Result<(Bytes, Reser
             if let Ok(data) = frame.into_data() {
                 let held = buffer.len() + data.len();
                 if held > limits.max_bytes {
-                    return Err(super::json::too_large(limits.max_bytes));
+                    return Err(too_large(limits.max_bytes));
                 }
                 if !limits.budget.grow(&mut reservation, held) {
                     return Err(no_room(None));
@@ -165,6 +165,18 @@ pub async fn read(request: Request, limits: &BodyLimits) -> Result<(Bytes, Reser
         .await
         .map_err(|_| too_slow(limits.timeout))??;
     Ok((Bytes::from(buffer), reservation))
+}
+
+/// A body over `server.max_body_bytes`, announced or sent.
+pub fn too_large(max_body_bytes: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is larger than this server's limit of {max_body_bytes} bytes \
+             (server.max_body_bytes); send fewer inputs per request"
+        ),
+    )
+    .code("request_too_large")
 }
 
 fn too_slow(timeout: Duration) -> ApiError {

@@ -8,8 +8,12 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use super::error::ApiError;
 use super::input::RequestInput;
-use super::{ApiError, ApiJson, AppState, labelled, serve_model};
+use super::json::ApiJson;
+use super::resolve::{labelled, serve_model};
+use super::routing::{ApiRouter, serve};
+use super::state::AppState;
 use crate::model::{EmbedOptions, Embedded};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -90,6 +94,11 @@ pub enum Vector {
 pub struct Usage {
     prompt_tokens: usize,
     total_tokens: usize,
+}
+
+/// OpenAI's embeddings route, also at `/embeddings` (clients given a base URL without `/v1`).
+pub fn routes() -> ApiRouter {
+    serve(utoipa_axum::routes!(create), &["/embeddings"])
 }
 
 /// OpenAI's embeddings: one vector per input.

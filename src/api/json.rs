@@ -8,7 +8,8 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 
 /// Bodies larger than this parse on the blocking pool: a 16 MiB body of token ids takes
 /// tens of milliseconds to parse, too long to hold an async worker.
@@ -62,17 +63,6 @@ fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
     let essence = essence.trim().to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-pub fn too_large(max_body_bytes: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!(
-            "the request body is larger than this server's limit of {max_body_bytes} bytes \
-             (server.max_body_bytes); send fewer inputs per request"
-        ),
-    )
-    .code("request_too_large")
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

@@ -9,7 +9,8 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 use crate::metrics::METRICS;
 // Constant-time: response time tells nothing about how much of a key was right.
 use subtle::ConstantTimeEq;
@@ -87,7 +88,7 @@ pub async fn refuse_oversized_bodies(
 ) -> Response {
     let announced = super::body::announced_length(request.headers());
     if announced.is_some_and(|bytes| bytes > state.body.max_bytes as u64) {
-        return super::json::too_large(state.body.max_bytes).into_response();
+        return super::body::too_large(state.body.max_bytes).into_response();
     }
     next.run(request).await
 }

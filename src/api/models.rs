@@ -9,7 +9,9 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::Serialize;
 
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::routing::{ApiRouter, serve};
+use super::state::AppState;
 use crate::cache::CacheError;
 use crate::echo::clip;
 use crate::model::Task;
@@ -84,6 +86,15 @@ fn model_object(id: String, state: &AppState) -> ModelObject {
         memory_bytes: cached.loaded.then_some(cached.memory_bytes),
         id,
     }
+}
+
+/// The model list and objects, also without `/v1`, and the admin routes.
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .merge(serve(utoipa_axum::routes!(list), &["/models"]))
+        .merge(serve(utoipa_axum::routes!(retrieve), &["/models/{id}"]))
+        .merge(serve(utoipa_axum::routes!(admin_post), &[]))
+        .merge(serve(utoipa_axum::routes!(admin_delete), &[]))
 }
 
 /// Every listable model, then models loaded by Hub id on request (not enumerable otherwise).

@@ -1,65 +1,46 @@
-//! `GET /openapi.json`: the OpenAPI 3.1 description of every route, derived by `utoipa` from
-//! the handlers and their request and response types.
+//! `GET /openapi.json`: the OpenAPI 3.1 description of every route, gathered by `utoipa` from
+//! the routers the API modules return (see `routing`).
 
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
+use super::routing::{ApiRouter, serve};
+
 #[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "embedserve",
-        description = "OpenAI-compatible embeddings, Cohere/Jina-compatible reranking and \
-                       TEI-compatible routes for sentence-transformers models in ONNX."
-    ),
-    paths(
-        super::embeddings::create,
-        super::rerank::rerank,
-        super::tei::embed,
-        super::tei::root,
-        super::similarity::similarity,
-        super::tei::tokenize,
-        super::tei::info,
-        super::models::list,
-        super::models::retrieve,
-        super::models::admin_post,
-        super::models::admin_delete,
-        super::ops::health,
-        super::ops::ready,
-        super::ops::metrics,
-        document,
-    )
-)]
+#[openapi(info(
+    title = "embedserve",
+    description = "OpenAI-compatible embeddings, Cohere/Jina-compatible reranking and \
+                   TEI-compatible routes for sentence-transformers models in ONNX."
+))]
 struct ApiDoc;
 
-/// Routes that answer exactly as another one does.
-const ALIASES: [(&str, &str); 5] = [
-    ("/embeddings", "/v1/embeddings"),
-    ("/rerank", "/v1/rerank"),
-    ("/v2/rerank", "/v1/rerank"),
-    ("/models", "/v1/models"),
-    ("/models/{id}", "/v1/models/{id}"),
-];
+/// The document, rendered once: every router a process builds has the same routes.
+static DOCUMENT: OnceLock<String> = OnceLock::new();
 
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+/// A router holding this document's route, to merge the API's routers into.
+pub fn router() -> ApiRouter {
     let mut api = ApiDoc::openapi();
     api.info.version = env!("CARGO_PKG_VERSION").to_string();
-    for (alias, route) in ALIASES {
-        if let Some(item) = api.paths.paths.get(route).cloned() {
-            api.paths.paths.insert(alias.to_string(), item);
-        }
-    }
-    api.to_pretty_json()
-        .expect("the OpenAPI document serializes")
-});
+    ApiRouter::with_openapi(api).merge(serve(utoipa_axum::routes!(document), &[]))
+}
+
+/// Publishes the document of the merged routers.
+pub fn publish(document: utoipa::openapi::OpenApi) {
+    DOCUMENT.get_or_init(|| {
+        document
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes")
+    });
+}
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1 JSON")), tag = "operations")]
 pub async fn document() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT.as_str(),
+        DOCUMENT.get().map_or("{}", String::as_str),
     )
 }

@@ -6,32 +6,22 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use parking_lot::RwLock;
 use serde_json::json;
 
-use super::AppState;
+use super::routing::{ApiRouter, serve};
+use super::state::AppState;
 use crate::metrics::METRICS;
 
-/// Whether the server can take traffic, and if not, why.
-#[derive(Debug)]
-pub struct Readiness(RwLock<Option<String>>);
+/// Liveness and readiness: never behind API keys.
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .merge(serve(utoipa_axum::routes!(health), &[]))
+        .merge(serve(utoipa_axum::routes!(ready), &[]))
+}
 
-impl Readiness {
-    pub fn not_ready(reason: impl Into<String>) -> Self {
-        Self(RwLock::new(Some(reason.into())))
-    }
-
-    pub fn set_ready(&self) {
-        *self.0.write() = None;
-    }
-
-    pub fn set_not_ready(&self, reason: impl Into<String>) {
-        *self.0.write() = Some(reason.into());
-    }
-
-    fn reason(&self) -> Option<String> {
-        self.0.read().clone()
-    }
+/// The metrics, behind API keys when `server.protect_metrics` says so.
+pub fn metrics_routes() -> ApiRouter {
+    serve(utoipa_axum::routes!(metrics), &[])
 }
 
 /// `GET /health`: the process is up and answering.

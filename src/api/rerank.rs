@@ -10,9 +10,13 @@ use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::tei::TruncationDirection;
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::resolve::{labelled, requested_model, serve_model};
+use super::routing::{ApiRouter, serve};
+use super::state::AppState;
 use super::tei_errors::TeiShaped;
-use super::{ApiError, ApiJson, AppState, labelled, requested_model, serve_model};
+use super::truncation::TruncationDirection;
 use crate::model::{RerankOptions, Reranked};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -177,6 +181,12 @@ pub struct Rank {
 pub enum RerankAnswer {
     Documents(RerankResponse),
     Texts(Vec<Rank>),
+}
+
+/// Reranking in Cohere's and Jina's shape (or TEI's, by the body), at each path their clients
+/// post to.
+pub fn routes() -> ApiRouter {
+    serve(utoipa_axum::routes!(rerank), &["/v2/rerank", "/rerank"])
 }
 
 /// Scores documents against a query with a cross-encoder.

@@ -4,9 +4,13 @@
 
 use serde::Deserialize;
 
+use super::error::ApiError;
+use super::json::ApiJson;
 use super::rerank::Documents;
-use super::tei::TruncationDirection;
-use super::{ApiError, AppState, requested_model, serve_model};
+use super::resolve::{labelled, requested_model, serve_model};
+use super::routing::{ApiRouter, serve};
+use super::state::AppState;
+use super::truncation::TruncationDirection;
 use crate::model::{EmbedOptions, Input, TokenInput};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -50,6 +54,11 @@ impl SimilarityRequest {
     }
 }
 
+/// TEI's `/similarity`.
+pub fn routes() -> ApiRouter {
+    serve(utoipa_axum::routes!(similarity), &[])
+}
+
 /// Cosine similarities of `source_sentence` to each of `sentences`, in their order.
 #[utoipa::path(
     post,
@@ -60,11 +69,11 @@ impl SimilarityRequest {
 )]
 pub async fn similarity(
     axum::extract::State(state): axum::extract::State<std::sync::Arc<AppState>>,
-    super::ApiJson(request): super::ApiJson<SimilarityRequest>,
+    ApiJson(request): ApiJson<SimilarityRequest>,
 ) -> axum::response::Response {
     let mut label = None;
     let response = similarities(&state, request, &mut label).await;
-    super::labelled(response, label)
+    labelled(response, label)
 }
 
 pub async fn similarities(

@@ -12,32 +12,15 @@ use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::error::ApiError;
 use super::input::{InputVisitor, RequestInput};
+use super::json::ApiJson;
+use super::resolve::{labelled, requested_model, serve_model};
+use super::routing::{ApiRouter, serve};
 use super::similarity::{SimilarityInput, SimilarityParameters, SimilarityRequest, similarities};
-use super::{ApiError, ApiJson, AppState, labelled, requested_model, serve_model};
+use super::state::AppState;
+use super::truncation::TruncationDirection;
 use crate::model::{EmbedOptions, Task, TokenInput, l2_normalize};
-
-/// TEI's `truncation_direction`: only `Right`, sentence-transformers' own, is supported.
-#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
-pub enum TruncationDirection {
-    #[serde(alias = "right")]
-    Right,
-    #[serde(alias = "left")]
-    Left,
-}
-
-impl TruncationDirection {
-    pub fn require_right(self) -> Result<(), ApiError> {
-        match self {
-            Self::Right => Ok(()),
-            Self::Left => Err(ApiError::bad_request(
-                "truncation_direction",
-                "truncation_direction `Left` is not supported: inputs are truncated at the right, \
-                 as sentence-transformers truncates them",
-            )),
-        }
-    }
-}
 
 /// TEI's `/embed` body; at `POST /` its `inputs` may also be `/similarity`'s object, which
 /// is what `huggingface_hub.InferenceClient.sentence_similarity` posts to the base URL.
@@ -109,6 +92,20 @@ impl<'de> Deserialize<'de> for RootInputs {
         }
         deserializer.deserialize_any(RootVisitor)
     }
+}
+
+/// TEI's own routes (`/similarity` is `similarity`'s).
+pub fn routes() -> ApiRouter {
+    [
+        utoipa_axum::routes!(embed),
+        utoipa_axum::routes!(root),
+        utoipa_axum::routes!(tokenize),
+        utoipa_axum::routes!(info),
+    ]
+    .into_iter()
+    .fold(ApiRouter::new(), |router, route| {
+        router.merge(serve(route, &[]))
+    })
 }
 
 /// Embeds, or compares sentences, as the body says (TEI's compatibility route).
