@@ -1,5 +1,5 @@
 //! The integration tests, in one binary: each module drives the built server over real HTTP
-//! (or, in `envelopes`, the router in process), with the models in ../shared/models.
+//! (or, in `in_process`, the router itself), with the models in ../shared/models.
 //!
 //! Tests run two at a time (one per core); those that measure the machine (CPU, memory,
 //! latency) take it alone through `common::alone`.
@@ -12,10 +12,10 @@ mod batching;
 mod cache;
 mod cli;
 mod contention;
-mod envelopes;
 mod folders;
 mod hostile;
 mod hub;
+mod in_process;
 mod ops;
 mod reference;
 mod rerank;
