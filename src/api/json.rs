@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
+use super::body::Reservation;
 use super::error::ApiError;
 use super::state::AppState;
 
@@ -22,6 +24,24 @@ impl<T: DeserializeOwned + Send + 'static> FromRequest<Arc<AppState>> for ApiJso
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let body = JsonBody::from_request(request, state).await?;
+        body.parse().await.map(Self)
+    }
+}
+
+/// A JSON request body read within its bounds but not parsed yet, for a route whose body's
+/// shape depends on one of its fields (`POST /` reads `model` first). It holds its room in
+/// the body budget until dropped.
+pub struct JsonBody {
+    bytes: Bytes,
+    max_inputs: usize,
+    _reservation: Reservation,
+}
+
+impl FromRequest<Arc<AppState>> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         if !is_json(request.headers().get(header::CONTENT_TYPE)) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -29,26 +49,30 @@ impl<T: DeserializeOwned + Send + 'static> FromRequest<Arc<AppState>> for ApiJso
             )
             .code("unsupported_media_type"));
         }
-        let (body, reservation) = super::body::read(request, &state.body).await?;
-        let max_inputs = state.limits.max_inputs_per_request;
-        let inline = body.len() <= PARSE_INLINE_BYTES;
-        let parse = move || {
-            let parsed = super::input::with_max_inputs(max_inputs, || parse(&body));
-            drop(body);
-            drop(reservation);
-            parsed
-        };
-        let value = if inline {
-            parse()?
-        } else {
-            tokio::task::spawn_blocking(parse).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("parsing the body failed: {e}"),
-                )
-            })??
-        };
-        Ok(Self(value))
+        let (bytes, reservation) = super::body::read(request, &state.body).await?;
+        Ok(Self {
+            bytes,
+            max_inputs: state.limits.max_inputs_per_request,
+            _reservation: reservation,
+        })
+    }
+}
+
+impl JsonBody {
+    /// The body as `T`; a large body parses on the blocking pool.
+    pub async fn parse<T: DeserializeOwned + Send + 'static>(&self) -> Result<T, ApiError> {
+        let bytes = self.bytes.clone();
+        let max_inputs = self.max_inputs;
+        let parse = move || super::input::with_max_inputs(max_inputs, || parse(&bytes));
+        if self.bytes.len() <= PARSE_INLINE_BYTES {
+            return parse();
+        }
+        tokio::task::spawn_blocking(parse).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("parsing the body failed: {e}"),
+            )
+        })?
     }
 }
 

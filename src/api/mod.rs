@@ -9,6 +9,7 @@ mod middleware;
 mod models;
 mod openapi;
 mod ops;
+mod predict;
 mod rerank;
 mod resolve;
 mod routing;
@@ -46,7 +47,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let authenticate = !state.api_keys.is_empty();
     // TEI's routes answer errors in TEI's shape, whichever layer makes them (authentication,
     // the body limit, the handler): the layer below rewrites them on these paths.
-    let tei = tei::routes().merge(similarity::routes());
+    let tei = tei::routes()
+        .merge(similarity::routes())
+        .merge(predict::routes());
     let tei_paths = tei_errors::TeiPaths::of(&tei);
     let mut api = ApiRouter::new()
         .merge(embeddings::routes())

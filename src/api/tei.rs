@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::input::{InputVisitor, RequestInput};
-use super::json::ApiJson;
+use super::json::{ApiJson, JsonBody};
+use super::predict::predictions;
 use super::resolve::{labelled, requested_model, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::similarity::{SimilarityInput, SimilarityParameters, SimilarityRequest, similarities};
@@ -108,7 +109,8 @@ pub fn routes() -> ApiRouter {
     })
 }
 
-/// Embeds, or compares sentences, as the body says (TEI's compatibility route).
+/// Embeds, or compares sentences, as the body says, or classifies for a classifier (TEI's
+/// compatibility route).
 #[utoipa::path(
     post,
     path = "/",
@@ -116,19 +118,38 @@ pub fn routes() -> ApiRouter {
     responses((status = 200, description = "Vectors, as `/embed`; or similarities, as `/similarity`")),
     tag = "TEI"
 )]
-pub async fn root(
-    State(state): State<Arc<AppState>>,
-    ApiJson(request): ApiJson<EmbedRequest>,
-) -> Response {
+pub async fn root(State(state): State<Arc<AppState>>, body: JsonBody) -> Response {
     let mut label = None;
-    let response = match request.inputs {
+    let response = answer_root(&state, body, &mut label).await;
+    labelled(response, label)
+}
+
+/// The model a `POST /` body names, read before the rest: its kind decides the body's shape.
+#[derive(Deserialize)]
+struct RootModel {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+async fn answer_root(
+    state: &AppState,
+    body: JsonBody,
+    label: &mut Option<String>,
+) -> Result<Response, ApiError> {
+    let RootModel { model } = body.parse().await?;
+    let name = requested_model(state, model.as_deref())?;
+    if serve_model(state, &name, label).await?.task() == Task::Classification {
+        return predictions(state, body.parse().await?, label).await;
+    }
+    let request: EmbedRequest = body.parse().await?;
+    drop(body);
+    match request.inputs {
         RootInputs::Similarity(inputs) => {
             let compare = SimilarityRequest::new(inputs, request.model, request.parameters);
-            similarities(&state, compare, &mut label).await
+            similarities(state, compare, label).await
         }
-        RootInputs::Texts(_) => embed_vectors(&state, request, &mut label).await,
-    };
-    labelled(response, label)
+        RootInputs::Texts(_) => embed_vectors(state, request, label).await,
+    }
 }
 
 /// Embeds `inputs`: one vector per input, as a JSON array of arrays.
@@ -314,13 +335,19 @@ async fn describe(
         Task::Embedding => serde_json::json!({"embedding": {
             "pooling": model.pooling().map_or_else(|| "in the graph".to_string(), |p| p.name())
         }}),
-        Task::Rerank => {
+        task @ (Task::Rerank | Task::Classification) => {
             let id2label = model.labels().cloned().unwrap_or_default();
             let label2id: serde_json::Map<String, serde_json::Value> = id2label
                 .iter()
                 .map(|(id, label)| (label.clone(), id.parse::<u64>().unwrap_or(0).into()))
                 .collect();
-            serde_json::json!({"reranker": {"id2label": id2label, "label2id": label2id}})
+            // TEI's names for the two.
+            let kind = if task == Task::Rerank {
+                "reranker"
+            } else {
+                "classifier"
+            };
+            serde_json::json!({kind: {"id2label": id2label, "label2id": label2id}})
         }
     };
     let limits = model.batch_limits();

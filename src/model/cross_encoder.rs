@@ -1,10 +1,12 @@
-//! Cross-encoders (rerankers): how a folder is told to be one, and how its logits become the
-//! scores `CrossEncoder.predict` returns.
+//! Sequence classifiers: cross-encoders (rerankers, and NLI models that score a pair against
+//! several labels) and transformers' text classifiers. How a folder is told to be one, its
+//! labels, and how its logits become the scores `CrossEncoder.predict` returns.
 //!
-//! A folder is a cross-encoder when `config_sentence_transformers.json` says `model_type:
-//! "CrossEncoder"` (sentence-transformers 5 writes this), or, in older Hub repos that have
-//! no such file, when `config.json` names a `*ForSequenceClassification` architecture and no
-//! `modules.json` gives it a Pooling module.
+//! A folder is one when `config_sentence_transformers.json` says `model_type:
+//! "CrossEncoder"` (sentence-transformers 5 writes this), or, in older Hub repos and plain
+//! transformers repositories that have no such file, when `config.json` names a
+//! `*ForSequenceClassification` architecture and no `modules.json` gives it a Pooling module.
+//! One label makes it a reranker; more, a classifier.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,16 +25,14 @@ pub enum Task {
     Embedding,
     /// A (query, document) pair in, a relevance score out (`/v1/rerank`).
     Rerank,
+    /// A text or a pair in, a score per label out (TEI's `/predict`).
+    Classification,
 }
 
 impl Task {
     /// Of the folder's files alone, without loading anything.
     pub fn of_dir(dir: &Path) -> Result<Self, LoadError> {
-        Ok(if CrossEncoder::read(dir)?.is_some() {
-            Self::Rerank
-        } else {
-            Self::Embedding
-        })
+        Ok(CrossEncoder::read(dir)?.map_or(Self::Embedding, |head| head.task()))
     }
 }
 
@@ -42,6 +42,33 @@ pub struct CrossEncoder {
     pub activation: Activation,
     /// `config.json` → `id2label`.
     pub labels: BTreeMap<String, String>,
+    /// `config.json`'s `problem_type` is `multi_label_classification`: an independent
+    /// sigmoid per label, where single-label models take a softmax over them.
+    pub multi_label: bool,
+}
+
+impl CrossEncoder {
+    /// A reranker with one label, a classifier with more.
+    pub fn task(&self) -> Task {
+        if self.labels.len() == 1 {
+            Task::Rerank
+        } else {
+            Task::Classification
+        }
+    }
+
+    /// The labels in the order of the graph's logits: by id, `LABEL_i` for an id the config
+    /// does not name.
+    pub fn label_names(&self) -> Vec<String> {
+        (0..self.labels.len())
+            .map(|i| {
+                self.labels
+                    .get(&i.to_string())
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{i}"))
+            })
+            .collect()
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -56,6 +83,7 @@ struct TransformerFile {
     architectures: Vec<String>,
     id2label: Option<BTreeMap<String, String>>,
     num_labels: Option<usize>,
+    problem_type: Option<String>,
     sentence_transformers: Option<LegacyStSection>,
     sbert_ce_default_activation_function: Option<String>,
 }
@@ -93,16 +121,13 @@ impl CrossEncoder {
                 .map(|i| (i.to_string(), format!("LABEL_{i}")))
                 .collect()
         });
-        if labels.len() != 1 {
+        if labels.is_empty() {
             return Err(LoadError::file(
                 dir.join("config.json"),
-                format!(
-                    "the classifier has {} labels; only cross-encoders with one label (rerankers) \
-                     are served",
-                    labels.len()
-                ),
+                "the classifier names no labels (`id2label` is empty)",
             ));
         }
+        let multi_label = transformer.problem_type.as_deref() == Some("multi_label_classification");
         // Where sentence-transformers looks, newest first.
         let named = st
             .activation_fn
@@ -132,7 +157,11 @@ impl CrossEncoder {
                 )
             })?,
         };
-        Ok(Some(Self { activation, labels }))
+        Ok(Some(Self {
+            activation,
+            labels,
+            multi_label,
+        }))
     }
 }
 
@@ -208,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn embedding_models_and_classifiers_are_not_rerankers() {
+    fn embedding_models_are_not_rerankers_and_classifiers_have_labels() {
         let pooled = read_with(&[
             (
                 "config.json",
@@ -225,7 +254,10 @@ mod tests {
             "config.json",
             r#"{"architectures": ["BertForSequenceClassification"], "id2label": {"0": "NEG", "1": "POS"}}"#,
         )]);
-        assert!(classifier.unwrap_err().to_string().contains("2 labels"));
+        let classifier = classifier.unwrap().expect("a classifier");
+        assert_eq!(classifier.task(), Task::Classification);
+        assert_eq!(classifier.label_names(), ["NEG", "POS"]);
+        assert!(!classifier.multi_label);
         assert_eq!(read_with(&[]).unwrap(), None);
     }
 }

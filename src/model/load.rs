@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::cross_encoder::CrossEncoder;
+use super::cross_encoder::{CrossEncoder, Task};
 use super::encoder::{Encoder, GraphOptions};
 use super::head::Head;
 use super::pooling::Pooling;
@@ -12,7 +12,10 @@ use super::source;
 use super::st_config::{HeadModule, InputModule, StConfig};
 use super::static_embedding::StaticEmbedding;
 use super::tokenize::{TextPreparation, TextTokenizer};
-use super::{Backend, Batching, EmbedOptions, Input, LoadError, Model, ModelSpec, RerankOptions};
+use super::{
+    Backend, Batching, ClassifyInput, ClassifyOptions, EmbedOptions, Input, LoadError, Model,
+    ModelSpec, RerankOptions,
+};
 use crate::batcher::{BatchLimits, Batcher};
 use crate::metrics::METRICS;
 use crate::runtime::{Device, Runtime};
@@ -53,8 +56,8 @@ impl Model {
         };
         // One real run proves the model works end to end and tells its output width.
         let failed = |e| LoadError::file(&what, format!("a test run failed: {e}"));
-        model.dimension = match &model.cross_encoder {
-            Some(cross_encoder) => {
+        model.dimension = match model.task() {
+            Task::Rerank => {
                 let options = RerankOptions {
                     truncate: None,
                     max_tokens: usize::MAX,
@@ -63,9 +66,20 @@ impl Model {
                 model
                     .rerank_blocking(PROBE_TEXT, &[PROBE_TEXT.to_string()], &options)
                     .map_err(failed)?;
-                cross_encoder.labels.len()
+                1
             }
-            None => {
+            Task::Classification => {
+                let options = ClassifyOptions {
+                    truncate: None,
+                    max_tokens: usize::MAX,
+                };
+                let probe = ClassifyInput::Text(PROBE_TEXT.to_string());
+                let classified = model
+                    .classify_blocking(&[probe], &options)
+                    .map_err(failed)?;
+                classified.labels.len()
+            }
+            Task::Embedding => {
                 let probe = model
                     .embed_blocking(&[Input::Text(PROBE_TEXT.into())], &EmbedOptions::default())
                     .map_err(failed)?;

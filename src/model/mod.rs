@@ -1,6 +1,7 @@
 //! A loaded model: its sentence-transformers configuration, tokenizer and ONNX session, and
 //! the one path that turns inputs into the vectors sentence-transformers computes.
 
+mod classify;
 mod cross_encoder;
 mod dense;
 mod embed;
@@ -25,6 +26,7 @@ mod wordpiece;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use classify::{Classified, ClassifyInput, ClassifyOptions};
 pub use cross_encoder::Task;
 pub use embed::Embedded;
 pub use encoder::Encoder;
@@ -242,6 +244,52 @@ impl Model {
             Backend::Graph(batcher) => Some(batcher.limits()),
             Backend::Static(_) => None,
         }
+    }
+}
+
+impl Model {
+    /// Encoded inputs as the batcher takes them, with their tokens in all. An input that
+    /// truncation cut is refused when `truncate` is off, and so is a request over
+    /// `max_tokens`; `param` names the request's field, `input(i)` its `i`th input.
+    fn sequences(
+        &self,
+        encoded: Vec<tokenize::Encoded>,
+        truncate: bool,
+        max_tokens: usize,
+        param: &'static str,
+        input: impl Fn(usize) -> String,
+    ) -> Result<(Vec<TokenSeq>, usize), EmbedError> {
+        let mut tokens = 0;
+        let mut seqs = Vec::with_capacity(encoded.len());
+        for (i, encoded) in encoded.into_iter().enumerate() {
+            if encoded.truncated && !truncate {
+                return Err(EmbedError::Invalid {
+                    param,
+                    message: format!(
+                        "{} is longer than the {} tokens model `{}` takes, and truncation is off",
+                        input(i),
+                        self.max_seq_length.unwrap_or_default(),
+                        self.name
+                    ),
+                });
+            }
+            tokens += encoded.ids.len();
+            seqs.push(TokenSeq {
+                ids: encoded.ids,
+                type_ids: encoded.type_ids,
+                pool_from: 0,
+            });
+        }
+        if tokens > max_tokens {
+            return Err(EmbedError::Invalid {
+                param,
+                message: format!(
+                    "the {param} hold {tokens} tokens; at most {max_tokens} are allowed per \
+                     request (server.max_tokens_per_request): send fewer {param}"
+                ),
+            });
+        }
+        Ok((seqs, tokens))
     }
 }
 

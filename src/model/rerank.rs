@@ -6,8 +6,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::cross_encoder::{Activation, Task};
-use super::tokenize::TokenSeq;
+use super::cross_encoder::{Activation, CrossEncoder, Task};
 use super::{Backend, EmbedError, Model};
 use crate::batcher::Pending;
 
@@ -39,11 +38,9 @@ pub struct Reranked {
 impl Model {
     /// What this model serves.
     pub fn task(&self) -> Task {
-        if self.cross_encoder.is_some() {
-            Task::Rerank
-        } else {
-            Task::Embedding
-        }
+        self.cross_encoder
+            .as_ref()
+            .map_or(Task::Embedding, CrossEncoder::task)
     }
 
     /// The activation turning logits into scores, for cross-encoders.
@@ -54,6 +51,11 @@ impl Model {
     /// `config.json`'s labels, for cross-encoders.
     pub fn labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
         self.cross_encoder.as_ref().map(|c| &c.labels)
+    }
+
+    /// The classifier's head: its labels and how they are scored.
+    pub(super) fn classifier(&self) -> Option<&CrossEncoder> {
+        self.cross_encoder.as_ref()
     }
 
     /// Scores each document against `query`. Tokenizing runs on the blocking pool, or for
@@ -87,18 +89,24 @@ impl Model {
 
     /// Refuses a request of the wrong kind for this model, naming the route it belongs to.
     pub fn require(&self, task: Task) -> Result<(), EmbedError> {
-        let message = match (task, self.task()) {
-            (asked, served) if asked == served => return Ok(()),
-            (Task::Embedding, _) => format!(
-                "model `{}` is a reranker (cross-encoder): it scores (query, document) pairs and \
-                 has no embeddings; send it to POST /v1/rerank",
-                self.name
-            ),
-            (Task::Rerank, _) => format!(
-                "model `{}` is an embedding model, not a reranker (cross-encoder); send it to \
-                 POST /v1/embeddings",
-                self.name
-            ),
+        let served = match self.task() {
+            Task::Embedding => "an embedding model; send it to POST /v1/embeddings",
+            Task::Rerank => {
+                "a reranker (cross-encoder): it scores (query, document) pairs; send it to \
+                 POST /v1/rerank"
+            }
+            Task::Classification => {
+                "a classifier: it scores a text or a pair against its labels; send it to \
+                 POST /predict"
+            }
+        };
+        let message = match task {
+            asked if asked == self.task() => return Ok(()),
+            Task::Embedding => format!("model `{}` has no embeddings: it is {served}", self.name),
+            Task::Rerank => format!("model `{}` is not a reranker: it is {served}", self.name),
+            Task::Classification => {
+                format!("model `{}` is not a classifier: it is {served}", self.name)
+            }
         };
         Err(EmbedError::Invalid {
             param: "model",
@@ -129,37 +137,10 @@ impl Model {
             .encode_pairs(&query, &documents, options.max_tokens_per_document)
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         let truncate = options.truncate.unwrap_or(self.truncate);
-        let mut tokens = 0;
-        let mut seqs = Vec::with_capacity(encoded.len());
-        for (i, pair) in encoded.into_iter().enumerate() {
-            if pair.truncated && !truncate {
-                return Err(EmbedError::Invalid {
-                    param: "documents",
-                    message: format!(
-                        "the query with document {i} is longer than the {} tokens model `{}` \
-                         takes, and truncation is off",
-                        self.max_seq_length.unwrap_or_default(),
-                        self.name
-                    ),
-                });
-            }
-            tokens += pair.ids.len();
-            seqs.push(TokenSeq {
-                ids: pair.ids,
-                type_ids: pair.type_ids,
-                pool_from: 0,
-            });
-        }
-        if tokens > options.max_tokens {
-            return Err(EmbedError::Invalid {
-                param: "documents",
-                message: format!(
-                    "the query and documents hold {tokens} tokens as pairs; at most {} are \
-                     allowed per request (server.max_tokens_per_request): send fewer documents",
-                    options.max_tokens
-                ),
-            });
-        }
+        let (seqs, tokens) =
+            self.sequences(encoded, truncate, options.max_tokens, "documents", |i| {
+                format!("the query with document {i}")
+            })?;
         Ok((batcher.submit(seqs)?, tokens))
     }
 

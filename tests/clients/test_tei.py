@@ -3,12 +3,13 @@
 Vectors must equal sentence-transformers' (reference.json)."""
 
 import asyncio
+import json
 
 import pytest
 from huggingface_hub import AsyncInferenceClient, InferenceClient
 from langchain_huggingface import HuggingFaceEndpointEmbeddings
 
-from conftest import MINILM, MODELS, Server, cosine, reference
+from conftest import MINILM, MODELS, ROOT, Server, cosine, reference
 
 MIN_COSINE = 0.99999
 
@@ -72,3 +73,25 @@ def test_langchain_huggingface_endpoint_embeddings(server):
     documents = asyncio.run(embeddings.aembed_documents([case["input"] for case in cases[:3]]))
     for vector, case in zip(documents, cases):
         assert cosine(vector, case["embedding"]) >= MIN_COSINE
+
+
+CLASSIFIER = ROOT.parent / "shared" / "kinds" / "text-classifier-4labels"
+
+
+@pytest.fixture(scope="module")
+def classifier_server():
+    server = Server("--model", CLASSIFIER)
+    yield server
+    server.stop()
+
+
+def test_inference_client_text_classification(classifier_server):
+    """InferenceClient posts to the base URL, which answers as TEI's /predict for a classifier.
+    With TEI's answer for one text (a flat list, best first) the client returns its first
+    element: the top label."""
+    client = InferenceClient(base_url=classifier_server.base)
+    cases = json.loads((CLASSIFIER / "reference.json").read_text())["cases"]
+    for case in cases[:6]:
+        top = client.text_classification(case["input"])
+        assert top.label == case["label"]
+        assert abs(top.score - max(case["softmax"])) < 1e-5

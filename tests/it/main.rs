@@ -16,6 +16,7 @@ mod folders;
 mod hostile;
 mod hub;
 mod in_process;
+mod kinds;
 mod ops;
 mod reference;
 mod rerank;

@@ -1,0 +1,231 @@
+//! The model kinds beyond embedders in ../shared/kinds, through the server against what the
+//! library computed (`reference.json`). Every folder whose reference holds a classifier's
+//! logits is picked up: transformers' text classifiers (single- and multi-label) and
+//! cross-encoders with several labels (NLI), through TEI's `/predict`, alone and batched.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::common::{self, Server, assert_error};
+
+const LOGIT_TOLERANCE: f64 = 1e-4;
+const PROBABILITY_TOLERANCE: f64 = 1e-5;
+
+fn kinds_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/kinds")
+}
+
+/// The folders whose reference is a classifier's, with their references.
+fn classifiers() -> Vec<(String, Value)> {
+    let found: Vec<(String, Value)> = common::sorted_dirs(&kinds_root())
+        .into_iter()
+        .filter_map(|dir| {
+            let text = std::fs::read_to_string(dir.join("reference.json")).ok()?;
+            let reference: Value = serde_json::from_str(&text).unwrap();
+            reference["cases"][0].get("logits")?;
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            Some((name, reference))
+        })
+        .collect();
+    assert!(
+        found.len() >= 3,
+        "classifier fixtures in ../shared/kinds: {found:?}"
+    );
+    found
+}
+
+/// A server with every classifier, each named after its folder.
+fn server(classifiers: &[(String, Value)]) -> Server {
+    let specs: Vec<String> = classifiers
+        .iter()
+        .map(|(name, _)| format!("{name}={}", kinds_root().join(name).display()))
+        .collect();
+    let mut args = vec!["--max-loaded-models", "8"];
+    for spec in &specs {
+        args.extend(["--model", spec]);
+    }
+    Server::start(&args)
+}
+
+/// The case as `/predict` takes it: a text, or a pair.
+fn input(case: &Value) -> Value {
+    match case.get("input") {
+        Some(text) => text.clone(),
+        None => json!([case["query"], case["document"]]),
+    }
+}
+
+/// A case's probabilities (softmax, or a sigmoid per label) by label name.
+fn expected(reference: &Value, case: &Value, field: &str) -> Vec<(String, f64)> {
+    let labels = &reference["id2label"];
+    case[field]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let label = labels[i.to_string()].as_str().unwrap().to_string();
+            (label, v.as_f64().unwrap())
+        })
+        .collect()
+}
+
+/// Checks one answer (every label, best first) against the case.
+fn check(name: &str, reference: &Value, case: &Value, got: &Value, raw: bool) {
+    let got = got.as_array().expect("a list of predictions");
+    let scores: Vec<(String, f64)> = got
+        .iter()
+        .map(|p| {
+            (
+                p["label"].as_str().unwrap().to_string(),
+                p["score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0].1 >= w[1].1),
+        "{name}: not best first: {scores:?}"
+    );
+    let multi_label = reference["problem_type"] == "multi_label_classification";
+    let (field, tolerance) = match (raw, multi_label) {
+        (true, _) => ("logits", LOGIT_TOLERANCE),
+        (false, true) => ("sigmoid", PROBABILITY_TOLERANCE),
+        (false, false) => ("softmax", PROBABILITY_TOLERANCE),
+    };
+    let want = expected(reference, case, field);
+    assert_eq!(scores.len(), want.len(), "{name}: {scores:?}");
+    for (label, value) in &want {
+        let (_, score) = scores.iter().find(|(l, _)| l == label).expect(label);
+        assert!(
+            (score - value).abs() <= tolerance,
+            "{name} {:?}: {label} {field} {score} against {value}",
+            input(case)
+        );
+    }
+    if raw {
+        return;
+    }
+    if multi_label {
+        let mut chosen: Vec<&str> = scores
+            .iter()
+            .filter(|(_, s)| *s >= 0.5)
+            .map(|(l, _)| l.as_str())
+            .collect();
+        let mut labels: Vec<&str> = case["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        chosen.sort_unstable();
+        labels.sort_unstable();
+        assert_eq!(chosen, labels, "{name} {:?}", input(case));
+    } else {
+        assert_eq!(scores[0].0, case["label"], "{name} {:?}", input(case));
+    }
+}
+
+#[test]
+fn classifiers_match_their_references_alone_and_batched() {
+    let classifiers = classifiers();
+    let server = server(&classifiers);
+    for (name, reference) in &classifiers {
+        let cases = reference["cases"].as_array().unwrap();
+        for raw in [false, true] {
+            for case in cases {
+                let body = json!({"model": name, "inputs": input(case), "raw_scores": raw});
+                let (status, got) = server.post_json("/predict", &body);
+                assert_eq!(status, 200, "{name}: {got}");
+                check(name, reference, case, &got, raw);
+            }
+            let batch: Vec<Value> = cases
+                .iter()
+                .map(|case| match input(case) {
+                    Value::String(text) => json!([text]),
+                    pair => pair,
+                })
+                .collect();
+            let body = json!({"model": name, "inputs": batch, "raw_scores": raw});
+            let (status, got) = server.post_json("/predict", &body);
+            assert_eq!(status, 200, "{name}: {got}");
+            let got = got.as_array().unwrap();
+            assert_eq!(got.len(), cases.len());
+            for (case, answer) in cases.iter().zip(got) {
+                check(name, reference, case, answer, raw);
+            }
+        }
+    }
+}
+
+/// Where `huggingface_hub.InferenceClient.text_classification` posts: the base URL.
+#[test]
+fn a_classifier_answers_at_the_root_and_says_what_it_is() {
+    let classifiers = classifiers();
+    let server = server(&classifiers);
+    let (name, reference) = classifiers
+        .iter()
+        .find(|(_, r)| r["cases"][0].get("input").is_some())
+        .unwrap();
+    let case = &reference["cases"][1];
+    let body = json!({"model": name, "inputs": case["input"], "parameters": {"top_k": null}});
+    let (status, got) = server.post_json("/", &body);
+    assert_eq!(status, 200, "{got}");
+    check(name, reference, case, &got, false);
+
+    let (status, models) = server.get("/v1/models");
+    assert_eq!(status, 200);
+    for (name, _) in &classifiers {
+        let model = models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} in {models}"));
+        assert_eq!(model["task"], "classification", "{model}");
+    }
+    let (status, info) = server.get(&format!("/info?model={name}"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        info["model_type"]["classifier"]["id2label"], reference["id2label"],
+        "{info}"
+    );
+
+    // The wrong route for the kind is a 400 that names the right one, in the route's shape.
+    let (status, json) = server.post_json("/v1/embeddings", &json!({"model": name, "input": "x"}));
+    assert!(assert_error(status, &json, 400, None).contains("/predict"));
+    let (status, json) = server.post_json(
+        "/v1/rerank",
+        &json!({"model": name, "query": "q", "documents": ["d"]}),
+    );
+    assert!(assert_error(status, &json, 400, None).contains("/predict"));
+    let (status, json) = server.post_json("/predict", &json!({"model": name, "inputs": []}));
+    assert_eq!(
+        (status, &json["error_type"]),
+        (400, &json!("empty")),
+        "{json}"
+    );
+    let (status, json) = server.post_json(
+        "/predict",
+        &json!({"model": name, "inputs": ["a", "b", "c"]}),
+    );
+    assert_eq!(
+        (status, &json["error_type"]),
+        (400, &json!("validation")),
+        "{json}"
+    );
+}
+
+#[test]
+fn predict_refuses_a_model_that_is_not_a_classifier_in_teis_shape() {
+    let minilm = common::model_dir("sentence-transformers/all-MiniLM-L6-v2");
+    let spec = format!("minilm={}", minilm.display());
+    let server = Server::start(&["--model", &spec]);
+    let (status, json) = server.post_json("/predict", &json!({"inputs": "x"}));
+    assert_eq!(status, 400, "{json}");
+    assert_eq!(json["error_type"], "validation");
+    assert!(
+        json["error"].as_str().unwrap().contains("not a classifier"),
+        "{json}"
+    );
+}
