@@ -1,6 +1,7 @@
 //! The HTTP API: routes, OpenAI's request and response types, and the error envelope.
 
 mod body;
+mod decode;
 mod embeddings;
 mod error;
 mod input;
@@ -49,7 +50,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     // the body limit, the handler): the layer below rewrites them on these paths.
     let tei = tei::routes()
         .merge(similarity::routes())
-        .merge(predict::routes());
+        .merge(predict::routes())
+        .merge(decode::routes());
     let tei_paths = tei_errors::TeiPaths::of(&tei);
     let mut api = ApiRouter::new()
         .merge(embeddings::routes())

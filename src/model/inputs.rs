@@ -130,6 +130,35 @@ impl Model {
         Ok(all)
     }
 
+    /// The texts of token-id sequences, as the tokenizer decodes them (TEI's `/decode`); at
+    /// most `max_tokens` ids in all, each in the model's vocabulary.
+    pub fn decode(
+        &self,
+        sequences: &[Vec<u32>],
+        skip_special_tokens: bool,
+        max_tokens: usize,
+    ) -> Result<Vec<String>, EmbedError> {
+        let total: usize = sequences.iter().map(Vec::len).sum();
+        if total > max_tokens {
+            return Err(too_many_tokens("ids", max_tokens));
+        }
+        let vocab = self.tokenizer.vocab_size();
+        for (i, ids) in sequences.iter().enumerate() {
+            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(invalid(
+                    "ids",
+                    format!(
+                        "ids[{i}] holds token id {bad}, outside the vocabulary of `{}` (0..{vocab})",
+                        self.name
+                    ),
+                ));
+            }
+        }
+        self.tokenizer
+            .decode(sequences, skip_special_tokens)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))
+    }
+
     pub fn tokenize(
         &self,
         inputs: &[Input],

@@ -281,13 +281,7 @@ impl Model {
             });
         }
         if tokens > max_tokens {
-            return Err(EmbedError::Invalid {
-                param,
-                message: format!(
-                    "the {param} hold {tokens} tokens; at most {max_tokens} are allowed per \
-                     request (server.max_tokens_per_request): send fewer {param}"
-                ),
-            });
+            return Err(inputs::too_many_tokens(param, max_tokens));
         }
         Ok((seqs, tokens))
     }

@@ -147,6 +147,16 @@ impl TextTokenizer {
             .unwrap_or(self.vocab_size as u32 / 2)
     }
 
+    /// The texts of token-id sequences.
+    pub fn decode(
+        &self,
+        sequences: &[Vec<u32>],
+        skip_special_tokens: bool,
+    ) -> tokenizers::Result<Vec<String>> {
+        let slices: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+        self.tokenizer.decode_batch(&slices, skip_special_tokens)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }

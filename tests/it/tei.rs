@@ -162,6 +162,22 @@ fn tokenize_shows_the_tokens_the_model_embeds() {
         &json!({"inputs": "Hello world", "add_special_tokens": false}),
     );
     assert_eq!(plain[0].as_array().unwrap().len(), 2);
+
+    // /decode gives back the text of the ids /tokenize gave, as the tokenizer decodes it.
+    let ids: Vec<u64> = first.iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    let (status, texts) = server.post_json("/decode", &json!({"ids": ids}));
+    assert_eq!((status, texts), (200, json!(["hello world"])));
+    let (status, texts) = server.post_json(
+        "/decode",
+        &json!({"ids": [ids, [2088]], "skip_special_tokens": false}),
+    );
+    assert_eq!((status, texts), (200, json!(["[CLS] hello world [SEP]", "world"])));
+    let (status, json) = server.post_json("/decode", &json!({"ids": [101, 999_999]}));
+    assert_eq!(status, 400, "{json}");
+    assert_eq!(json["error_type"], "validation");
+    assert!(json["error"].as_str().unwrap().contains("outside the vocabulary"));
+    let (status, json) = server.post_json("/decode", &json!({"ids": []}));
+    assert_eq!((status, &json["error_type"]), (400, &json!("empty")));
 }
 
 #[test]
