@@ -2,6 +2,7 @@
 
 mod body;
 mod decode;
+mod embed_sparse;
 mod embeddings;
 mod error;
 mod input;
@@ -51,7 +52,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let tei = tei::routes()
         .merge(similarity::routes())
         .merge(predict::routes())
-        .merge(decode::routes());
+        .merge(decode::routes())
+        .merge(embed_sparse::routes());
     let tei_paths = tei_errors::TeiPaths::of(&tei);
     let mut api = ApiRouter::new()
         .merge(embeddings::routes())

@@ -335,6 +335,8 @@ async fn describe(
         Task::Embedding => serde_json::json!({"embedding": {
             "pooling": model.pooling().map_or_else(|| "in the graph".to_string(), |p| p.name())
         }}),
+        // TEI's name for SPLADE pooling.
+        Task::SparseEmbedding => serde_json::json!({"embedding": {"pooling": "splade"}}),
         task @ (Task::Rerank | Task::Classification) => {
             let id2label = model.labels().cloned().unwrap_or_default();
             let label2id: serde_json::Map<String, serde_json::Value> = id2label

@@ -27,11 +27,20 @@ pub enum Task {
     Rerank,
     /// A text or a pair in, a score per label out (TEI's `/predict`).
     Classification,
+    /// Text in, a weight per vocabulary token out (TEI's `/embed_sparse`): SPLADE.
+    #[serde(rename = "sparse-embedding")]
+    SparseEmbedding,
 }
 
 impl Task {
     /// Of the folder's files alone, without loading anything.
     pub fn of_dir(dir: &Path) -> Result<Self, LoadError> {
+        if read_modules(dir)?
+            .iter()
+            .any(|m| m.class_name() == "SpladePooling")
+        {
+            return Ok(Self::SparseEmbedding);
+        }
         Ok(CrossEncoder::read(dir)?.map_or(Self::Embedding, |head| head.task()))
     }
 }

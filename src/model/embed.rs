@@ -41,6 +41,16 @@ impl Model {
         options: EmbedOptions,
     ) -> Result<Embedded, EmbedError> {
         self.check_dimensions(options.dimensions)?;
+        self.vectors(inputs, options).await
+    }
+
+    /// `embed` for any model that gives a vector per input: embedders, and sparse encoders
+    /// (whose vectors span the vocabulary).
+    pub(super) async fn vectors(
+        self: Arc<Self>,
+        inputs: Vec<Input>,
+        options: EmbedOptions,
+    ) -> Result<Embedded, EmbedError> {
         let small = super::is_small(inputs.iter().map(Input::size));
         let model = self.clone();
         let (started, options) = super::tokenizing(small, move || {
@@ -62,6 +72,15 @@ impl Model {
         options: &EmbedOptions,
     ) -> Result<Embedded, EmbedError> {
         self.check_dimensions(options.dimensions)?;
+        self.vectors_blocking(inputs, options)
+    }
+
+    /// `vectors` on the calling thread, which must not be an async worker.
+    pub(super) fn vectors_blocking(
+        &self,
+        inputs: &[Input],
+        options: &EmbedOptions,
+    ) -> Result<Embedded, EmbedError> {
         let embedded = match self.start(inputs, options)? {
             Started::Ready(embedded) => embedded,
             Started::Queued { pending, tokens } => completed(pending.wait_blocking(), tokens)?,

@@ -15,6 +15,7 @@ use super::head::Head;
 use super::pooling::Pooling;
 use super::respin::AdaptiveSession;
 use super::run_shape::RunShapes;
+use super::splade::SpladePooling;
 use super::tokenize::TokenSeq;
 use crate::batcher::BatchLimits;
 use crate::runtime::{Device, Runtime};
@@ -37,7 +38,14 @@ enum OutputKind {
     Pooled,
     /// `[batch, seq, hidden]`, to be pooled here.
     Tokens(Pooling),
+    /// A masked-language-model head's `[batch, seq, vocabulary]` logits, SPLADE-pooled here.
+    Sparse(SpladePooling),
 }
+
+/// The most bytes a sparse encoder's logits may take in one run: they are rows × tokens ×
+/// vocabulary floats (32 × 256 × 30,522 would be 1 GB), so runs of long inputs hold fewer
+/// rows. ONNX Runtime holds the logits and the buffer before their bias: about twice this.
+const SPARSE_LOGITS_BUDGET: usize = 128 << 20;
 
 /// How to run a graph: its pooling and the modules after it, and where.
 pub struct GraphOptions {
@@ -46,6 +54,9 @@ pub struct GraphOptions {
     pub head: Head,
     /// A cross-encoder: its `logits` output is read, one row of label scores per pair.
     pub scores_pairs: bool,
+    /// A sparse encoder: its `logits` output (a masked-language-model head's) is
+    /// SPLADE-pooled into one weight per vocabulary token.
+    pub sparse: Option<SpladePooling>,
     pub device: Device,
     pub gpu_mem_limit: Option<u64>,
 }
@@ -87,7 +98,14 @@ impl crate::batcher::Engine for Encoder {
     }
 
     fn max_rows(&self, columns: usize) -> usize {
-        self.shapes.max_rows(columns)
+        let rows = self.shapes.max_rows(columns);
+        match self.kind {
+            OutputKind::Sparse(_) => {
+                let row_bytes = columns.max(1) * self.output_width.max(1) * size_of::<f32>();
+                rows.min((SPARSE_LOGITS_BUDGET / row_bytes).max(1))
+            }
+            _ => rows,
+        }
     }
 }
 
@@ -136,7 +154,15 @@ impl Encoder {
         }
 
         let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        let (output, kind) = if graph.scores_pairs {
+        let (output, kind) = if let Some(splade) = graph.sparse {
+            if !names.contains(&"logits") {
+                return Err(fail(format!(
+                    "the folder describes a sparse encoder, but the graph has no `logits` output \
+                     (it has {names:?})"
+                )));
+            }
+            ("logits", OutputKind::Sparse(splade))
+        } else if graph.scores_pairs {
             if !names.contains(&"logits") {
                 return Err(fail(format!(
                     "the folder describes a cross-encoder, but the graph has no `logits` output \
@@ -214,7 +240,12 @@ impl Encoder {
         filler: u32,
         lane: &mut Lane,
     ) {
-        if self.device != Device::Cpu || limits.max_batch_size < 2 {
+        // A sparse encoder's runs are bounded by the memory of their logits instead
+        // (`max_rows`): measuring runs of every shape would allocate gigabytes.
+        if self.device != Device::Cpu
+            || limits.max_batch_size < 2
+            || matches!(self.kind, OutputKind::Sparse(_))
+        {
             return;
         }
         let run = |rows: usize, columns: usize| {
@@ -343,6 +374,20 @@ impl Encoder {
 
         let (pooled, width) = match kind {
             OutputKind::Pooled => (values.to_vec(), out_width),
+            OutputKind::Sparse(splade) => {
+                let mut pooled = Vec::with_capacity(batch.len() * out_width);
+                let per_row = cols * out_width;
+                let mut rows = values.chunks_exact(per_row.max(1));
+                for seq in batch {
+                    let logits = if seq.is_empty() {
+                        &[][..]
+                    } else {
+                        rows.next().unwrap_or_default()
+                    };
+                    splade.pool(logits, out_width, seq.len(), &mut pooled);
+                }
+                (pooled, out_width)
+            }
             OutputKind::Tokens(pooling) => {
                 let mut pooled =
                     Vec::with_capacity(batch.len() * out_width * pooling.modes().len());

@@ -79,6 +79,12 @@ impl Model {
                     .map_err(failed)?;
                 classified.labels.len()
             }
+            Task::SparseEmbedding => {
+                let probe = model
+                    .vectors_blocking(&[Input::Text(PROBE_TEXT.into())], &EmbedOptions::default())
+                    .map_err(failed)?;
+                probe.vectors[0].len()
+            }
             Task::Embedding => {
                 let probe = model
                     .embed_blocking(&[Input::Text(PROBE_TEXT.into())], &EmbedOptions::default())
@@ -139,6 +145,7 @@ impl Model {
             pooling: pooling.clone(),
             head,
             scores_pairs: cross_encoder.is_some(),
+            sparse: st.sparse,
             device: settings.device.unwrap_or_default(),
             gpu_mem_limit: settings.gpu_mem_limit,
         };
@@ -241,6 +248,8 @@ impl Model {
             tokenizer,
             backend,
             cross_encoder: None,
+            sparse: st.sparse.is_some(),
+            max_active_dims: st.max_active_dims,
             pooling: None,
             normalizes: false,
             dtype: "float32",

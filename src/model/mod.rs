@@ -15,6 +15,8 @@ mod rerank;
 mod respin;
 mod run_shape;
 pub mod source;
+mod sparse;
+mod splade;
 mod st_config;
 mod static_embedding;
 #[cfg(test)]
@@ -34,6 +36,7 @@ pub use inputs::{EmbedOptions, Token, TokenInput, warm_up_tiktoken};
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
 pub use rerank::{RerankOptions, Reranked};
 pub use source::{HubSettings, ModelSource};
+pub use sparse::SparseVector;
 pub use tokenize::{TextPreparation, TextTokenizer, TokenSeq};
 
 use cross_encoder::CrossEncoder;
@@ -198,6 +201,10 @@ pub struct Model {
     dtype: &'static str,
     /// Set for rerankers: the model scores pairs instead of embedding texts.
     cross_encoder: Option<CrossEncoder>,
+    /// A sparse encoder: its vectors hold a weight per vocabulary token.
+    sparse: bool,
+    /// A sparse encoder's most non-zero weights per vector (`max_active_dims`).
+    max_active_dims: Option<usize>,
     /// The folder's pooling, as `/info` reports it (`None` for graphs that pool themselves).
     pooling: Option<Pooling>,
     /// Where it runs: the device the graph got (after `auto`), the CPU for static tables.

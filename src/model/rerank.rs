@@ -38,6 +38,9 @@ pub struct Reranked {
 impl Model {
     /// What this model serves.
     pub fn task(&self) -> Task {
+        if self.sparse {
+            return Task::SparseEmbedding;
+        }
         self.cross_encoder
             .as_ref()
             .map_or(Task::Embedding, CrossEncoder::task)
@@ -99,6 +102,10 @@ impl Model {
                 "a classifier: it scores a text or a pair against its labels; send it to \
                  POST /predict"
             }
+            Task::SparseEmbedding => {
+                "a sparse encoder (SPLADE): it gives a weight per vocabulary token; send it to \
+                 POST /embed_sparse"
+            }
         };
         let message = match task {
             asked if asked == self.task() => return Ok(()),
@@ -106,6 +113,12 @@ impl Model {
             Task::Rerank => format!("model `{}` is not a reranker: it is {served}", self.name),
             Task::Classification => {
                 format!("model `{}` is not a classifier: it is {served}", self.name)
+            }
+            Task::SparseEmbedding => {
+                format!(
+                    "model `{}` is not a sparse encoder: it is {served}",
+                    self.name
+                )
             }
         };
         Err(EmbedError::Invalid {

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::LoadError;
 use super::pooling::{Pooling, PoolingMode};
+use super::splade::SpladePooling;
 
 /// Values above this in `model_max_length` are transformers' "no limit" sentinel, not a length.
 const NO_LIMIT_SENTINEL: u64 = 1_000_000;
@@ -39,6 +40,10 @@ pub struct StConfig {
     pub input: InputModule,
     /// `None` when the folder has no pooling module (the graph must pool itself).
     pub pooling: Option<Pooling>,
+    /// A sparse encoder's pooling (`MLMTransformer` then `SpladePooling`).
+    pub sparse: Option<SpladePooling>,
+    /// A sparse encoder's most non-zero weights per vector.
+    pub max_active_dims: Option<usize>,
     pub include_prompt: bool,
     /// What follows pooling.
     pub head: Vec<HeadModule>,
@@ -154,6 +159,7 @@ struct SentenceTransformersFile {
     #[serde(default)]
     prompts: BTreeMap<String, String>,
     default_prompt_name: Option<String>,
+    max_active_dims: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -181,12 +187,33 @@ impl StConfig {
         };
         let mut input = None;
         let mut pooling = None;
+        let mut sparse = None;
+        let mut masked_lm = false;
         let mut include_prompt = true;
         let mut head = Vec::new();
         for (i, module) in modules.iter().enumerate() {
             let folder = dir.join(&module.path);
             match module.class_name() {
                 "Transformer" if i == 0 => input = Some(InputModule::Transformer),
+                // A masked-language-model head's logits, which only SpladePooling reads.
+                "MLMTransformer" if i == 0 => {
+                    input = Some(InputModule::Transformer);
+                    masked_lm = true;
+                }
+                "SpladePooling" if masked_lm && sparse.is_none() => {
+                    sparse = Some(SpladePooling::read(&folder)?);
+                }
+                "SpladePooling" => {
+                    return Err(refuse(i, module, "must follow an MLMTransformer, once"));
+                }
+                _ if masked_lm => {
+                    return Err(refuse(
+                        i,
+                        module,
+                        "is not supported in a sparse encoder (supported: MLMTransformer, then \
+                         SpladePooling)",
+                    ));
+                }
                 "StaticEmbedding" if i == 0 => input = Some(InputModule::Static(folder)),
                 "Transformer" | "StaticEmbedding" => {
                     return Err(refuse(i, module, "must be the first module"));
@@ -208,7 +235,7 @@ impl StConfig {
                         i,
                         module,
                         "is not supported as the first module (supported: Transformer, \
-                         StaticEmbedding)",
+                         MLMTransformer, StaticEmbedding)",
                     ));
                 }
                 _ => {
@@ -220,6 +247,12 @@ impl StConfig {
                     ));
                 }
             }
+        }
+        if masked_lm && sparse.is_none() {
+            return Err(LoadError::file(
+                &modules_path,
+                "lists an MLMTransformer without the SpladePooling that reads its logits",
+            ));
         }
         if input == Some(InputModule::Transformer) && pooling.is_none() && !head.is_empty() {
             return Err(LoadError::file(
@@ -266,6 +299,8 @@ impl StConfig {
         Ok(Self {
             input: input.unwrap_or(InputModule::Transformer),
             pooling,
+            sparse,
+            max_active_dims: st.max_active_dims,
             include_prompt,
             head,
             max_seq_length,

@@ -28,9 +28,13 @@ EXAMPLES = [example for page in PAGES for example in examples(page)]
 @pytest.fixture(scope="module")
 def readme_server():
     # The README's own start command serves MiniLM from ../shared/models; the docs' examples
-    # of classification add the classifier fixture, and MiniLM stays the default model.
-    classifier = ROOT.parent / "shared" / "kinds" / "text-classifier-4labels"
-    server = Server("--models-dir", MODELS, "--model", MINILM, "--model", classifier, "--default-model", MINILM)
+    # of classification and sparse embeddings add those fixtures; MiniLM stays the default.
+    kinds = ROOT.parent / "shared" / "kinds"
+    server = Server(
+        "--models-dir", MODELS, "--model", MINILM,
+        "--model", kinds / "text-classifier-4labels", "--model", kinds / "splade-sparse",
+        "--default-model", MINILM,
+    )
     yield server
     server.stop()
 

@@ -1,8 +1,10 @@
 //! The model kinds beyond embedders in ../shared/kinds, through the server against what the
-//! library computed (`reference.json`). Every folder whose reference holds a classifier's
-//! logits is picked up: transformers' text classifiers (single- and multi-label) and
-//! cross-encoders with several labels (NLI), through TEI's `/predict`, alone and batched.
+//! library computed (`reference.json`), alone and batched. Every folder whose reference holds
+//! a classifier's logits is picked up (transformers' text classifiers, single- and
+//! multi-label, and cross-encoders with several labels, through TEI's `/predict`), and every
+//! sparse encoder without routes (SPLADE, through TEI's `/embed_sparse`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -35,7 +37,24 @@ fn classifiers() -> Vec<(String, Value)> {
     found
 }
 
-/// A server with every classifier, each named after its folder.
+/// The folders whose reference is a sparse encoder's, with no routes, with their references.
+fn sparse_encoders() -> Vec<(String, Value)> {
+    let found: Vec<(String, Value)> = common::sorted_dirs(&kinds_root())
+        .into_iter()
+        .filter(|dir| !dir.join("router_config.json").exists())
+        .filter_map(|dir| {
+            let text = std::fs::read_to_string(dir.join("reference.json")).ok()?;
+            let reference: Value = serde_json::from_str(&text).unwrap();
+            reference["cases"][0].get("indices")?;
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            Some((name, reference))
+        })
+        .collect();
+    assert!(!found.is_empty(), "no sparse encoder in ../shared/kinds");
+    found
+}
+
+/// A server with these models, each named after its folder.
 fn server(classifiers: &[(String, Value)]) -> Server {
     let specs: Vec<String> = classifiers
         .iter()
@@ -228,4 +247,94 @@ fn predict_refuses_a_model_that_is_not_a_classifier_in_teis_shape() {
         json["error"].as_str().unwrap().contains("not a classifier"),
         "{json}"
     );
+}
+
+/// Weights above this are the reference's terms; below it a term may come or go.
+const SPARSE_TERM: f64 = 1e-4;
+const SPARSE_TOLERANCE: f64 = 1e-4;
+
+fn check_sparse(name: &str, case: &Value, got: &Value) {
+    let got: BTreeMap<u64, f64> = got
+        .as_array()
+        .expect("a list of weights")
+        .iter()
+        .map(|w| (w["index"].as_u64().unwrap(), w["value"].as_f64().unwrap()))
+        .collect();
+    assert!(
+        got.values().all(|&v| v > 0.0),
+        "{name}: only non-zero weights are sent"
+    );
+    let want: BTreeMap<u64, f64> = case["indices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(case["values"].as_array().unwrap())
+        .map(|(i, v)| (i.as_u64().unwrap(), v.as_f64().unwrap()))
+        .collect();
+    let terms = |weights: &BTreeMap<u64, f64>| -> Vec<u64> {
+        weights
+            .iter()
+            .filter(|&(_, &v)| v > SPARSE_TERM)
+            .map(|(&i, _)| i)
+            .collect()
+    };
+    assert_eq!(
+        terms(&got),
+        terms(&want),
+        "{name} {}: the terms",
+        case["input"]
+    );
+    for index in got.keys().chain(want.keys()) {
+        let (a, b) = (
+            got.get(index).unwrap_or(&0.0),
+            want.get(index).unwrap_or(&0.0),
+        );
+        assert!(
+            (a - b).abs() <= SPARSE_TOLERANCE,
+            "{name} {}: term {index} weighs {a}, the library's {b}",
+            case["input"]
+        );
+    }
+}
+
+#[test]
+fn sparse_encoders_match_their_references_alone_and_batched() {
+    let encoders = sparse_encoders();
+    let server = server(&encoders);
+    for (name, reference) in &encoders {
+        let cases = reference["cases"].as_array().unwrap();
+        for case in cases {
+            let (status, got) = server.post_json(
+                "/embed_sparse",
+                &json!({"model": name, "inputs": case["input"]}),
+            );
+            assert_eq!(status, 200, "{name}: {got}");
+            check_sparse(name, case, &got[0]);
+        }
+        let inputs: Vec<&Value> = cases.iter().map(|case| &case["input"]).collect();
+        let (status, got) =
+            server.post_json("/embed_sparse", &json!({"model": name, "inputs": inputs}));
+        assert_eq!(status, 200, "{name}: {got}");
+        for (case, answer) in cases.iter().zip(got.as_array().unwrap()) {
+            check_sparse(name, case, answer);
+        }
+
+        let (status, models) = server.get("/v1/models");
+        assert_eq!(status, 200);
+        let listed = models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == name.as_str());
+        assert_eq!(listed.unwrap()["task"], "sparse-embedding");
+        let (status, json) =
+            server.post_json("/v1/embeddings", &json!({"model": name, "input": "x"}));
+        assert!(assert_error(status, &json, 400, None).contains("/embed_sparse"));
+        let (status, json) = server.post_json("/embed", &json!({"model": name, "inputs": "x"}));
+        assert_eq!(
+            (status, &json["error_type"]),
+            (400, &json!("validation")),
+            "{json}"
+        );
+    }
 }

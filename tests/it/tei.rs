@@ -171,11 +171,19 @@ fn tokenize_shows_the_tokens_the_model_embeds() {
         "/decode",
         &json!({"ids": [ids, [2088]], "skip_special_tokens": false}),
     );
-    assert_eq!((status, texts), (200, json!(["[CLS] hello world [SEP]", "world"])));
+    assert_eq!(
+        (status, texts),
+        (200, json!(["[CLS] hello world [SEP]", "world"]))
+    );
     let (status, json) = server.post_json("/decode", &json!({"ids": [101, 999_999]}));
     assert_eq!(status, 400, "{json}");
     assert_eq!(json["error_type"], "validation");
-    assert!(json["error"].as_str().unwrap().contains("outside the vocabulary"));
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("outside the vocabulary")
+    );
     let (status, json) = server.post_json("/decode", &json!({"ids": []}));
     assert_eq!((status, &json["error_type"]), (400, &json!("empty")));
 }

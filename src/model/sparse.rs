@@ -1,0 +1,83 @@
+//! The sparse embed use case (TEI's `/embed_sparse`): a SPLADE encoder's weight per
+//! vocabulary token, of which only the non-zero ones are sent, as sentence-transformers'
+//! `SparseEncoder.encode` gives them (at most the model's `max_active_dims`).
+
+use std::sync::Arc;
+
+use super::embed::Embedded;
+use super::{EmbedError, EmbedOptions, Input, Model, Task};
+
+/// The non-zero weights of one input: vocabulary ids, ascending, and their weights.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SparseVector {
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl Model {
+    /// Each input's non-zero weights, in input order, and what they cost (`tokens` and the
+    /// times as `embed` reports them; the dense vectors are dropped as they are read).
+    pub async fn embed_sparse(
+        self: Arc<Self>,
+        inputs: Vec<Input>,
+        options: EmbedOptions,
+    ) -> Result<(Vec<SparseVector>, Embedded), EmbedError> {
+        self.require(Task::SparseEmbedding)?;
+        let options = EmbedOptions {
+            dimensions: None,
+            ..options
+        };
+        let max_active = self.max_active_dims;
+        let mut embedded = self.vectors(inputs, options).await?;
+        let vectors = std::mem::take(&mut embedded.vectors)
+            .iter()
+            .map(|dense| sparse(dense, max_active))
+            .collect();
+        Ok((vectors, embedded))
+    }
+}
+
+/// The positive weights of `dense`, the `max_active` largest of them where the model sets it
+/// (ties to the lower id), by ascending id.
+fn sparse(dense: &[f32], max_active: Option<usize>) -> SparseVector {
+    let mut active: Vec<(u32, f32)> = dense
+        .iter()
+        .enumerate()
+        .filter(|&(_, &weight)| weight > 0.0)
+        .map(|(id, &weight)| (id as u32, weight))
+        .collect();
+    if let Some(max) = max_active.filter(|&max| max < active.len()) {
+        active.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        active.truncate(max);
+        active.sort_by_key(|&(id, _)| id);
+    }
+    SparseVector {
+        indices: active.iter().map(|&(id, _)| id).collect(),
+        values: active.iter().map(|&(_, weight)| weight).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_positive_weights_and_at_most_the_largest() {
+        let dense = [0.0, 0.5, 0.0, 2.0, 0.5, 1.0];
+        assert_eq!(
+            sparse(&dense, None),
+            SparseVector {
+                indices: vec![1, 3, 4, 5],
+                values: vec![0.5, 2.0, 0.5, 1.0]
+            }
+        );
+        assert_eq!(
+            sparse(&dense, Some(3)),
+            SparseVector {
+                indices: vec![1, 3, 5],
+                values: vec![0.5, 2.0, 1.0]
+            }
+        );
+        assert_eq!(sparse(&[0.0; 4], Some(2)), SparseVector::default());
+    }
+}
