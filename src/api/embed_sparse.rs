@@ -17,7 +17,7 @@ use super::resolve::{labelled, requested_model, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
 use super::truncation::TruncationDirection;
-use crate::model::{EmbedOptions, SparseVector, TokenInput};
+use crate::model::{EmbedOptions, InputType, SparseVector, TokenInput};
 
 /// TEI's `/embed_sparse` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -36,6 +36,11 @@ pub struct SparseRequest {
     /// A key of the model's prompts.
     #[serde(default)]
     prompt_name: Option<String>,
+    /// `query` or `document` (also `search_query`, `search_document`, `passage`):
+    /// an asymmetric model's route and prompt for the texts, as `encode_query` and
+    /// `encode_document` pick them; the model's setting, or plain `encode()`, when left out.
+    #[serde(default)]
+    input_type: Option<InputType>,
 }
 
 /// One vocabulary token's weight.
@@ -91,6 +96,7 @@ async fn weights(
         dimensions: None,
         max_tokens: state.limits.max_tokens_per_request,
         token_input: Some(TokenInput::Native),
+        input_type: request.input_type,
     };
     let (vectors, embedded) = model.embed_sparse(inputs, options).await?;
     span.record("tokens", embedded.tokens);

@@ -14,7 +14,7 @@ use super::json::ApiJson;
 use super::resolve::{labelled, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
-use crate::model::{EmbedOptions, Embedded};
+use crate::model::{EmbedOptions, Embedded, InputType};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
@@ -34,6 +34,11 @@ pub struct EmbeddingRequest {
     /// Extension: `false` refuses over-long inputs instead of truncating them.
     #[serde(default)]
     pub truncate: Option<bool>,
+    /// Extension: `query` or `document` (also `search_query`, `search_document`, `passage`):
+    /// an asymmetric model's route and prompt for the texts, as `encode_query` and
+    /// `encode_document` pick them; the model's setting, or plain `encode()`, when left out.
+    #[serde(default)]
+    pub input_type: Option<InputType>,
     // `user` and any other field are accepted and ignored, as OpenAI clients send them.
 }
 
@@ -154,6 +159,7 @@ async fn embed(
         dimensions: request.dimensions,
         max_tokens: state.limits.max_tokens_per_request,
         token_input: None,
+        input_type: request.input_type,
     };
     let inputs = std::mem::take(&mut request.input.0);
     let embedded = model.embed(inputs, options).await?;

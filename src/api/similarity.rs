@@ -107,6 +107,7 @@ pub async fn similarities(
         dimensions: None,
         max_tokens: state.limits.max_tokens_per_request,
         token_input: Some(TokenInput::Native),
+        input_type: None,
     };
     let embedded = model.embed(texts, options).await?;
     let Some((source, others)) = embedded.vectors.split_first() else {

@@ -21,7 +21,7 @@ use super::routing::{ApiRouter, serve};
 use super::similarity::{SimilarityInput, SimilarityParameters, SimilarityRequest, similarities};
 use super::state::AppState;
 use super::truncation::TruncationDirection;
-use crate::model::{EmbedOptions, Task, TokenInput, l2_normalize};
+use crate::model::{EmbedOptions, InputType, Task, TokenInput, l2_normalize};
 
 /// TEI's `/embed` body; at `POST /` its `inputs` may also be `/similarity`'s object, which
 /// is what `huggingface_hub.InferenceClient.sentence_similarity` posts to the base URL.
@@ -45,6 +45,11 @@ pub struct EmbedRequest {
     /// A key of the model's prompts.
     #[serde(default)]
     prompt_name: Option<String>,
+    /// `query` or `document` (also `search_query`, `search_document`, `passage`):
+    /// an asymmetric model's route and prompt for the texts, as `encode_query` and
+    /// `encode_document` pick them; the model's setting, or plain `encode()`, when left out.
+    #[serde(default)]
+    input_type: Option<InputType>,
     /// Matryoshka: keep this many leading dimensions.
     #[serde(default)]
     dimensions: Option<usize>,
@@ -197,6 +202,7 @@ async fn embed_vectors(
         dimensions: request.dimensions,
         max_tokens: state.limits.max_tokens_per_request,
         token_input: Some(TokenInput::Native),
+        input_type: request.input_type,
     };
     let normalize = request.normalize.unwrap_or(true) && !model.normalizes();
     let mut embedded = model.embed(inputs, options).await?;

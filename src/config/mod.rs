@@ -18,7 +18,7 @@ pub use overrides::{BatchFlags, CacheFlags, ModelFlags, Overrides, RuntimeFlags,
 use units::{byte_size, bytes};
 
 use crate::batcher::BatchLimits;
-use crate::model::{Batching, ModelSource, PoolingMode, TokenInput};
+use crate::model::{Batching, InputType, ModelSource, PoolingMode, TokenInput};
 use crate::runtime::{Device, Spinning};
 
 /// Largest request body accepted unless configured otherwise: room for LangChain's batches of
@@ -212,6 +212,9 @@ pub struct ModelConfig {
     pub token_input: Option<TokenInput>,
     /// Truncate inputs longer than `max_seq_length` (default), or refuse them with a 400.
     pub truncate: Option<bool>,
+    /// `query` or `document`: what this name's texts are when a request does not say, for
+    /// clients that cannot send `input_type` (an asymmetric model served as two names).
+    pub input_type: Option<InputType>,
     /// Overrides `runtime.device` for this model.
     pub device: Option<Device>,
     /// Overrides `runtime.gpu_mem_limit` for this model.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::LoadError;
 pub use super::dense::Activation;
+use super::router::RouterConfig;
 use super::st_config::{read_json, read_modules};
 
 /// What a model serves.
@@ -35,10 +36,13 @@ pub enum Task {
 impl Task {
     /// Of the folder's files alone, without loading anything.
     pub fn of_dir(dir: &Path) -> Result<Self, LoadError> {
-        if read_modules(dir)?
-            .iter()
-            .any(|m| m.class_name() == "SpladePooling")
-        {
+        let sparse = match RouterConfig::read(dir)? {
+            Some(router) => router.is_sparse(),
+            None => read_modules(dir)?
+                .iter()
+                .any(|m| m.class_name() == "SpladePooling"),
+        };
+        if sparse {
             return Ok(Self::SparseEmbedding);
         }
         Ok(CrossEncoder::read(dir)?.map_or(Self::Embedding, |head| head.task()))

@@ -40,8 +40,13 @@ impl Model {
         inputs: Vec<Input>,
         options: EmbedOptions,
     ) -> Result<Embedded, EmbedError> {
-        self.check_dimensions(options.dimensions)?;
-        self.vectors(inputs, options).await
+        let options = EmbedOptions {
+            input_type: self.input_type(options.input_type),
+            ..options
+        };
+        let model = self.route(options.input_type);
+        model.check_dimensions(options.dimensions)?;
+        model.vectors(inputs, options).await
     }
 
     /// `embed` for any model that gives a vector per input: embedders, and sparse encoders
@@ -71,8 +76,13 @@ impl Model {
         inputs: &[Input],
         options: &EmbedOptions,
     ) -> Result<Embedded, EmbedError> {
-        self.check_dimensions(options.dimensions)?;
-        self.vectors_blocking(inputs, options)
+        let options = EmbedOptions {
+            input_type: self.input_type(options.input_type),
+            ..options.clone()
+        };
+        let model = self.route_ref(options.input_type);
+        model.check_dimensions(options.dimensions)?;
+        model.vectors_blocking(inputs, &options)
     }
 
     /// `vectors` on the calling thread, which must not be an async worker.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Deserialize;
 
-use super::{EmbedError, Input, Model, TokenSeq};
+use super::{EmbedError, Input, InputType, Model, TokenSeq};
 
 /// How an array of token ids is read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -35,6 +35,9 @@ pub struct EmbedOptions {
     pub max_tokens: usize,
     /// How token-id inputs are read; the model's setting when `None`.
     pub token_input: Option<TokenInput>,
+    /// What the texts are to an asymmetric model: its route, and its prompt of that name
+    /// when `prompt_name` is `None` (`encode_query` / `encode_document`).
+    pub input_type: Option<InputType>,
 }
 
 impl Default for EmbedOptions {
@@ -45,6 +48,7 @@ impl Default for EmbedOptions {
             dimensions: None,
             max_tokens: usize::MAX,
             token_input: None,
+            input_type: None,
         }
     }
 }
@@ -164,9 +168,14 @@ impl Model {
         inputs: &[Input],
         options: &EmbedOptions,
     ) -> Result<Vec<TokenSeq>, EmbedError> {
+        let task_prompt = options
+            .input_type
+            .map(InputType::key)
+            .filter(|key| self.prompts.contains_key(*key));
         let prompt_name = options
             .prompt_name
             .as_deref()
+            .or(task_prompt)
             .or(self.default_prompt_name.as_deref());
         let prompt = self.prompt(prompt_name)?;
         let pool_from = prompt_name

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::cross_encoder::{CrossEncoder, Task};
 use super::encoder::{Encoder, GraphOptions};
 use super::head::Head;
 use super::pooling::Pooling;
+use super::router::{RouterConfig, Routes};
 use super::source;
 use super::st_config::{HeadModule, InputModule, StConfig};
 use super::static_embedding::StaticEmbedding;
@@ -29,7 +31,49 @@ impl Model {
         if !dir.is_dir() {
             return Err(LoadError::file(dir, "not a directory"));
         }
-        let st = StConfig::read(dir)?;
+        if let Some(router) = RouterConfig::read(dir)? {
+            return Self::load_router(spec, dir, runtime, router);
+        }
+        Self::load_pipeline(spec, dir, runtime, StConfig::read(dir)?)
+    }
+
+    /// Each route as a model of its own (its transformer's files in its first module's
+    /// folder), the default route holding the others.
+    fn load_router(
+        spec: &ModelSpec,
+        dir: &Path,
+        runtime: &Runtime,
+        router: RouterConfig,
+    ) -> Result<Self, LoadError> {
+        let mut loaded = BTreeMap::new();
+        for (route, modules) in &router.routes {
+            let files = dir.join(&modules[0].path);
+            let st = StConfig::of_modules(dir, &files, modules)?;
+            loaded.insert(
+                route.clone(),
+                Self::load_pipeline(spec, &files, runtime, st)?,
+            );
+        }
+        let mut model = loaded
+            .remove(&router.default_route)
+            .ok_or_else(|| LoadError::Config(format!("{}: no default route", dir.display())))?;
+        model.dir = dir.to_path_buf();
+        model.routes = Routes {
+            by_type: loaded
+                .into_iter()
+                .map(|(route, model)| (route, Arc::new(model)))
+                .collect(),
+        };
+        Ok(model)
+    }
+
+    /// The model the modules of `st` make, its files in `dir`, probed once.
+    fn load_pipeline(
+        spec: &ModelSpec,
+        dir: &Path,
+        runtime: &Runtime,
+        st: StConfig,
+    ) -> Result<Self, LoadError> {
         let cross_encoder = CrossEncoder::read(dir)?;
         let modules = match cross_encoder {
             // A cross-encoder's logits are its output: nothing pools or follows them.
@@ -250,6 +294,8 @@ impl Model {
             cross_encoder: None,
             sparse: st.sparse.is_some(),
             max_active_dims: st.max_active_dims,
+            routes: Routes::default(),
+            input_type: spec.config.input_type,
             pooling: None,
             normalizes: false,
             dtype: "float32",

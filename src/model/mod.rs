@@ -13,6 +13,7 @@ mod long_text;
 mod pooling;
 mod rerank;
 mod respin;
+mod router;
 mod run_shape;
 pub mod source;
 mod sparse;
@@ -35,6 +36,7 @@ pub use encoder::Encoder;
 pub use inputs::{EmbedOptions, Token, TokenInput, warm_up_tiktoken};
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
 pub use rerank::{RerankOptions, Reranked};
+pub use router::InputType;
 pub use source::{HubSettings, ModelSource};
 pub use sparse::SparseVector;
 pub use tokenize::{TextPreparation, TextTokenizer, TokenSeq};
@@ -205,6 +207,10 @@ pub struct Model {
     sparse: bool,
     /// A sparse encoder's most non-zero weights per vector (`max_active_dims`).
     max_active_dims: Option<usize>,
+    /// A Router model's other routes; this model is its default route.
+    routes: router::Routes,
+    /// What texts are when a request does not say (the `[[models]]` entry's `input_type`).
+    input_type: Option<InputType>,
     /// The folder's pooling, as `/info` reports it (`None` for graphs that pool themselves).
     pooling: Option<Pooling>,
     /// Where it runs: the device the graph got (after `auto`), the CPU for static tables.

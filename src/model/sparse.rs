@@ -22,13 +22,15 @@ impl Model {
         inputs: Vec<Input>,
         options: EmbedOptions,
     ) -> Result<(Vec<SparseVector>, Embedded), EmbedError> {
-        self.require(Task::SparseEmbedding)?;
         let options = EmbedOptions {
             dimensions: None,
+            input_type: self.input_type(options.input_type),
             ..options
         };
-        let max_active = self.max_active_dims;
-        let mut embedded = self.vectors(inputs, options).await?;
+        let model = self.route(options.input_type);
+        model.require(Task::SparseEmbedding)?;
+        let max_active = model.max_active_dims;
+        let mut embedded = model.vectors(inputs, options).await?;
         let vectors = std::mem::take(&mut embedded.vectors)
             .iter()
             .map(|dense| sparse(dense, max_active))

@@ -60,7 +60,7 @@ impl StConfig {
 }
 
 /// One entry of `modules.json`: a module's folder and class.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ModuleEntry {
     #[serde(default)]
     pub path: String,
@@ -174,8 +174,18 @@ struct TransformerConfigFile {
 
 impl StConfig {
     pub fn read(dir: &Path) -> Result<Self, LoadError> {
+        Self::of_modules(dir, dir, &read_modules(dir)?)
+    }
+
+    /// The pipeline of `modules` (paths relative to `dir`, the model's folder), whose
+    /// transformer keeps its own files in `files`: `dir` itself, or one route's folder of a
+    /// Router model.
+    pub fn of_modules(
+        dir: &Path,
+        files: &Path,
+        modules: &[ModuleEntry],
+    ) -> Result<Self, LoadError> {
         let modules_path = dir.join("modules.json");
-        let modules = read_modules(dir)?;
         let refuse = |i: usize, module: &ModuleEntry, reason: &str| {
             LoadError::file(
                 &modules_path,
@@ -266,10 +276,11 @@ impl StConfig {
         }
 
         let bert: SentenceBertFile =
-            read_json(dir, "sentence_bert_config.json")?.unwrap_or_default();
+            read_json(files, "sentence_bert_config.json")?.unwrap_or_default();
         let tokenizer: TokenizerConfigFile =
-            read_json(dir, "tokenizer_config.json")?.unwrap_or_default();
-        let transformer: TransformerConfigFile = read_json(dir, "config.json")?.unwrap_or_default();
+            read_json(files, "tokenizer_config.json")?.unwrap_or_default();
+        let transformer: TransformerConfigFile =
+            read_json(files, "config.json")?.unwrap_or_default();
         // sentence-transformers: the configured length, else the tokenizer's capped at the
         // model's position embeddings (-1 means none).
         let positions = transformer

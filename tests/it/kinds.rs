@@ -2,14 +2,15 @@
 //! library computed (`reference.json`), alone and batched. Every folder whose reference holds
 //! a classifier's logits is picked up (transformers' text classifiers, single- and
 //! multi-label, and cross-encoders with several labels, through TEI's `/predict`), and every
-//! sparse encoder without routes (SPLADE, through TEI's `/embed_sparse`).
+//! sparse encoder without routes (SPLADE, through TEI's `/embed_sparse`), and every dense
+//! Router model (a query route and a document route, chosen by `input_type`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::common::{self, Server, assert_error};
+use crate::common::{self, Server, assert_error, cosine};
 
 const LOGIT_TOLERANCE: f64 = 1e-4;
 const PROBABILITY_TOLERANCE: f64 = 1e-5;
@@ -336,5 +337,105 @@ fn sparse_encoders_match_their_references_alone_and_batched() {
             (400, &json!("validation")),
             "{json}"
         );
+    }
+}
+
+/// The Router folders whose reference holds dense vectors, with their references.
+fn dense_routers() -> Vec<(String, Value)> {
+    let found: Vec<(String, Value)> = common::sorted_dirs(&kinds_root())
+        .into_iter()
+        .filter(|dir| dir.join("router_config.json").exists())
+        .filter_map(|dir| {
+            let text = std::fs::read_to_string(dir.join("reference.json")).ok()?;
+            let reference: Value = serde_json::from_str(&text).unwrap();
+            reference["cases"][0].get("embedding")?;
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            Some((name, reference))
+        })
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "no dense Router model in ../shared/kinds"
+    );
+    found
+}
+
+const ROUTE_COSINE: f64 = 0.99999;
+
+fn as_f32(values: &Value) -> Vec<f32> {
+    values
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// `input_type` picks the route (`encode_query`, `encode_document`); none is the default
+/// route (`encode()`); Cohere's spellings pick the same; a configured name fixes it.
+#[test]
+fn router_models_route_by_input_type_alone_and_batched() {
+    for (name, reference) in dense_routers() {
+        let source = kinds_root().join(&name);
+        let (_config_dir, config) = common::config_file(&format!(
+            "[[models]]\nname = \"{name}\"\nsource = {source:?}\n\n\
+             [[models]]\nname = \"{name}-query\"\nsource = {source:?}\ninput_type = \"query\"\n"
+        ));
+        let server = Server::start(&["--config", config.to_str().unwrap()]);
+        let cases = reference["cases"].as_array().unwrap();
+        let check = |case: &Value, got: &[f32], how: &str| {
+            let similarity = cosine(got, &as_f32(&case["embedding"]));
+            assert!(
+                similarity >= ROUTE_COSINE,
+                "{name} {how} {:?} as {}: cosine {similarity}",
+                case["input"],
+                case["task"]
+            );
+        };
+        for case in cases {
+            let extra = match case["task"].as_str() {
+                Some(task) => json!({"input_type": task}),
+                None => json!({}),
+            };
+            let got = server.embed(&name, case["input"].clone(), extra);
+            check(case, &got[0], "alone");
+        }
+        for (task, spelling) in [
+            (Some("query"), Some("search_query")),
+            (Some("document"), Some("passage")),
+            (None, None),
+        ] {
+            let group: Vec<&Value> = cases
+                .iter()
+                .filter(|c| c["task"].as_str() == task)
+                .collect();
+            assert!(!group.is_empty(), "{name}: cases for {task:?}");
+            let inputs: Vec<&Value> = group.iter().map(|c| &c["input"]).collect();
+            let extra = spelling.map_or(json!({}), |s| json!({"input_type": s}));
+            let got = server.embed(&name, json!(inputs), extra);
+            for (case, vector) in group.iter().zip(&got) {
+                check(case, vector, "batched");
+            }
+            if task == Some("query") {
+                let got = server.embed(&format!("{name}-query"), json!(inputs), json!({}));
+                for (case, vector) in group.iter().zip(&got) {
+                    check(case, vector, "by its configured name");
+                }
+                let (status, tei) = server.post_json(
+                    "/embed",
+                    &json!({"model": name, "inputs": inputs, "input_type": "query"}),
+                );
+                assert_eq!(status, 200, "{tei}");
+                for (case, vector) in group.iter().zip(tei.as_array().unwrap()) {
+                    check(case, &as_f32(vector), "through TEI's /embed");
+                }
+            }
+        }
+        let (status, json) = server.post_json(
+            "/v1/embeddings",
+            &json!({"model": name, "input": "x", "input_type": "title"}),
+        );
+        let message = assert_error(status, &json, 400, None);
+        assert!(message.contains("input type"), "{json}");
     }
 }
