@@ -85,7 +85,9 @@ impl Model {
             InputModule::Transformer => {
                 Self::load_graph(spec, dir, runtime, &st, head, cross_encoder)?
             }
-            InputModule::Static(folder) => Self::load_static(spec, dir, folder, &st, head)?,
+            InputModule::Static(folder) | InputModule::SparseStatic(folder) => {
+                Self::load_static(spec, dir, folder, &st, head)?
+            }
         };
         model.normalizes = modules.last() == Some(&HeadModule::Normalize);
         // Counted from here on: Drop uncounts it, also when the probe fails.
@@ -259,9 +261,17 @@ impl Model {
         st: &StConfig,
         head: Head,
     ) -> Result<Self, LoadError> {
-        let tokenizer =
-            TextTokenizer::load(&folder.join("tokenizer.json"), TextPreparation::Static)?;
-        let table = StaticEmbedding::load(folder, head, tokenizer.vocab_size())?;
+        let sparse = matches!(st.input, InputModule::SparseStatic(_));
+        // A sparse table truncates where its tokenizer's config says, as sentence-transformers
+        // tokenizes for it.
+        let max_length = if sparse { st.max_seq_length } else { None };
+        let preparation = TextPreparation::Static { max_length };
+        let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"), preparation)?;
+        let table = if sparse {
+            StaticEmbedding::load_weights(folder, tokenizer.vocab_size())?
+        } else {
+            StaticEmbedding::load(folder, head, tokenizer.vocab_size())?
+        };
         tracing::info!(model = %spec.name, "{} is a static embedding table: no graph, no batcher", spec.name);
         let max_length = tokenizer.max_length();
         let mut model = Self::common(spec, dir, st, tokenizer, Backend::Static(table));
@@ -292,7 +302,7 @@ impl Model {
             tokenizer,
             backend,
             cross_encoder: None,
-            sparse: st.sparse.is_some(),
+            sparse: st.is_sparse(),
             max_active_dims: st.max_active_dims,
             routes: Routes::default(),
             input_type: spec.config.input_type,

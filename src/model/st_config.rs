@@ -25,6 +25,9 @@ pub enum InputModule {
     Transformer,
     /// A `StaticEmbedding` table and tokenizer in this folder: no graph at all.
     Static(PathBuf),
+    /// A `SparseStaticEmbedding` (inference-free SPLADE's query side): a weight per
+    /// vocabulary token and a tokenizer in this folder.
+    SparseStatic(PathBuf),
 }
 
 /// A module applied to the pooled vector, in `modules.json` order.
@@ -54,6 +57,11 @@ pub struct StConfig {
 }
 
 impl StConfig {
+    /// A sparse encoder: SPLADE pooling, or a sparse static table.
+    pub fn is_sparse(&self) -> bool {
+        self.sparse.is_some() || matches!(self.input, InputModule::SparseStatic(_))
+    }
+
     pub fn normalizes(&self) -> bool {
         self.head.contains(&HeadModule::Normalize)
     }
@@ -225,6 +233,9 @@ impl StConfig {
                     ));
                 }
                 "StaticEmbedding" if i == 0 => input = Some(InputModule::Static(folder)),
+                "SparseStaticEmbedding" if i == 0 => {
+                    input = Some(InputModule::SparseStatic(folder));
+                }
                 "Transformer" | "StaticEmbedding" => {
                     return Err(refuse(i, module, "must be the first module"));
                 }

@@ -1,6 +1,8 @@
 //! sentence-transformers' `StaticEmbedding` (model2vec-style models): no graph, one table row
-//! per token, averaged (`torch.nn.EmbeddingBag(mode="mean")`), then the modules after it.
-//! Cheap enough to compute on the request's own blocking thread, without a batcher.
+//! per token, averaged (`torch.nn.EmbeddingBag(mode="mean")`), then the modules after it. And
+//! `SparseStaticEmbedding` (inference-free SPLADE's query side): one weight per vocabulary
+//! token, given once to each distinct token of the text. Cheap enough to compute on the
+//! request's own blocking thread, without a batcher.
 
 use std::path::Path;
 
@@ -10,10 +12,12 @@ use super::tokenize::TokenSeq;
 use super::weights::WeightsFile;
 
 pub struct StaticEmbedding {
-    /// `[vocabulary, dimension]`, row-major.
+    /// `[vocabulary, dimension]`, row-major; for a sparse table `[vocabulary]`.
     table: Vec<f32>,
     dimension: usize,
     head: Head,
+    /// A `SparseStaticEmbedding`: each input's vector spans the vocabulary.
+    sparse: bool,
 }
 
 impl StaticEmbedding {
@@ -42,6 +46,28 @@ impl StaticEmbedding {
             table,
             dimension,
             head,
+            sparse: false,
+        })
+    }
+
+    /// Reads a `SparseStaticEmbedding`'s weights from `dir/model.safetensors` (`weight`, one
+    /// per vocabulary token).
+    pub fn load_weights(dir: &Path, vocab_size: usize) -> Result<Self, LoadError> {
+        let (table, shape) = WeightsFile::open(dir)?.tensor(&["weight"])?;
+        if shape[..] != [table.len()] || table.len() < vocab_size {
+            return Err(LoadError::file(
+                dir.join("model.safetensors"),
+                format!(
+                    "the weights have shape {shape:?}; expected one per token of the \
+                     tokenizer's {vocab_size}"
+                ),
+            ));
+        }
+        Ok(Self {
+            dimension: table.len(),
+            table,
+            head: Head::default(),
+            sparse: true,
         })
     }
 
@@ -49,6 +75,9 @@ impl StaticEmbedding {
     /// the head. Token ids come from the model's own tokenizer or were checked against its
     /// vocabulary, so every row exists.
     pub fn embed(&self, seqs: &[TokenSeq]) -> Result<Vec<Vec<f32>>, String> {
+        if self.sparse {
+            return self.weigh(seqs);
+        }
         let d = self.dimension;
         let mut pooled = vec![0.0f32; seqs.len() * d];
         for (seq, out) in seqs.iter().zip(pooled.chunks_exact_mut(d)) {
@@ -66,6 +95,26 @@ impl StaticEmbedding {
             }
         }
         self.head.apply(pooled, seqs.len(), d)
+    }
+}
+
+impl StaticEmbedding {
+    /// Each sequence's distinct tokens with their weights, zero elsewhere: a token that occurs
+    /// twice counts once.
+    fn weigh(&self, seqs: &[TokenSeq]) -> Result<Vec<Vec<f32>>, String> {
+        seqs.iter()
+            .map(|seq| {
+                let mut weights = vec![0.0f32; self.dimension];
+                for &id in &seq.ids {
+                    let weight = self
+                        .table
+                        .get(id as usize)
+                        .ok_or_else(|| format!("token id {id} is outside the weights"))?;
+                    weights[id as usize] = *weight;
+                }
+                Ok(weights)
+            })
+            .collect()
     }
 }
 

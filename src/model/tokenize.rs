@@ -65,8 +65,9 @@ pub enum TextPreparation {
         do_lower_case: bool,
     },
     /// `StaticEmbedding`: the text as it is, without special tokens (although the tokenizer
-    /// file may define them), truncated only where the tokenizer file says so.
-    Static,
+    /// file may define them), truncated only where the tokenizer file says so, or at
+    /// `max_length` (`SparseStaticEmbedding` truncates at its tokenizer's `model_max_length`).
+    Static { max_length: Option<usize> },
 }
 
 pub struct TextTokenizer {
@@ -98,7 +99,11 @@ impl TextTokenizer {
             .unwrap_or(0);
         tokenizer.with_padding(None);
         // A static model keeps the file's own truncation, as sentence-transformers does.
-        if let TextPreparation::Transformer { max_seq_length, .. } = preparation {
+        let truncate_at = match preparation {
+            TextPreparation::Transformer { max_seq_length, .. } => Some(max_seq_length),
+            TextPreparation::Static { max_length } => max_length,
+        };
+        if let Some(max_seq_length) = truncate_at {
             tokenizer
                 .with_truncation(Some(TruncationParams {
                     max_length: max_seq_length,
@@ -116,7 +121,7 @@ impl TextTokenizer {
                 Shortening::for_tokenizer(&tokenizer),
             ),
             // Every token of a static model's text counts in its mean.
-            TextPreparation::Static => (usize::MAX, Shortening::default()),
+            TextPreparation::Static { .. } => (usize::MAX, Shortening::default()),
         };
         let ascii = AsciiWordPiece::new(&tokenizer);
         tracing::debug!(
