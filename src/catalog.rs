@@ -110,7 +110,12 @@ impl Catalog {
             let Ok(orgs) = std::fs::read_dir(dir) else {
                 continue;
             };
-            for org in orgs.flatten().filter(|e| e.path().is_dir()) {
+            // A folder that is a model itself holds its parts (`onnx/`, a Router's routes),
+            // not models.
+            let orgs = orgs
+                .flatten()
+                .filter(|e| e.path().is_dir() && !looks_like_model(&e.path()));
+            for org in orgs {
                 let Ok(models) = std::fs::read_dir(org.path()) else {
                     continue;
                 };

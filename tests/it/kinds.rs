@@ -449,3 +449,49 @@ fn router_models_route_by_input_type_alone_and_batched() {
         assert!(message.contains("input type"), "{json}");
     }
 }
+
+/// A models directory lists the kinds' folders with their tasks, and never their parts:
+/// `onnx/` holds a graph and a Router's route folders hold whole pipelines.
+#[test]
+fn models_directories_list_each_kind_with_its_task_and_no_parts() {
+    let scratch = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(kinds_root(), scratch.path().join("kinds")).unwrap();
+    let root = scratch.path().to_str().unwrap();
+    let kinds = kinds_root();
+    let server = Server::start(&[
+        "--models-dir",
+        root,
+        "--models-dir",
+        kinds.to_str().unwrap(),
+    ]);
+    let (status, models) = server.get("/v1/models");
+    assert_eq!(status, 200);
+    let listed: BTreeMap<String, String> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let task = m["task"].as_str().unwrap_or("?").to_string();
+            (m["id"].as_str().unwrap().to_string(), task)
+        })
+        .collect();
+    let expected: BTreeMap<String, String> = common::sorted_dirs(&kinds)
+        .iter()
+        .map(|dir| {
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            let reference: Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                    .unwrap();
+            let case = &reference["cases"][0];
+            let task = if case.get("indices").is_some() {
+                "sparse-embedding"
+            } else if case.get("logits").is_some() {
+                "classification"
+            } else {
+                "embedding"
+            };
+            (format!("kinds/{name}"), task.to_string())
+        })
+        .collect();
+    assert_eq!(listed, expected);
+}
