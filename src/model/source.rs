@@ -10,6 +10,7 @@ use hf_hub::api::tokio::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
 use super::LoadError;
+use super::router::RouterConfig;
 use super::st_config::{ModuleEntry, read_modules};
 
 /// Where a Hub-layout folder keeps its graph, in the order they are looked for.
@@ -241,7 +242,24 @@ pub async fn download(
             "`{id}` has neither modules.json nor tokenizer.json: not a sentence-transformers model"
         )));
     };
-    let modules = read_modules(&dir)?;
+    let mut modules = read_modules(&dir)?;
+    if modules.first().is_some_and(|m| m.class_name() == "Router") {
+        // A Router's routes keep their modules in folders of their own, each transformer with
+        // its configs and tokenizer beside its graph.
+        let config = in_folder(&modules[0].path, "router_config.json");
+        fetch(&config).await?;
+        let router = RouterConfig::read(&dir)?
+            .ok_or_else(|| LoadError::Source(format!("`{id}`: its Router has no routes")))?;
+        let routes: Vec<ModuleEntry> = router.routes.into_values().flatten().collect();
+        for module in &routes {
+            for file in METADATA_FILES.map(|name| in_folder(&module.path, name)) {
+                if listed.contains(&file.as_str()) {
+                    fetch(&file).await?;
+                }
+            }
+        }
+        modules = routes;
+    }
     for wanted in needed_files(&modules, onnx_file) {
         let file = wanted
             .alternatives
@@ -301,26 +319,31 @@ struct Needed {
     purpose: &'static str,
 }
 
+/// `file` in a module's `folder` of the repository.
+fn in_folder(folder: &str, file: &str) -> String {
+    match folder.trim_matches(['.', '/']) {
+        "" => file.to_string(),
+        folder => format!("{folder}/{file}"),
+    }
+}
+
 /// The files the model's modules read besides the configs: the graph of a Transformer (the
 /// configured one, else the Hub layout's), Dense weights, a static table and its tokenizer.
 fn needed_files(modules: &[ModuleEntry], onnx_file: Option<&str>) -> Vec<Needed> {
-    let graph = || Needed {
+    let graph = |folder: &str| Needed {
         alternatives: match onnx_file {
-            Some(file) => vec![file.to_string()],
-            None => DEFAULT_ONNX_FILES.map(String::from).to_vec(),
+            Some(file) => vec![in_folder(folder, file)],
+            None => DEFAULT_ONNX_FILES.map(|f| in_folder(folder, f)).to_vec(),
         },
         purpose: GRAPH,
     };
     if modules.is_empty() {
-        return vec![graph()];
+        return vec![graph("")];
     }
     let mut needed = Vec::new();
     for module in modules {
-        let in_folder = |file: &str| match module.path.trim_matches(['.', '/']) {
-            "" => file.to_string(),
-            folder => format!("{folder}/{file}"),
-        };
-        if matches!(module.class_name(), "Pooling" | "Dense") {
+        let in_folder = |file: &str| in_folder(&module.path, file);
+        if matches!(module.class_name(), "Pooling" | "Dense" | "SpladePooling") {
             // Numbered folders' configs come with the first fetch; this covers any folder name.
             needed.push(Needed {
                 alternatives: vec![in_folder("config.json")],
@@ -328,7 +351,7 @@ fn needed_files(modules: &[ModuleEntry], onnx_file: Option<&str>) -> Vec<Needed>
             });
         }
         match module.class_name() {
-            "Transformer" => needed.push(graph()),
+            "Transformer" | "MLMTransformer" => needed.push(graph(&module.path)),
             "Dense" => needed.push(Needed {
                 // A pickle only so that loading can say how to convert it.
                 alternatives: vec![
@@ -337,7 +360,7 @@ fn needed_files(modules: &[ModuleEntry], onnx_file: Option<&str>) -> Vec<Needed>
                 ],
                 purpose: "the Dense layer's weights",
             }),
-            "StaticEmbedding" => {
+            "StaticEmbedding" | "SparseStaticEmbedding" => {
                 needed.push(Needed {
                     alternatives: vec![in_folder("model.safetensors")],
                     purpose: "the static embedding table",
@@ -360,7 +383,10 @@ fn cached_snapshot(repo: &Repo, onnx_file: Option<&str>) -> Option<PathBuf> {
         .into_iter()
         .find_map(|f| Some((f, cache.get(f)?)))?;
     let dir = snapshot_of(&path, file);
-    let modules = read_modules(&dir).ok()?;
+    let modules = match RouterConfig::read(&dir).ok()? {
+        Some(router) => router.routes.into_values().flatten().collect(),
+        None => read_modules(&dir).ok()?,
+    };
     needed_files(&modules, onnx_file)
         .iter()
         .all(|n| n.alternatives.iter().any(|f| dir.join(f).is_file()))

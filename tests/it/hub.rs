@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::fake_hub::{
-    DECOYS, DENSE_REPO, FakeHub, REPO, RERANK_REPO, ROOT_GRAPH_REPO, STATIC_REPO, start_fake_hub,
+    CLASSIFIER_REPO, DECOYS, DENSE_REPO, FakeHub, REPO, RERANK_REPO, ROOT_GRAPH_REPO, ROUTER_REPO,
+    SPLADE_FREE_REPO, STATIC_REPO, start_fake_hub,
 };
 use common::{Server, cosine, reference, run_cli};
 use serde_json::json;
@@ -248,4 +249,90 @@ fn a_graph_the_repository_lacks_is_named_with_the_ones_it_has() {
         "{stderr}"
     );
     assert!(stderr.contains("onnx/model.onnx"), "{stderr}");
+}
+
+/// A Router model, inference-free SPLADE (a Router whose query route is a static table) and
+/// a transformers classifier download each route's files and serve what the library gives.
+#[test]
+fn router_sparse_and_classifier_repositories_download_what_their_routes_need() {
+    let (server, hub, _home) = serve_from_fake_hub(&[
+        "--model",
+        ROUTER_REPO,
+        "--model",
+        SPLADE_FREE_REPO,
+        "--model",
+        CLASSIFIER_REPO,
+    ]);
+    let kinds = common::model_dir("../kinds");
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(kinds.join(name).join("reference.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let router = read("router-query-document");
+    for case in router["cases"].as_array().unwrap().iter().take(6) {
+        let extra = case["task"]
+            .as_str()
+            .map_or(json!({}), |t| json!({"input_type": t}));
+        let got = server.embed(ROUTER_REPO, case["input"].clone(), extra);
+        let want: Vec<f32> = case["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert!(cosine(&got[0], &want) >= 0.99999, "{}", case["input"]);
+    }
+    let sparse = read("splade-inference-free");
+    for case in sparse["cases"].as_array().unwrap().iter().take(6) {
+        let mut body = json!({"model": SPLADE_FREE_REPO, "inputs": case["input"]});
+        if let Some(task) = case["task"].as_str() {
+            body["input_type"] = json!(task);
+        }
+        let (status, got) = server.post_json("/embed_sparse", &body);
+        assert_eq!(status, 200, "{got}");
+        let indices: Vec<u64> = got[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["index"].as_u64().unwrap())
+            .collect();
+        let want: Vec<u64> = case["indices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap())
+            .collect();
+        assert_eq!(indices, want, "{} ({})", case["input"], case["task"]);
+    }
+    let classifier = read("text-classifier-4labels");
+    let case = &classifier["cases"][1];
+    let (status, got) = server.post_json(
+        "/predict",
+        &json!({"model": CLASSIFIER_REPO, "inputs": case["input"]}),
+    );
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got[0]["label"], case["label"]);
+
+    let fetched = hub.fetched.lock().unwrap().clone();
+    for needed in [
+        "router_config.json",
+        "query_0_Transformer/onnx/model.onnx",
+        "query_0_Transformer/tokenizer.json",
+        "query_0_Transformer/sentence_bert_config.json",
+        "query_1_Pooling/config.json",
+        "document_0_Transformer/onnx/model.onnx",
+        "document_1_Pooling/config.json",
+        "query_0_SparseStaticEmbedding/model.safetensors",
+        "query_0_SparseStaticEmbedding/tokenizer_config.json",
+        "document_0_MLMTransformer/onnx/model.onnx",
+        "document_1_SpladePooling/config.json",
+    ] {
+        assert!(fetched.iter().any(|f| f == needed), "{needed}: {fetched:?}");
+    }
+    assert!(
+        !fetched.iter().any(|f| DECOYS.contains(&f.as_str())),
+        "{fetched:?}"
+    );
 }

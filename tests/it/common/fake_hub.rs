@@ -25,6 +25,11 @@ pub const ROOT_GRAPH_REPO: &str = "fixture-org/optimum";
 /// A cross-encoder as older Hub repos hold one: config.json names the architecture, no
 /// sentence-transformers files (rerank-legacy/xlmr-reranker).
 pub const RERANK_REPO: &str = "fixture-org/reranker";
+/// The kinds beyond embedders (../shared/kinds): a Router model, inference-free SPLADE (a
+/// Router with a static sparse query route) and a text classifier.
+pub const ROUTER_REPO: &str = "fixture-org/router";
+pub const SPLADE_FREE_REPO: &str = "fixture-org/splade-inference-free";
+pub const CLASSIFIER_REPO: &str = "fixture-org/classifier";
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// Files no model here needs, which must never be fetched.
@@ -35,7 +40,7 @@ pub const DECOYS: [&str; 4] = [
     "2_Dense/pytorch_model.bin",
 ];
 
-/// A stand-in for the Hub serving five repositories, each a fixture folder plus files that
+/// A stand-in for the Hub serving eight repositories, each a fixture folder plus files that
 /// its model does not need (`DECOYS`).
 pub struct FakeHub {
     /// Repository, then file, to bytes.
@@ -127,15 +132,19 @@ pub fn start_fake_hub() -> (String, Arc<FakeHub>) {
 /// Like `start_fake_hub`; with `open = false`, the graph is served once `gate` gets a permit.
 pub fn start_gated_hub(open: bool) -> (String, Arc<FakeHub>) {
     let mut repos = BTreeMap::new();
+    let kinds = model_dir("../kinds");
     for (repo, fixture) in [
-        (REPO, "tiny/bert-mean"),
-        (DENSE_REPO, "zoo-st5/bert-labse"),
-        (STATIC_REPO, "zoo/static-embedding"),
-        (ROOT_GRAPH_REPO, "zoo-st5/bert-dense-optimum-st"),
-        (RERANK_REPO, "rerank-legacy/xlmr-reranker"),
+        (REPO, model_dir("tiny/bert-mean")),
+        (DENSE_REPO, model_dir("zoo-st5/bert-labse")),
+        (STATIC_REPO, model_dir("zoo/static-embedding")),
+        (ROOT_GRAPH_REPO, model_dir("zoo-st5/bert-dense-optimum-st")),
+        (RERANK_REPO, model_dir("rerank-legacy/xlmr-reranker")),
+        (ROUTER_REPO, kinds.join("router-query-document")),
+        (SPLADE_FREE_REPO, kinds.join("splade-inference-free")),
+        (CLASSIFIER_REPO, kinds.join("text-classifier-4labels")),
     ] {
         let mut files = BTreeMap::new();
-        collect(&model_dir(fixture), "", &mut files);
+        collect(&fixture, "", &mut files);
         for decoy in DECOYS {
             files.insert(decoy.to_string(), b"not needed".to_vec());
         }
