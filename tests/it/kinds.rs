@@ -19,42 +19,32 @@ fn kinds_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/kinds")
 }
 
-/// The folders whose reference is a classifier's, with their references.
-fn classifiers() -> Vec<(String, Value)> {
+/// The folders whose reference's cases hold `field` (a classifier's `logits`, a sparse
+/// encoder's `indices`, a dense `embedding`), with their references: at least `at_least`.
+fn references(field: &str, at_least: usize) -> Vec<(String, Value)> {
     let found: Vec<(String, Value)> = common::sorted_dirs(&kinds_root())
         .into_iter()
         .filter_map(|dir| {
             let text = std::fs::read_to_string(dir.join("reference.json")).ok()?;
             let reference: Value = serde_json::from_str(&text).unwrap();
-            reference["cases"][0].get("logits")?;
+            reference["cases"][0].get(field)?;
             let name = dir.file_name().unwrap().to_string_lossy().into_owned();
             Some((name, reference))
         })
         .collect();
     assert!(
-        found.len() >= 3,
-        "classifier fixtures in ../shared/kinds: {found:?}"
+        found.len() >= at_least,
+        "folders in ../shared/kinds with `{field}`: {found:?}"
     );
     found
 }
 
-/// The folders whose reference is a sparse encoder's, with their references.
+fn classifiers() -> Vec<(String, Value)> {
+    references("logits", 3)
+}
+
 fn sparse_encoders() -> Vec<(String, Value)> {
-    let found: Vec<(String, Value)> = common::sorted_dirs(&kinds_root())
-        .into_iter()
-        .filter_map(|dir| {
-            let text = std::fs::read_to_string(dir.join("reference.json")).ok()?;
-            let reference: Value = serde_json::from_str(&text).unwrap();
-            reference["cases"][0].get("indices")?;
-            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-            Some((name, reference))
-        })
-        .collect();
-    assert!(
-        found.len() >= 2,
-        "sparse encoders in ../shared/kinds: {found:?}"
-    );
-    found
+    references("indices", 2)
 }
 
 /// A server with these models, each named after its folder.
@@ -350,24 +340,17 @@ fn sparse_encoders_match_their_references_alone_and_batched() {
     }
 }
 
-/// The Router folders whose reference holds dense vectors, with their references.
+/// The Router models whose references hold dense vectors.
 fn dense_routers() -> Vec<(String, Value)> {
-    let found: Vec<(String, Value)> = common::sorted_dirs(&kinds_root())
+    let routers: Vec<_> = references("embedding", 0)
         .into_iter()
-        .filter(|dir| dir.join("router_config.json").exists())
-        .filter_map(|dir| {
-            let text = std::fs::read_to_string(dir.join("reference.json")).ok()?;
-            let reference: Value = serde_json::from_str(&text).unwrap();
-            reference["cases"][0].get("embedding")?;
-            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-            Some((name, reference))
-        })
+        .filter(|(name, _)| kinds_root().join(name).join("router_config.json").exists())
         .collect();
     assert!(
-        !found.is_empty(),
+        !routers.is_empty(),
         "no dense Router model in ../shared/kinds"
     );
-    found
+    routers
 }
 
 const ROUTE_COSINE: f64 = 0.99999;
