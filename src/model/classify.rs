@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::cross_encoder::Task;
+use super::kind::Task;
 use super::tokenize::Encoded;
 use super::{Backend, EmbedError, Model};
 use crate::batcher::{BatchError, Completed, Pending};

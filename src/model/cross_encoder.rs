@@ -11,43 +11,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::LoadError;
 pub use super::dense::Activation;
-use super::router::RouterConfig;
 use super::st_config::{read_json, read_modules};
-
-/// What a model serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    /// Text in, a vector out (`/v1/embeddings`, TEI's `/embed`).
-    Embedding,
-    /// A (query, document) pair in, a relevance score out (`/v1/rerank`).
-    Rerank,
-    /// A text or a pair in, a score per label out (TEI's `/predict`).
-    Classification,
-    /// Text in, a weight per vocabulary token out (TEI's `/embed_sparse`): SPLADE.
-    #[serde(rename = "sparse-embedding")]
-    SparseEmbedding,
-}
-
-impl Task {
-    /// Of the folder's files alone, without loading anything.
-    pub fn of_dir(dir: &Path) -> Result<Self, LoadError> {
-        let sparse = match RouterConfig::read(dir)? {
-            Some(router) => router.is_sparse(),
-            None => read_modules(dir)?
-                .iter()
-                .any(|m| m.class_name() == "SpladePooling"),
-        };
-        if sparse {
-            return Ok(Self::SparseEmbedding);
-        }
-        Ok(CrossEncoder::read(dir)?.map_or(Self::Embedding, |head| head.task()))
-    }
-}
 
 /// What the folder says about its cross-encoder head.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,15 +29,6 @@ pub struct CrossEncoder {
 }
 
 impl CrossEncoder {
-    /// A reranker with one label, a classifier with more.
-    pub fn task(&self) -> Task {
-        if self.labels.len() == 1 {
-            Task::Rerank
-        } else {
-            Task::Classification
-        }
-    }
-
     /// The labels in the order of the graph's logits: by id, `LABEL_i` for an id the config
     /// does not name.
     pub fn label_names(&self) -> Vec<String> {
@@ -181,6 +140,7 @@ impl CrossEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Task;
 
     fn models() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
@@ -268,7 +228,6 @@ mod tests {
             r#"{"architectures": ["BertForSequenceClassification"], "id2label": {"0": "NEG", "1": "POS"}}"#,
         )]);
         let classifier = classifier.unwrap().expect("a classifier");
-        assert_eq!(classifier.task(), Task::Classification);
         assert_eq!(classifier.label_names(), ["NEG", "POS"]);
         assert!(!classifier.multi_label);
         assert_eq!(read_with(&[]).unwrap(), None);

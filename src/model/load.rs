@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::cross_encoder::{CrossEncoder, Task};
 use super::encoder::{Encoder, GraphOptions};
 use super::head::Head;
+use super::kind::{ModelKind, Task};
 use super::pooling::Pooling;
 use super::router::{RouterConfig, Routes};
 use super::source;
@@ -74,21 +74,20 @@ impl Model {
         runtime: &Runtime,
         st: StConfig,
     ) -> Result<Self, LoadError> {
-        let cross_encoder = CrossEncoder::read(dir)?;
-        let modules = match cross_encoder {
+        let kind = ModelKind::read(dir, &st)?;
+        let modules = match kind.cross_encoder() {
             // A cross-encoder's logits are its output: nothing pools or follows them.
             Some(_) => Vec::new(),
             None => head_modules(&st, spec.config.normalize),
         };
         let head = Head::load(&modules)?;
         let mut model = match &st.input {
-            InputModule::Transformer => {
-                Self::load_graph(spec, dir, runtime, &st, head, cross_encoder)?
-            }
+            InputModule::Transformer => Self::load_graph(spec, dir, runtime, &st, head, &kind)?,
             InputModule::Static(folder) | InputModule::SparseStatic(folder) => {
                 Self::load_static(spec, dir, folder, &st, head)?
             }
         };
+        model.kind = kind;
         model.normalizes = modules.last() == Some(&HeadModule::Normalize);
         // Counted from here on: Drop uncounts it, also when the probe fails.
         let device = model.device.to_string();
@@ -147,7 +146,7 @@ impl Model {
         runtime: &Runtime,
         st: &StConfig,
         head: Head,
-        cross_encoder: Option<CrossEncoder>,
+        kind: &ModelKind,
     ) -> Result<Self, LoadError> {
         let settings = &spec.config;
         let onnx_file = match &settings.onnx_file {
@@ -175,7 +174,7 @@ impl Model {
                     dir.display()
                 ))
             })?;
-        let pooling = match cross_encoder {
+        let pooling = match kind.cross_encoder() {
             Some(_) => None,
             None => settings.pooling.map(Pooling::single).or(st.pooling.clone()),
         };
@@ -190,7 +189,7 @@ impl Model {
         let graph = GraphOptions {
             pooling: pooling.clone(),
             head,
-            scores_pairs: cross_encoder.is_some(),
+            scores_pairs: kind.cross_encoder().is_some(),
             sparse: st.sparse,
             device: settings.device.unwrap_or_default(),
             gpu_mem_limit: settings.gpu_mem_limit,
@@ -248,7 +247,6 @@ impl Model {
         model.excluded_prompt_lengths = excluded_prompt_lengths;
         model.embeds_empty = embeds_empty;
         model.device = device;
-        model.cross_encoder = cross_encoder;
         model.pooling = pooling;
         model.dtype = dtype;
         Ok(model)
@@ -301,9 +299,7 @@ impl Model {
             embeds_empty: true,
             tokenizer,
             backend,
-            cross_encoder: None,
-            sparse: st.is_sparse(),
-            max_active_dims: st.max_active_dims,
+            kind: ModelKind::Embedding,
             routes: Routes::default(),
             input_type: spec.config.input_type,
             pooling: None,

@@ -8,6 +8,7 @@ mod embed;
 mod encoder;
 mod head;
 mod inputs;
+mod kind;
 mod load;
 mod long_text;
 mod pooling;
@@ -30,10 +31,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use classify::{Classified, ClassifyInput, ClassifyOptions};
-pub use cross_encoder::Task;
 pub use embed::Embedded;
 pub use encoder::Encoder;
 pub use inputs::{EmbedOptions, Token, TokenInput, warm_up_tiktoken};
+pub use kind::Task;
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
 pub use rerank::{RerankOptions, Reranked};
 pub use router::InputType;
@@ -41,7 +42,7 @@ pub use source::{HubSettings, ModelSource};
 pub use sparse::SparseVector;
 pub use tokenize::{TextPreparation, TextTokenizer, TokenSeq};
 
-use cross_encoder::CrossEncoder;
+use kind::ModelKind;
 use static_embedding::StaticEmbedding;
 
 use crate::batcher::{BatchError, Batcher};
@@ -201,12 +202,8 @@ pub struct Model {
     normalizes: bool,
     /// The graph's output type (`float32` for static tables), as `/info` reports it.
     dtype: &'static str,
-    /// Set for rerankers: the model scores pairs instead of embedding texts.
-    cross_encoder: Option<CrossEncoder>,
-    /// A sparse encoder: its vectors hold a weight per vocabulary token.
-    sparse: bool,
-    /// A sparse encoder's most non-zero weights per vector (`max_active_dims`).
-    max_active_dims: Option<usize>,
+    /// What the model is: embedder, sparse encoder, reranker or classifier.
+    kind: ModelKind,
     /// A Router model's other routes; this model is its default route.
     routes: router::Routes,
     /// What texts are when a request does not say (the `[[models]]` entry's `input_type`).

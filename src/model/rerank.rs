@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::cross_encoder::{Activation, CrossEncoder, Task};
+use super::cross_encoder::Activation;
+use super::kind::Task;
 use super::{Backend, EmbedError, Model};
 use crate::batcher::Pending;
 
@@ -36,31 +37,6 @@ pub struct Reranked {
 }
 
 impl Model {
-    /// What this model serves.
-    pub fn task(&self) -> Task {
-        if self.sparse {
-            return Task::SparseEmbedding;
-        }
-        self.cross_encoder
-            .as_ref()
-            .map_or(Task::Embedding, CrossEncoder::task)
-    }
-
-    /// The activation turning logits into scores, for cross-encoders.
-    pub fn activation(&self) -> Option<Activation> {
-        self.cross_encoder.as_ref().map(|c| c.activation)
-    }
-
-    /// `config.json`'s labels, for cross-encoders.
-    pub fn labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
-        self.cross_encoder.as_ref().map(|c| &c.labels)
-    }
-
-    /// The classifier's head: its labels and how they are scored.
-    pub(super) fn classifier(&self) -> Option<&CrossEncoder> {
-        self.cross_encoder.as_ref()
-    }
-
     /// Scores each document against `query`. Tokenizing runs on the blocking pool, or for
     /// small requests on the calling task (see `is_small`); waiting for the batcher holds no
     /// thread.
@@ -88,43 +64,6 @@ impl Model {
     ) -> Result<Reranked, EmbedError> {
         let (pending, tokens) = self.start_pairs(query, documents, options)?;
         self.scored(pending.wait_blocking(), tokens)
-    }
-
-    /// Refuses a request of the wrong kind for this model, naming the route it belongs to.
-    pub fn require(&self, task: Task) -> Result<(), EmbedError> {
-        let served = match self.task() {
-            Task::Embedding => "an embedding model; send it to POST /v1/embeddings",
-            Task::Rerank => {
-                "a reranker (cross-encoder): it scores (query, document) pairs; send it to \
-                 POST /v1/rerank"
-            }
-            Task::Classification => {
-                "a classifier: it scores a text or a pair against its labels; send it to \
-                 POST /predict"
-            }
-            Task::SparseEmbedding => {
-                "a sparse encoder (SPLADE): it gives a weight per vocabulary token; send it to \
-                 POST /embed_sparse"
-            }
-        };
-        let message = match task {
-            asked if asked == self.task() => return Ok(()),
-            Task::Embedding => format!("model `{}` has no embeddings: it is {served}", self.name),
-            Task::Rerank => format!("model `{}` is not a reranker: it is {served}", self.name),
-            Task::Classification => {
-                format!("model `{}` is not a classifier: it is {served}", self.name)
-            }
-            Task::SparseEmbedding => {
-                format!(
-                    "model `{}` is not a sparse encoder: it is {served}",
-                    self.name
-                )
-            }
-        };
-        Err(EmbedError::Invalid {
-            param: "model",
-            message,
-        })
     }
 
     fn start_pairs(

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::embed::Embedded;
+use super::kind::ModelKind;
 use super::{EmbedError, EmbedOptions, Input, Model, Task};
 
 /// The non-zero weights of one input: vocabulary ids, ascending, and their weights.
@@ -29,7 +30,10 @@ impl Model {
         };
         let model = self.route(options.input_type);
         model.require(Task::SparseEmbedding)?;
-        let max_active = model.max_active_dims;
+        let max_active = match model.kind {
+            ModelKind::SparseEmbedding { max_active_dims } => max_active_dims,
+            _ => None,
+        };
         let mut embedded = model.vectors(inputs, options).await?;
         let vectors = std::mem::take(&mut embedded.vectors)
             .iter()
