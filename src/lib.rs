@@ -17,3 +17,4 @@ pub mod model;
 pub mod runtime;
 pub mod scheduler;
 pub mod server;
+pub mod units;

@@ -15,8 +15,10 @@ use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep;
 use ort::session::{Session, builder::GraphOptimizationLevel, builder::SessionBuilder};
 
-use crate::config::RuntimeConfig;
+use serde::Deserialize;
+
 use crate::scheduler::{Lane, RunScheduler};
+use crate::units::byte_size;
 
 /// The file name `scripts/fetch-onnxruntime` installs under `.onnxruntime/`.
 const LIBRARY_NAME: &str = "libonnxruntime.so";
@@ -31,6 +33,23 @@ pub enum RuntimeError {
     Load { path: PathBuf, reason: String },
     #[error("cannot initialise ONNX Runtime: {0}")]
     Init(#[from] ort::Error),
+}
+
+/// The `[runtime]` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Path of `libonnxruntime.so`; `ORT_DYLIB_PATH` wins over it.
+    pub library: Option<PathBuf>,
+    /// Intra-op threads of a run; all cores when unset.
+    pub intra_threads: Option<usize>,
+    /// When intra-op threads busy-wait for work: adaptive, always or never.
+    pub spinning: Spinning,
+    /// Where models run unless they say otherwise: cpu, cuda, cuda:N or auto.
+    pub device: Device,
+    /// Cap on each model's CUDA memory arena, e.g. "4GiB".
+    #[serde(deserialize_with = "byte_size")]
+    pub gpu_mem_limit: Option<u64>,
 }
 
 /// The process's ONNX Runtime, and how the sessions built from it use threads.

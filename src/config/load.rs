@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use super::{Config, ConfigError, ModelConfig, Overrides};
+use super::{Config, ConfigError, ModelConfig, Overrides, model_from_spec};
 use crate::model::ModelSource;
 
 impl Config {
@@ -108,7 +108,7 @@ impl Config {
         }
         self.models_dirs.extend(models.models_dirs);
         for spec in &models.models {
-            self.models.push(ModelConfig::from_spec("--model", spec)?);
+            self.models.push(model_from_spec("--model", spec)?);
         }
         for spec in &models.pins {
             self.pin(spec)?;
@@ -125,7 +125,7 @@ impl Config {
         let index = match self.models.iter().position(named) {
             Some(index) => index,
             None => {
-                let model = ModelConfig::from_spec("--pin", spec)?;
+                let model = model_from_spec("--pin", spec)?;
                 let same = |m: &ModelConfig| m.effective_name() == model.effective_name();
                 self.models.iter().position(same).unwrap_or_else(|| {
                     self.models.push(model);
@@ -506,17 +506,17 @@ mod tests {
     #[test]
     fn spec_names_default_to_the_hub_id_or_folder() {
         assert_eq!(
-            ModelConfig::from_spec("--model", "org/name@rev")
+            model_from_spec("--model", "org/name@rev")
                 .unwrap()
                 .effective_name(),
             "org/name"
         );
         assert_eq!(
-            ModelConfig::from_spec("--model", "./models/my-model/")
+            model_from_spec("--model", "./models/my-model/")
                 .unwrap()
                 .effective_name(),
             "my-model"
         );
-        assert!(ModelConfig::from_spec("--model", "name=").is_err());
+        assert!(model_from_spec("--model", "name=").is_err());
     }
 }

@@ -16,6 +16,7 @@ mod rerank;
 mod respin;
 mod router;
 mod run_shape;
+mod settings;
 pub mod source;
 mod sparse;
 mod splade;
@@ -38,6 +39,7 @@ pub use kind::Task;
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
 pub use rerank::{RerankOptions, Reranked};
 pub use router::InputType;
+pub use settings::ModelConfig;
 pub use source::{HubSettings, ModelSource};
 pub use sparse::SparseVector;
 pub use tokenize::{TextPreparation, TextTokenizer, TokenSeq};
@@ -46,7 +48,6 @@ use kind::ModelKind;
 use static_embedding::StaticEmbedding;
 
 use crate::batcher::{BatchError, Batcher};
-use crate::config::ModelConfig;
 use crate::metrics::METRICS;
 use crate::runtime::Device;
 
