@@ -2,6 +2,7 @@
 
 mod body;
 mod decode;
+mod embed_all;
 mod embed_sparse;
 mod embeddings;
 mod error;
@@ -53,7 +54,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(similarity::routes())
         .merge(predict::routes())
         .merge(decode::routes())
-        .merge(embed_sparse::routes());
+        .merge(embed_sparse::routes())
+        .merge(embed_all::routes());
     let tei_paths = tei_errors::TeiPaths::of(&tei);
     let mut api = ApiRouter::new()
         .merge(embeddings::routes())

@@ -253,6 +253,7 @@ impl Encoder {
                 ids: vec![filler; columns],
                 type_ids: Vec::new(),
                 pool_from: 0,
+                unpooled: false,
             };
             let batch = vec![&seq; rows];
             let _turn = lane.turn();
@@ -288,11 +289,19 @@ impl Encoder {
             ids: vec![filler],
             type_ids: Vec::new(),
             pool_from: 0,
+            unpooled: false,
         };
         self.run_options.set(SHRINK, "cpu:0")?;
         let shrunk = self.embed(&[&seq]);
         self.run_options.set(SHRINK, "")?;
         shrunk.map(drop)
+    }
+
+    /// The width of each token's vector, for a graph whose token embeddings are pooled here
+    /// (`None` where the graph pools, scores or gives logits).
+    pub fn token_width(&self) -> Option<usize> {
+        matches!(self.kind, OutputKind::Tokens(_) if self.output_width > 0)
+            .then_some(self.output_width)
     }
 
     /// Whether the graph quantizes activations with a scale computed from each run's data.
@@ -393,15 +402,36 @@ impl Encoder {
                     Vec::with_capacity(batch.len() * out_width * pooling.modes().len());
                 let per_row = cols * out_width;
                 let mut rows = values.chunks_exact(per_row.max(1));
-                for seq in batch {
+                // Rows that want every token's vector skip pooling and the modules after it.
+                let mut unpooled = Vec::new();
+                for (i, seq) in batch.iter().enumerate() {
                     let tokens = if seq.is_empty() {
                         &[][..]
                     } else {
                         rows.next().unwrap_or_default()
                     };
-                    pooling.pool(tokens, out_width, seq.len(), seq.pool_from, &mut pooled);
+                    if seq.unpooled {
+                        unpooled.push((i, tokens[..seq.len() * out_width].to_vec()));
+                    } else {
+                        pooling.pool(tokens, out_width, seq.len(), seq.pool_from, &mut pooled);
+                    }
                 }
-                (pooled, out_width * pooling.modes().len())
+                let width = out_width * pooling.modes().len();
+                if !unpooled.is_empty() {
+                    let pooled_rows = batch.len() - unpooled.len();
+                    let mut vectors = head
+                        .apply(pooled, pooled_rows, width)
+                        .map_err(anyhow::Error::msg)?
+                        .into_iter();
+                    let mut unpooled = unpooled.into_iter().peekable();
+                    return Ok((0..batch.len())
+                        .map(|i| match unpooled.next_if(|(row, _)| *row == i) {
+                            Some((_, tokens)) => tokens,
+                            None => vectors.next().unwrap_or_default(),
+                        })
+                        .collect());
+                }
+                (pooled, width)
             }
         };
         head.apply(pooled, batch.len(), width)

@@ -53,7 +53,7 @@ impl Default for EmbedOptions {
     }
 }
 
-fn invalid(param: &'static str, message: String) -> EmbedError {
+pub(super) fn invalid(param: &'static str, message: String) -> EmbedError {
     EmbedError::Invalid { param, message }
 }
 
@@ -271,6 +271,7 @@ impl Model {
                         ids: ids[..keep].to_vec(),
                         type_ids: Vec::new(),
                         pool_from: 0,
+                        unpooled: false,
                     }
                 }
                 _ => {
@@ -282,6 +283,7 @@ impl Model {
                         ids: encoding.ids,
                         type_ids: Vec::new(),
                         pool_from,
+                        unpooled: false,
                     }
                 }
             };

@@ -199,6 +199,7 @@ impl Model {
         let dtype = encoder.output_dtype();
         tracing::info!(model = %spec.name, %device, "{} runs on {device}", spec.name);
         let embeds_empty = encoder.embeds_empty_sequences();
+        let token_width = encoder.token_width();
         let batching = settings.batching.unwrap_or_else(|| {
             if encoder.quantizes_activations() {
                 Batching::Isolated
@@ -243,6 +244,7 @@ impl Model {
         }
         let mut model = Self::common(spec, dir, st, tokenizer, Backend::Graph(batcher));
         model.onnx_file = Some(onnx_file);
+        model.token_width = token_width;
         model.max_seq_length = Some(max_seq_length);
         model.excluded_prompt_lengths = excluded_prompt_lengths;
         model.embeds_empty = embeds_empty;
@@ -300,6 +302,7 @@ impl Model {
             tokenizer,
             backend,
             kind: ModelKind::Embedding,
+            token_width: None,
             routes: Routes::default(),
             input_type: spec.config.input_type,
             pooling: None,

@@ -5,6 +5,7 @@ mod classify;
 mod cross_encoder;
 mod dense;
 mod embed;
+mod embed_all;
 mod encoder;
 mod head;
 mod inputs;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 pub use classify::{Classified, ClassifyInput, ClassifyOptions};
 pub use embed::Embedded;
+pub use embed_all::AllTokens;
 pub use encoder::Encoder;
 pub use inputs::{EmbedOptions, Token, TokenInput, warm_up_tiktoken};
 pub use kind::Task;
@@ -205,6 +207,8 @@ pub struct Model {
     dtype: &'static str,
     /// What the model is: embedder, sparse encoder, reranker or classifier.
     kind: ModelKind,
+    /// The width of the graph's token embeddings, where they are pooled here (`/embed_all`).
+    token_width: Option<usize>,
     /// A Router model's other routes; this model is its default route.
     routes: router::Routes,
     /// What texts are when a request does not say (the `[[models]]` entry's `input_type`).
@@ -289,6 +293,7 @@ impl Model {
                 ids: encoded.ids,
                 type_ids: encoded.type_ids,
                 pool_from: 0,
+                unpooled: false,
             });
         }
         if tokens > max_tokens {

@@ -139,6 +139,7 @@ mod tests {
             ids: ids.to_vec(),
             type_ids: Vec::new(),
             pool_from: 0,
+            unpooled: false,
         };
         let out = table
             .embed(&[seq(&[0, 2]), seq(&[]), seq(&[1, 1])])

@@ -43,6 +43,8 @@ pub struct TokenSeq {
     pub type_ids: Vec<u32>,
     /// Leading positions (a prompt) left out of pooling, for `include_prompt = false` models.
     pub pool_from: usize,
+    /// Every token's vector is wanted, not pooled (TEI's `/embed_all`).
+    pub unpooled: bool,
 }
 
 impl TokenSeq {

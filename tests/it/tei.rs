@@ -229,3 +229,85 @@ fn similarity_is_the_cosine_of_the_reference_vectors_on_both_routes() {
         "{json}"
     );
 }
+
+/// `/embed_all` gives every token's vector: for a mean-pooling model their mean is the
+/// embedding's direction; each input keeps its own length in a batch; a model whose graph
+/// pools itself has no token vectors to give; an answer too large is refused before it runs.
+#[test]
+fn embed_all_gives_the_token_vectors_the_embedding_pools() {
+    let root = models_root_arg();
+    let server = Server::start(&["--models-dir", &root, "--default-model", MINILM]);
+    let texts = [
+        "Hello world",
+        "A longer sentence with a few more words in it",
+    ];
+    let (status, all) = server.post_json("/embed_all", &json!({"inputs": texts}));
+    assert_eq!(status, 200, "{all}");
+    let embedded = server.embed(MINILM, json!(texts), json!({}));
+    let (_, tokenized) = server.post_json("/tokenize", &json!({"inputs": texts}));
+    for ((tokens, vector), ids) in all
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&embedded)
+        .zip(tokenized.as_array().unwrap())
+    {
+        let tokens = vectors(tokens);
+        assert_eq!(
+            tokens.len(),
+            ids.as_array().unwrap().len(),
+            "one vector per token"
+        );
+        assert!(tokens.iter().all(|t| t.len() == 384));
+        let mean: Vec<f32> = (0..384)
+            .map(|j| tokens.iter().map(|t| t[j]).sum::<f32>() / tokens.len() as f32)
+            .collect();
+        assert!(common::cosine(&mean, vector) >= 0.99999);
+    }
+
+    // Token and pooled requests at once share runs: each still gets its own answer.
+    std::thread::scope(|scope| {
+        for client in 0..6 {
+            let (server, embedded, texts) = (&server, &embedded, &texts);
+            scope.spawn(move || {
+                for round in 0..8 {
+                    let i = (client + round) % 2;
+                    if (client + round) % 3 == 0 {
+                        let (status, all) =
+                            server.post_json("/embed_all", &json!({"inputs": texts[i]}));
+                        assert_eq!(status, 200, "{all}");
+                        let tokens = vectors(&all[0]);
+                        assert!(tokens.len() > 2 && tokens.iter().all(|t| t.len() == 384));
+                    } else {
+                        let got = server.embed(MINILM, json!(texts[i]), json!({}));
+                        assert!(common::cosine(&got[0], &embedded[i]) >= 0.99999);
+                    }
+                }
+            });
+        }
+    });
+
+    let pooled_in_graph = "zoo-st5/bert-dense-optimum-st";
+    let (status, json) = server.post_json(
+        "/embed_all",
+        &json!({"model": pooled_in_graph, "inputs": "x"}),
+    );
+    assert_eq!(
+        (status, &json["error_type"]),
+        (400, &json!("validation")),
+        "{json}"
+    );
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("no token embeddings"),
+        "{json}"
+    );
+
+    let long = "word ".repeat(300);
+    let many: Vec<&str> = std::iter::repeat_n(long.as_str(), 200).collect();
+    let (status, json) = server.post_json("/embed_all", &json!({"inputs": many}));
+    assert_eq!(status, 400, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("floats"), "{json}");
+}
