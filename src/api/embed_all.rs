@@ -3,18 +3,19 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 
+use super::embeddings::json_answer;
 use super::error::ApiError;
 use super::input::RequestInput;
 use super::json::ApiJson;
-use super::resolve::{labelled, requested_model, serve_model};
+use super::resolve::labelled;
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
+use super::tei::{text_model, text_options};
 use super::truncation::TruncationDirection;
-use crate::model::{EmbedOptions, InputType, TokenInput};
+use crate::model::InputType;
 
 /// TEI's `/embed_all` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -68,34 +69,22 @@ async fn token_vectors(
     label: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let RequestInput(inputs) = request.inputs;
-    if inputs.is_empty() {
-        return Err(ApiError::bad_request("inputs", "inputs must not be empty").code("empty"));
-    }
-    if let Some(direction) = request.truncation_direction {
-        direction.require_right()?;
-    }
-    let name = requested_model(state, request.model.as_deref())?;
-    let model = serve_model(state, &name, label).await?;
-    let span = tracing::Span::current();
-    span.record("inputs", inputs.len());
-    let options = EmbedOptions {
-        prompt_name: request.prompt_name,
-        truncate: request.truncate,
-        dimensions: None,
-        max_tokens: state.limits.max_tokens_per_request,
-        token_input: Some(TokenInput::Native),
-        input_type: request.input_type,
-    };
+    let model = text_model(
+        state,
+        &inputs,
+        request.model.as_deref(),
+        request.truncation_direction,
+        label,
+    )
+    .await?;
+    let options = text_options(
+        state,
+        request.prompt_name,
+        request.truncate,
+        request.input_type,
+    );
     let all = model.embed_all(inputs, options).await?;
-    span.record("tokens", all.tokens);
+    tracing::Span::current().record("tokens", all.tokens);
     let floats = all.vectors.iter().flatten().map(Vec::len).sum();
-    let vectors = all.vectors;
-    let body = super::embeddings::encoding(floats, move || serde_json::to_vec(&vectors)).await?;
-    let body = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode the response: {e}"),
-        )
-    })?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    json_answer(floats, all.vectors).await
 }

@@ -13,11 +13,12 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::input::RequestInput;
 use super::json::ApiJson;
-use super::resolve::{labelled, requested_model, serve_model};
+use super::resolve::labelled;
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
+use super::tei::{text_model, text_options};
 use super::truncation::TruncationDirection;
-use crate::model::{EmbedOptions, InputType, SparseVector, TokenInput};
+use crate::model::{InputType, SparseVector};
 
 /// TEI's `/embed_sparse` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -80,26 +81,22 @@ async fn weights(
     label: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let RequestInput(inputs) = request.inputs;
-    if inputs.is_empty() {
-        return Err(ApiError::bad_request("inputs", "inputs must not be empty").code("empty"));
-    }
-    if let Some(direction) = request.truncation_direction {
-        direction.require_right()?;
-    }
-    let name = requested_model(state, request.model.as_deref())?;
-    let model = serve_model(state, &name, label).await?;
-    let span = tracing::Span::current();
-    span.record("inputs", inputs.len());
-    let options = EmbedOptions {
-        prompt_name: request.prompt_name,
-        truncate: request.truncate,
-        dimensions: None,
-        max_tokens: state.limits.max_tokens_per_request,
-        token_input: Some(TokenInput::Native),
-        input_type: request.input_type,
-    };
+    let model = text_model(
+        state,
+        &inputs,
+        request.model.as_deref(),
+        request.truncation_direction,
+        label,
+    )
+    .await?;
+    let options = text_options(
+        state,
+        request.prompt_name,
+        request.truncate,
+        request.input_type,
+    );
     let (vectors, embedded) = model.embed_sparse(inputs, options).await?;
-    span.record("tokens", embedded.tokens);
+    tracing::Span::current().record("tokens", embedded.tokens);
     let answer: Vec<Vec<SparseValue>> = vectors
         .into_iter()
         .map(|SparseVector { indices, values }| {

@@ -188,6 +188,21 @@ pub(super) async fn encoding<T: Send + 'static>(
     }
 }
 
+/// `value` as a JSON answer of `floats` values, encoded off the async task when large.
+pub(super) async fn json_answer<T: Serialize + Send + 'static>(
+    floats: usize,
+    value: T,
+) -> Result<Response, ApiError> {
+    let body = encoding(floats, move || serde_json::to_vec(&value)).await?;
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the response: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
 pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {

@@ -7,11 +7,11 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::embeddings::json_answer;
 use super::error::ApiError;
 use super::input::{InputVisitor, RequestInput};
 use super::json::{ApiJson, JsonBody};
@@ -21,7 +21,7 @@ use super::routing::{ApiRouter, serve};
 use super::similarity::{SimilarityInput, SimilarityParameters, SimilarityRequest, similarities};
 use super::state::AppState;
 use super::truncation::TruncationDirection;
-use crate::model::{EmbedOptions, InputType, Task, TokenInput, l2_normalize};
+use crate::model::{EmbedOptions, Input, InputType, Model, Task, TokenInput, l2_normalize};
 
 /// TEI's `/embed` body; at `POST /` its `inputs` may also be `/similarity`'s object, which
 /// is what `huggingface_hub.InferenceClient.sentence_similarity` posts to the base URL.
@@ -186,40 +186,71 @@ async fn embed_vectors(
              POST /similarity",
         ));
     };
-    if inputs.is_empty() {
-        return Err(ApiError::bad_request("inputs", "inputs must not be empty").code("empty"));
-    }
-    if let Some(direction) = request.truncation_direction {
-        direction.require_right()?;
-    }
-    let name = requested_model(state, request.model.as_deref())?;
-    let model = serve_model(state, &name, label).await?;
-    let span = tracing::Span::current();
-    span.record("inputs", inputs.len());
+    let model = text_model(
+        state,
+        &inputs,
+        request.model.as_deref(),
+        request.truncation_direction,
+        label,
+    )
+    .await?;
     let options = EmbedOptions {
-        prompt_name: request.prompt_name,
-        truncate: request.truncate,
         dimensions: request.dimensions,
-        max_tokens: state.limits.max_tokens_per_request,
-        token_input: Some(TokenInput::Native),
-        input_type: request.input_type,
+        ..text_options(
+            state,
+            request.prompt_name,
+            request.truncate,
+            request.input_type,
+        )
     };
     let normalize = request.normalize.unwrap_or(true) && !model.normalizes();
     let mut embedded = model.embed(inputs, options).await?;
-    span.record("tokens", embedded.tokens);
+    tracing::Span::current().record("tokens", embedded.tokens);
     if normalize && request.dimensions.is_none() {
         embedded.vectors.iter_mut().for_each(|v| l2_normalize(v));
     }
-    let vectors = embedded.vectors;
-    let floats = vectors.iter().map(Vec::len).sum();
-    let body = super::embeddings::encoding(floats, move || serde_json::to_vec(&vectors)).await?;
-    let body = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode the response: {e}"),
-        )
-    })?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let floats = embedded.vectors.iter().map(Vec::len).sum();
+    json_answer(floats, embedded.vectors).await
+}
+
+/// What TEI's text routes (`/embed`, `/embed_sparse`, `/embed_all`) check before a run:
+/// inputs present and truncation at the right; then the model, with the inputs on the
+/// request's span.
+pub(super) async fn text_model(
+    state: &AppState,
+    inputs: &[Input],
+    model: Option<&str>,
+    truncation_direction: Option<TruncationDirection>,
+    label: &mut Option<String>,
+) -> Result<Arc<Model>, ApiError> {
+    if inputs.is_empty() {
+        return Err(ApiError::bad_request("inputs", "inputs must not be empty").code("empty"));
+    }
+    if let Some(direction) = truncation_direction {
+        direction.require_right()?;
+    }
+    let name = requested_model(state, model)?;
+    let model = serve_model(state, &name, label).await?;
+    tracing::Span::current().record("inputs", inputs.len());
+    Ok(model)
+}
+
+/// The options TEI's text routes run with: token ids are the model's own vocabulary, as in
+/// TEI.
+pub(super) fn text_options(
+    state: &AppState,
+    prompt_name: Option<String>,
+    truncate: Option<bool>,
+    input_type: Option<InputType>,
+) -> EmbedOptions {
+    EmbedOptions {
+        prompt_name,
+        truncate,
+        dimensions: None,
+        max_tokens: state.limits.max_tokens_per_request,
+        token_input: Some(TokenInput::Native),
+        input_type,
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
