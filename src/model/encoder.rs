@@ -15,6 +15,7 @@ use super::head::Head;
 use super::pooling::Pooling;
 use super::respin::AdaptiveSession;
 use super::run_shape::RunShapes;
+use super::sparse;
 use super::splade::SpladePooling;
 use super::tokenize::TokenSeq;
 use crate::batcher::BatchLimits;
@@ -383,19 +384,24 @@ impl Encoder {
 
         let (pooled, width) = match kind {
             OutputKind::Pooled => (values.to_vec(), out_width),
+            // Only the positive weights leave the run (`sparse::pack`); nothing follows pooling.
             OutputKind::Sparse(splade) => {
-                let mut pooled = Vec::with_capacity(batch.len() * out_width);
                 let per_row = cols * out_width;
                 let mut rows = values.chunks_exact(per_row.max(1));
-                for seq in batch {
-                    let logits = if seq.is_empty() {
-                        &[][..]
-                    } else {
-                        rows.next().unwrap_or_default()
-                    };
-                    splade.pool(logits, out_width, seq.len(), &mut pooled);
-                }
-                (pooled, out_width)
+                let mut weights = Vec::with_capacity(out_width);
+                return Ok(batch
+                    .iter()
+                    .map(|seq| {
+                        let logits = if seq.is_empty() {
+                            &[][..]
+                        } else {
+                            rows.next().unwrap_or_default()
+                        };
+                        weights.clear();
+                        splade.pool(logits, out_width, seq.len(), &mut weights);
+                        sparse::pack((0..).zip(weights.iter().copied()))
+                    })
+                    .collect());
             }
             OutputKind::Tokens(pooling) => {
                 let mut pooled =

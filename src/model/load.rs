@@ -125,10 +125,11 @@ impl Model {
                 classified.labels.len()
             }
             Task::SparseEmbedding => {
-                let probe = model
+                model
                     .vectors_blocking(&[Input::Text(PROBE_TEXT.into())], &EmbedOptions::default())
                     .map_err(failed)?;
-                probe.vectors[0].len()
+                // Its runs give only the non-zero weights: its vectors span the vocabulary.
+                model.tokenizer.vocab_size()
             }
             Task::Embedding => {
                 let probe = model

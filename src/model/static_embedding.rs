@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::LoadError;
 use super::head::Head;
+use super::sparse;
 use super::tokenize::TokenSeq;
 use super::weights::WeightsFile;
 
@@ -99,20 +100,22 @@ impl StaticEmbedding {
 }
 
 impl StaticEmbedding {
-    /// Each sequence's distinct tokens with their weights, zero elsewhere: a token that occurs
-    /// twice counts once.
+    /// Each sequence's distinct tokens with their weights, packed as a sparse encoder's run
+    /// gives them (`sparse::pack`): a token that occurs twice counts once.
     fn weigh(&self, seqs: &[TokenSeq]) -> Result<Vec<Vec<f32>>, String> {
         seqs.iter()
             .map(|seq| {
-                let mut weights = vec![0.0f32; self.dimension];
-                for &id in &seq.ids {
-                    let weight = self
-                        .table
-                        .get(id as usize)
-                        .ok_or_else(|| format!("token id {id} is outside the weights"))?;
-                    weights[id as usize] = *weight;
-                }
-                Ok(weights)
+                let mut ids = seq.ids.clone();
+                ids.sort_unstable();
+                ids.dedup();
+                let weights = ids
+                    .into_iter()
+                    .map(|id| match self.table.get(id as usize) {
+                        Some(&weight) => Ok((id, weight)),
+                        None => Err(format!("token id {id} is outside the weights")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(sparse::pack(weights))
             })
             .collect()
     }
