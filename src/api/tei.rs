@@ -141,12 +141,26 @@ async fn answer_root(
     body: JsonBody,
     label: &mut Option<String>,
 ) -> Result<Response, ApiError> {
-    let RootModel { model } = body.parse().await?;
-    let name = requested_model(state, model.as_deref())?;
-    if serve_model(state, &name, label).await?.task() == Task::Classification {
-        return predictions(state, body.parse().await?, label).await;
-    }
-    let request: EmbedRequest = body.parse().await?;
+    // Most bodies here are `/embed`'s (where `feature_extraction` posts): they parse once. A
+    // classifier's body is read again in `/predict`'s grammar, which also takes what `/embed`
+    // refuses (a batch of pairs).
+    let request = match body.parse::<EmbedRequest>().await {
+        Ok(request) => {
+            let name = requested_model(state, request.model.as_deref())?;
+            if serve_model(state, &name, label).await?.task() == Task::Classification {
+                return predictions(state, body.parse().await?, label).await;
+            }
+            request
+        }
+        Err(not_embed) => {
+            let RootModel { model } = body.parse().await?;
+            let name = requested_model(state, model.as_deref())?;
+            if serve_model(state, &name, label).await?.task() == Task::Classification {
+                return predictions(state, body.parse().await?, label).await;
+            }
+            return Err(not_embed);
+        }
+    };
     drop(body);
     match request.inputs {
         RootInputs::Similarity(inputs) => {

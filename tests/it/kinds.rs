@@ -184,6 +184,13 @@ fn a_classifier_answers_at_the_root_and_says_what_it_is() {
     let (status, got) = server.post_json("/", &body);
     assert_eq!(status, 200, "{got}");
     check(name, reference, case, &got, false);
+    // A batch in `/predict`'s grammar, which `/embed`'s refuses, is answered there too.
+    let batch = json!({"model": name, "inputs": [[case["input"]], [case["input"]]]});
+    let (status, got) = server.post_json("/", &batch);
+    assert_eq!(status, 200, "{got}");
+    for answer in got.as_array().unwrap() {
+        check(name, reference, case, answer, false);
+    }
 
     let (status, models) = server.get("/v1/models");
     assert_eq!(status, 200);
