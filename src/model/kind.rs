@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::cross_encoder::{Activation, CrossEncoder};
 use super::router::RouterConfig;
-use super::st_config::StConfig;
+use super::st_config::{ModuleEntry, StConfig, read_modules};
 use super::{EmbedError, LoadError, Model};
 
 /// What a model serves: which routes take it.
@@ -48,11 +48,16 @@ impl ModelKind {
                 max_active_dims: st.max_active_dims,
             });
         }
-        Ok(match CrossEncoder::read(dir)? {
+        Ok(Self::of_head(CrossEncoder::read(dir)?))
+    }
+
+    /// A reranker with one label, a classifier with more, an embedder without a head.
+    fn of_head(head: Option<CrossEncoder>) -> Self {
+        match head {
             Some(head) if head.labels.len() == 1 => Self::Rerank(head),
             Some(head) => Self::Classification(head),
             None => Self::Embedding,
-        })
+        }
     }
 
     pub fn task(&self) -> Task {
@@ -74,17 +79,18 @@ impl ModelKind {
 }
 
 impl Task {
-    /// Of the folder's files alone, without loading anything (for `/v1/models`). A Router
-    /// model is sparse when a route is.
+    /// Of the folder's files alone, without loading anything (for `/v1/models`, which asks
+    /// for every listed folder on every call): its module list, and a classifier's config. A
+    /// Router model is sparse when a route is.
     pub fn of_dir(dir: &Path) -> Result<Self, LoadError> {
-        if let Some(router) = RouterConfig::read(dir)? {
-            return Ok(if router.is_sparse() {
-                Self::SparseEmbedding
-            } else {
-                Self::Embedding
-            });
+        let sparse = match RouterConfig::read(dir)? {
+            Some(router) => router.is_sparse(),
+            None => read_modules(dir)?.iter().any(ModuleEntry::is_sparse),
+        };
+        if sparse {
+            return Ok(Self::SparseEmbedding);
         }
-        Ok(ModelKind::read(dir, &StConfig::read(dir)?)?.task())
+        Ok(ModelKind::of_head(CrossEncoder::read(dir)?).task())
     }
 }
 

@@ -140,12 +140,7 @@ impl RouterConfig {
 
     /// Whether any route is a sparse encoder (for `Task::of_dir`, without loading).
     pub fn is_sparse(&self) -> bool {
-        self.routes.values().flatten().any(|m| {
-            matches!(
-                m.class_name(),
-                "SpladePooling" | "SparseStaticEmbedding" | "MLMTransformer"
-            )
-        })
+        self.routes.values().flatten().any(ModuleEntry::is_sparse)
     }
 }
 

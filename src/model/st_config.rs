@@ -82,6 +82,14 @@ impl ModuleEntry {
     pub fn class_name(&self) -> &str {
         self.kind.rsplit('.').next().unwrap_or(&self.kind)
     }
+
+    /// A module that makes its pipeline a sparse encoder.
+    pub fn is_sparse(&self) -> bool {
+        matches!(
+            self.class_name(),
+            "SpladePooling" | "SparseStaticEmbedding" | "MLMTransformer"
+        )
+    }
 }
 
 /// The folder's `modules.json` entries, none when it has no such file.
