@@ -158,16 +158,17 @@ impl Model {
 
     /// The model that encodes texts of `input_type`: this one, or another route's.
     pub fn route(self: &Arc<Self>, input_type: Option<InputType>) -> Arc<Model> {
-        input_type
-            .and_then(|t| self.routes.by_type.get(t.key()))
+        self.other_route(input_type)
             .cloned()
             .unwrap_or_else(|| self.clone())
     }
 
     /// `route` for a borrowed model (the load probe and the `embed` subcommand).
     pub fn route_ref(&self, input_type: Option<InputType>) -> &Model {
-        input_type
-            .and_then(|t| self.routes.by_type.get(t.key()))
-            .map_or(self, |route| route)
+        self.other_route(input_type).map_or(self, |route| route)
+    }
+
+    fn other_route(&self, input_type: Option<InputType>) -> Option<&Arc<Model>> {
+        input_type.and_then(|t| self.routes.by_type.get(t.key()))
     }
 }

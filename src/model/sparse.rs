@@ -17,7 +17,7 @@ pub struct SparseVector {
 
 impl Model {
     /// Each input's non-zero weights, in input order, and what they cost (`tokens` and the
-    /// times as `embed` reports them; the dense vectors are dropped as they are read).
+    /// times as `embed` reports them).
     pub async fn embed_sparse(
         self: Arc<Self>,
         inputs: Vec<Input>,
