@@ -355,26 +355,33 @@ fn run_worker<E: Engine>(shared: &Shared<E>, engine: &mut E, mut lane: Option<La
     let mut last_anchor = 0;
     while wait_for_work(shared, engine, lane.as_ref()) {
         // The batch is taken once the turn comes, so that it holds what arrived meanwhile.
-        let turn = lane.as_mut().map(Lane::turn);
-        let batch = {
-            let mut queue = shared.queue.lock();
-            drop_abandoned(shared, &mut queue.items);
-            if queue.items.is_empty() {
-                continue;
+        let mut turn = lane.as_mut().map(Lane::turn);
+        while let Some(batch) = take_queued_batch(shared, engine, &mut last_anchor) {
+            run_batch(shared, engine, batch);
+            if let Some(turn) = &mut turn {
+                if shared.queue.lock().items.is_empty() {
+                    break;
+                }
+                turn.again();
             }
-            let max_rows = |columns| engine.max_rows(columns);
-            let batch = take_batch(
-                &mut queue.items,
-                &shared.limits,
-                &max_rows,
-                &mut last_anchor,
-            );
-            shared.report_depth(queue.items.len());
-            batch
-        };
-        run_batch(shared, engine, batch);
-        drop(turn);
+        }
     }
+}
+
+fn take_queued_batch<E: Engine>(
+    shared: &Shared<E>,
+    engine: &E,
+    last_anchor: &mut u64,
+) -> Option<Vec<Item<E>>> {
+    let mut queue = shared.queue.lock();
+    drop_abandoned(shared, &mut queue.items);
+    if queue.items.is_empty() {
+        return None;
+    }
+    let max_rows = |columns| engine.max_rows(columns);
+    let batch = take_batch(&mut queue.items, &shared.limits, &max_rows, last_anchor);
+    shared.report_depth(queue.items.len());
+    Some(batch)
 }
 
 /// Waits until inputs are queued (true) or the batcher closes with none left (false).
