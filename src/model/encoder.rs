@@ -12,6 +12,7 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::LoadError;
 use super::head::Head;
+use super::kind::ModelKind;
 use super::pooling::Pooling;
 use super::respin::AdaptiveSession;
 use super::run_shape::RunShapes;
@@ -48,16 +49,14 @@ enum OutputKind {
 /// rows. ONNX Runtime holds the logits and the buffer before their bias: about twice this.
 const SPARSE_LOGITS_BUDGET: usize = 128 << 20;
 
-/// How to run a graph: its pooling and the modules after it, and where.
-pub struct GraphOptions {
+/// How to run a graph: its model's kind, its pooling and the modules after it, and where.
+pub struct GraphOptions<'a> {
+    /// A cross-encoder's or a sparse encoder's graph is read at its `logits` output: one
+    /// row of label scores per pair, or a masked-language-model head's, SPLADE-pooled here.
+    pub kind: &'a ModelKind,
     /// The folder's (or overridden) pooling; ignored when the graph pools itself.
     pub pooling: Option<Pooling>,
     pub head: Head,
-    /// A cross-encoder: its `logits` output is read, one row of label scores per pair.
-    pub scores_pairs: bool,
-    /// A sparse encoder: its `logits` output (a masked-language-model head's) is
-    /// SPLADE-pooled into one weight per vocabulary token.
-    pub sparse: Option<SpladePooling>,
     pub device: Device,
     pub gpu_mem_limit: Option<u64>,
 }
@@ -116,7 +115,7 @@ impl Encoder {
     pub fn load(
         runtime: &Runtime,
         onnx: &Path,
-        graph: GraphOptions,
+        graph: GraphOptions<'_>,
         pad_id: u32,
     ) -> Result<Self, LoadError> {
         let fail = |reason: String| LoadError::file(onnx, reason);
@@ -155,22 +154,23 @@ impl Encoder {
         }
 
         let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        let (output, kind) = if let Some(splade) = graph.sparse {
-            if !names.contains(&"logits") {
-                return Err(fail(format!(
-                    "the folder describes a sparse encoder, but the graph has no `logits` output \
-                     (it has {names:?})"
-                )));
+        let logits = |what: &str| {
+            if names.contains(&"logits") {
+                Ok("logits")
+            } else {
+                Err(fail(format!(
+                    "the folder describes {what}, but the graph has no `logits` output (it has \
+                     {names:?})"
+                )))
             }
-            ("logits", OutputKind::Sparse(splade))
-        } else if graph.scores_pairs {
-            if !names.contains(&"logits") {
-                return Err(fail(format!(
-                    "the folder describes a cross-encoder, but the graph has no `logits` output \
-                     (it has {names:?})"
-                )));
-            }
-            ("logits", OutputKind::Pooled)
+        };
+        let (output, kind) = if let ModelKind::SparseEmbedding { splade, .. } = graph.kind {
+            let splade = splade.ok_or_else(|| {
+                fail("a sparse encoder's graph needs SpladePooling to read its logits".into())
+            })?;
+            (logits("a sparse encoder")?, OutputKind::Sparse(splade))
+        } else if graph.kind.cross_encoder().is_some() {
+            (logits("a cross-encoder")?, OutputKind::Pooled)
         } else if names.contains(&"sentence_embedding") {
             ("sentence_embedding", OutputKind::Pooled)
         } else {

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::cross_encoder::{Activation, CrossEncoder};
 use super::router::RouterConfig;
+use super::splade::SpladePooling;
 use super::st_config::{ModuleEntry, StConfig, read_modules};
 use super::{EmbedError, LoadError, Model};
 
@@ -30,9 +31,13 @@ pub enum Task {
 pub enum ModelKind {
     /// A dense embedder: its pooling and the modules after it are its pipeline's.
     Embedding,
-    /// A sparse encoder (SPLADE, or a sparse static table): at most `max_active_dims`
-    /// non-zero weights per vector.
-    SparseEmbedding { max_active_dims: Option<usize> },
+    /// A sparse encoder: SPLADE, whose graph's masked-language-model logits pool by
+    /// `splade`, or a sparse static table (no graph, no `splade`); at most
+    /// `max_active_dims` non-zero weights per vector.
+    SparseEmbedding {
+        splade: Option<SpladePooling>,
+        max_active_dims: Option<usize>,
+    },
     /// A cross-encoder with one label: a relevance score per pair.
     Rerank(CrossEncoder),
     /// A sequence classifier: a score per label for a text or a pair.
@@ -45,6 +50,7 @@ impl ModelKind {
     pub fn read(dir: &Path, st: &StConfig) -> Result<Self, LoadError> {
         if st.is_sparse() {
             return Ok(Self::SparseEmbedding {
+                splade: st.sparse,
                 max_active_dims: st.max_active_dims,
             });
         }

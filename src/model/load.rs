@@ -190,8 +190,7 @@ impl Model {
         let graph = GraphOptions {
             pooling: pooling.clone(),
             head,
-            scores_pairs: kind.cross_encoder().is_some(),
-            sparse: st.sparse,
+            kind,
             device: settings.device.unwrap_or_default(),
             gpu_mem_limit: settings.gpu_mem_limit,
         };

@@ -31,7 +31,9 @@ impl Model {
         let model = self.route(options.input_type);
         model.require(Task::SparseEmbedding)?;
         let max_active = match model.kind {
-            ModelKind::SparseEmbedding { max_active_dims } => max_active_dims,
+            ModelKind::SparseEmbedding {
+                max_active_dims, ..
+            } => max_active_dims,
             _ => None,
         };
         let mut embedded = model.vectors(inputs, options).await?;
