@@ -2,7 +2,9 @@
 //! with the server's session options, in each spinning mode (`always`; `adaptive`'s
 //! spinning inside runs that stops at each run's end, as on a quiet machine; `never`): single
 //! sentences one run at a time, batches of 32 copies of that sentence, the 32 corpus
-//! sentences sorted by length in one run, and 16 passages of 256 tokens in one run. Prints
+//! sentences sorted by length in one run, and 16 passages of 256 tokens in one run; with
+//! BENCH_HEADS (the `bench` folder `scripts/make-bench-heads` writes), its cross-encoder,
+//! classifier and SPLADE encoder on batches of 32 too. Prints
 //! one JSON object: each workload's best over the modes (the highest rate, the lowest
 //! latencies), and every mode's own figures under `modes`.
 //!
@@ -73,10 +75,11 @@ fn main() {
     let copies = vec![single[0].clone(); 32];
     let mut sorted: Vec<Vec<u32>> = corpus.iter().map(|t| encode(t)).collect();
     sorted.sort_by_key(Vec::len);
-    // A cross-encoder (scripts/make-bench-reranker): 32 pairs of the first sentence with
-    // the first 8 corpus sentences (the bench's rerank request), 4 times over, tokenized as
-    // pairs and sorted by length, in one run.
-    let reranker = std::env::var_os("BENCH_RERANKER").map(|dir| {
+    // The models with a head (scripts/make-bench-heads), from BENCH_HEADS: a cross-encoder
+    // on 32 pairs of the first sentence with the first 8 corpus sentences (the bench's
+    // rerank request), 4 times over, tokenized as pairs and sorted by length; a classifier
+    // and a SPLADE encoder on the 32 corpus sentences sorted by length; each in one run.
+    let heads = std::env::var_os("BENCH_HEADS").map_or_else(Vec::new, |dir| {
         let mut pairs: Vec<(Vec<u32>, Vec<u32>)> = corpus[..8]
             .iter()
             .cycle()
@@ -92,12 +95,28 @@ fn main() {
             })
             .collect();
         pairs.sort_by_key(|(ids, _)| ids.len());
-        let (ids, types) = pairs.into_iter().unzip();
-        Reranker {
-            onnx: Path::new(&dir).join("onnx/model.onnx"),
-            ids,
-            types,
-        }
+        let (pair_ids, pair_types) = pairs.into_iter().unzip();
+        let onnx = |name: &str| Path::new(&dir).join(name).join("onnx/model.onnx");
+        vec![
+            Head {
+                workload: "rerank_batch32",
+                onnx: onnx("minilm-reranker"),
+                ids: pair_ids,
+                types: Some(pair_types),
+            },
+            Head {
+                workload: "classify_batch32",
+                onnx: onnx("minilm-classifier"),
+                ids: sorted.clone(),
+                types: None,
+            },
+            Head {
+                workload: "splade_batch32",
+                onnx: onnx("minilm-splade"),
+                ids: sorted.clone(),
+                types: None,
+            },
+        ]
     });
 
     let onnx = dir.join("onnx/model.onnx");
@@ -106,12 +125,13 @@ fn main() {
         copies,
         sorted,
         passages,
-        reranker,
+        heads,
     };
     if std::env::args().any(|a| a == "--commands") {
         serve_commands(&workloads, |spinning| {
-            let rerank = workloads.reranker.as_ref().map(|r| open(&r.onnx, spinning));
-            (open(&onnx, spinning), rerank)
+            let heads = workloads.heads.iter();
+            let heads = heads.map(|head| open(&head.onnx, spinning)).collect();
+            (open(&onnx, spinning), heads)
         });
         return;
     }
@@ -124,9 +144,9 @@ fn main() {
             figures[workload] = workloads.measure(workload, &mut session, budget);
         }
         drop(session);
-        if let Some(reranker) = &workloads.reranker {
-            let mut session = open(&reranker.onnx, spinning);
-            figures["rerank_batch32"] = workloads.measure("rerank_batch32", &mut session, budget);
+        for head in &workloads.heads {
+            let mut session = open(&head.onnx, spinning);
+            figures[head.workload] = workloads.measure(head.workload, &mut session, budget);
         }
         report["modes"][spinning.to_string()] = figures;
     }
@@ -145,7 +165,7 @@ struct Workloads {
     copies: Vec<Vec<u32>>,
     sorted: Vec<Vec<u32>>,
     passages: Vec<Vec<u32>>,
-    reranker: Option<Reranker>,
+    heads: Vec<Head>,
 }
 
 /// The `i`-th bench passage: every corpus sentence from the `i`-th on, then from the first,
@@ -155,27 +175,37 @@ fn passage(corpus: &[&str], i: usize) -> String {
     [tail, head].concat().join(" ")
 }
 
-/// The cross-encoder's model file, and its pairs' ids and segment ids.
-struct Reranker {
+/// A model with a head: its workload's name, its model file, and its inputs' ids and segment
+/// ids (a pair's; zeros without).
+struct Head {
+    workload: &'static str,
     onnx: std::path::PathBuf,
     ids: Vec<Vec<u32>>,
-    types: Vec<Vec<u32>>,
+    types: Option<Vec<Vec<u32>>>,
 }
 
 impl Workloads {
-    /// Runs `workload` on `session` (the cross-encoder's for `rerank_batch32`) for `budget`.
+    /// Runs `workload` on `session` (its head's, for a head's workload) for `budget`.
     fn measure(&self, workload: &str, session: &mut Session, budget: Duration) -> Value {
         match workload {
             "single" => measure(session, &self.single, budget),
             "batch32_same" => measure(session, &self.copies, budget),
             "batch32_corpus" => measure(session, &self.sorted, budget),
             "passages16" => measure(session, &self.passages, budget),
-            "rerank_batch32" => {
-                let Reranker { ids, types, .. } = self.reranker.as_ref().expect("BENCH_RERANKER");
-                measure_with(budget, ids.len(), || run_typed(session, ids, Some(types)))
+            _ => {
+                let Head { ids, types, .. } = self.head(workload);
+                measure_with(budget, ids.len(), || {
+                    run_typed(session, ids, types.as_deref())
+                })
             }
-            other => panic!("unknown workload {other}"),
         }
+    }
+
+    fn head(&self, workload: &str) -> &Head {
+        let mut heads = self.heads.iter();
+        heads
+            .find(|head| head.workload == workload)
+            .unwrap_or_else(|| panic!("unknown workload {workload} (BENCH_HEADS unset?)"))
     }
 }
 
@@ -183,8 +213,8 @@ impl Workloads {
 /// `WORKLOAD MODE SECONDS`, is answered by one line of JSON with that measurement, so that
 /// `scripts/bench` can measure the engine in short bursts right beside each server window
 /// (this machine's speed drifts within tens of seconds). The first line says it is ready.
-fn serve_commands(workloads: &Workloads, open: impl Fn(Spinning) -> (Session, Option<Session>)) {
-    let mut sessions: Vec<(Spinning, (Session, Option<Session>))> =
+fn serve_commands(workloads: &Workloads, open: impl Fn(Spinning) -> (Session, Vec<Session>)) {
+    let mut sessions: Vec<(Spinning, (Session, Vec<Session>))> =
         MODES.iter().map(|&mode| (mode, open(mode))).collect();
     let say = |line: Value| {
         use std::io::Write;
@@ -201,13 +231,13 @@ fn serve_commands(workloads: &Workloads, open: impl Fn(Spinning) -> (Session, Op
             panic!("expected `WORKLOAD MODE SECONDS`, got {line:?}")
         };
         let budget = Duration::from_secs_f64(seconds.parse().expect("seconds"));
-        let (_, (session, rerank)) = sessions
+        let (_, (session, heads)) = sessions
             .iter_mut()
             .find(|(m, _)| m.to_string() == mode)
             .unwrap_or_else(|| panic!("unknown mode {mode}"));
-        let session = match workload {
-            "rerank_batch32" => rerank.as_mut().expect("BENCH_RERANKER"),
-            _ => session,
+        let session = match workloads.heads.iter().position(|h| h.workload == workload) {
+            Some(head) => &mut heads[head],
+            None => session,
         };
         let mut figures = workloads.measure(workload, session, budget);
         figures["workload"] = json!(workload);
