@@ -14,6 +14,7 @@ pub mod loader;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod quantize;
 pub mod runtime;
 pub mod scheduler;
 pub mod server;

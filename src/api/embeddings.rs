@@ -15,6 +15,7 @@ use super::resolve::{labelled, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
 use crate::model::{EmbedOptions, Embedded, InputType};
+use crate::quantize::{self, Precision};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
@@ -22,12 +23,22 @@ pub struct EmbeddingRequest {
     /// A string, an array of strings, an array of token ids or an array of such arrays.
     #[schema(value_type = Vec<String>)]
     pub input: RequestInput,
-    /// `float` (default) or `base64` (little-endian f32).
+    /// `float` (default) or `base64` (of little-endian f32, or of `output_dtype`'s bytes);
+    /// extension: `binary` or `ubinary`, arrays of integers (see `output_dtype`).
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub encoding_format: Option<EncodingFormat>,
     #[serde(default)]
     pub dimensions: Option<usize>,
+    /// Extension, as Voyage names it: `float`, or `binary` / `ubinary`, one bit per
+    /// dimension (`x > 0`) packed eight to a byte, first dimension in the highest bit, as
+    /// signed (`ubinary - 128`) or unsigned bytes; taken after `dimensions`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub output_dtype: Option<OutputDtype>,
+    /// Extension, as Voyage names it: `dimensions`.
+    #[serde(default)]
+    pub output_dimension: Option<usize>,
     /// Extension: a key of the model's `prompts`, prepended to every input.
     #[serde(default)]
     pub prompt_name: Option<String>,
@@ -49,8 +60,10 @@ pub struct EmbeddingRequest {
 pub enum EncodingFormat {
     #[default]
     Float,
-    /// Little-endian f32 bytes, base64-encoded: what openai-python asks for by default.
+    /// The vector's bytes, base64-encoded: what openai-python asks for by default.
     Base64,
+    /// Arrays of integers of this precision.
+    Quantized(Precision),
 }
 
 impl TryFrom<String> for EncodingFormat {
@@ -60,15 +73,79 @@ impl TryFrom<String> for EncodingFormat {
         match name.as_str() {
             "float" => Ok(Self::Float),
             "base64" => Ok(Self::Base64),
-            other => {
-                // Echo at most a little of what the client sent.
-                let shown: String = other.chars().take(32).collect();
-                let more = if shown.len() < other.len() { "…" } else { "" };
-                Err(format!(
-                    "unknown encoding_format `{shown}{more}`: expected `float` or `base64`"
-                ))
-            }
+            _ => match Precision::parse(&name) {
+                Some(precision) => Ok(Self::Quantized(precision)),
+                None => Err(unknown(
+                    "encoding_format",
+                    &name,
+                    "float, base64, binary or ubinary",
+                )),
+            },
         }
+    }
+}
+
+/// Voyage's `output_dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct OutputDtype(Precision);
+
+impl TryFrom<String> for OutputDtype {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Precision::parse(&name)
+            .map(Self)
+            .ok_or_else(|| unknown("output_dtype", &name, "float, binary or ubinary"))
+    }
+}
+
+/// Echoes at most a little of what the client sent.
+fn unknown(field: &str, value: &str, expected: &str) -> String {
+    let shown: String = value.chars().take(32).collect();
+    let more = if shown.len() < value.len() { "…" } else { "" };
+    format!("unknown {field} `{shown}{more}`: expected {expected}")
+}
+
+/// How the request wants its vectors written: each dimension's precision, and whether as
+/// base64 of their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Output {
+    precision: Precision,
+    base64: bool,
+}
+
+impl EmbeddingRequest {
+    /// `encoding_format` and Voyage's `output_dtype` together, and `dimensions` or
+    /// Voyage's `output_dimension`; a request that gives both of a pair must agree.
+    fn output(&self) -> Result<(Output, Option<usize>), ApiError> {
+        let format = self.encoding_format.unwrap_or_default();
+        let named = match format {
+            EncodingFormat::Quantized(precision) => Some(precision),
+            EncodingFormat::Float => Some(Precision::Float),
+            EncodingFormat::Base64 => None,
+        };
+        let precision = match (named, self.output_dtype) {
+            (Some(a), Some(OutputDtype(b))) if a != b && self.encoding_format.is_some() => {
+                return Err(ApiError::bad_request(
+                    "output_dtype",
+                    format!("encoding_format `{a}` and output_dtype `{b}` disagree; give one"),
+                ));
+            }
+            (_, Some(OutputDtype(precision))) => precision,
+            (named, None) => named.unwrap_or_default(),
+        };
+        let dimensions = match (self.dimensions, self.output_dimension) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ApiError::bad_request(
+                    "output_dimension",
+                    format!("dimensions {a} and output_dimension {b} disagree; give one"),
+                ));
+            }
+            (a, b) => a.or(b),
+        };
+        let base64 = format == EncodingFormat::Base64;
+        Ok((Output { precision, base64 }, dimensions))
     }
 }
 
@@ -87,11 +164,14 @@ pub struct EmbeddingObject {
     embedding: Vector,
 }
 
-/// The vector: floats, or base64 of little-endian f32 with `encoding_format: base64`.
+/// The vector: floats, signed or unsigned bytes, or base64 of little-endian f32 or of the
+/// bytes with `encoding_format: base64`.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Vector {
     Float(Vec<f32>),
+    Signed(Vec<i8>),
+    Unsigned(Vec<u8>),
     Base64(String),
 }
 
@@ -152,11 +232,12 @@ async fn embed(
             ),
         ));
     }
+    let (output, dimensions) = request.output()?;
     let model = serve_model(state, &request.model, label).await?;
     let options = EmbedOptions {
         prompt_name: request.prompt_name.take(),
         truncate: request.truncate,
-        dimensions: request.dimensions,
+        dimensions,
         max_tokens: state.limits.max_tokens_per_request,
         token_input: None,
         input_type: request.input_type,
@@ -167,7 +248,7 @@ async fn embed(
     span.record("queue_ms", embedded.queued.as_secs_f64() * 1000.0);
     span.record("inference_ms", embedded.inference.as_secs_f64() * 1000.0);
     let floats = embedded.vectors.iter().map(Vec::len).sum();
-    let body = encoding(floats, move || respond(embedded, &request)).await??;
+    let body = encoding(floats, move || respond(embedded, &request, output)).await??;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -215,8 +296,11 @@ pub(super) async fn blocking<T: Send + 'static>(
 }
 
 /// The response body: encoding a large answer is CPU work, so it runs on the blocking pool.
-fn respond(embedded: Embedded, request: &EmbeddingRequest) -> Result<Vec<u8>, ApiError> {
-    let format = request.encoding_format.unwrap_or_default();
+fn respond(
+    embedded: Embedded,
+    request: &EmbeddingRequest,
+    output: Output,
+) -> Result<Vec<u8>, ApiError> {
     let data = embedded
         .vectors
         .into_iter()
@@ -224,7 +308,7 @@ fn respond(embedded: Embedded, request: &EmbeddingRequest) -> Result<Vec<u8>, Ap
         .map(|(index, vector)| EmbeddingObject {
             object: "embedding",
             index,
-            embedding: encode(vector, format),
+            embedding: encode(vector, output),
         })
         .collect();
     let tokens = embedded.tokens;
@@ -245,23 +329,93 @@ fn respond(embedded: Embedded, request: &EmbeddingRequest) -> Result<Vec<u8>, Ap
     })
 }
 
-fn encode(vector: Vec<f32>, format: EncodingFormat) -> Vector {
-    match format {
-        EncodingFormat::Float => Vector::Float(vector),
-        EncodingFormat::Base64 => {
-            let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-            Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
-        }
-    }
+fn encode(vector: Vec<f32>, output: Output) -> Vector {
+    let bytes = match (output.precision, output.base64) {
+        (Precision::Float, false) => return Vector::Float(vector),
+        (Precision::Float, true) => vector.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        (Precision::Binary, false) => return Vector::Signed(quantize::binary(&vector)),
+        (Precision::Ubinary, false) => return Vector::Unsigned(quantize::ubinary(&vector)),
+        // A signed byte's base64 is its two's-complement byte's.
+        (Precision::Binary, true) => quantize::binary(&vector)
+            .into_iter()
+            .map(|b| b as u8)
+            .collect(),
+        (Precision::Ubinary, true) => quantize::ubinary(&vector),
+    };
+    Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn output_of(fields: serde_json::Value) -> Result<(Output, Option<usize>), ApiError> {
+        let mut body = serde_json::json!({"model": "m", "input": "a"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        serde_json::from_value::<EmbeddingRequest>(body)
+            .unwrap()
+            .output()
+    }
+
+    #[test]
+    fn encoding_format_and_voyages_names_give_the_output() {
+        use serde_json::json;
+        let output = |precision, base64| Output { precision, base64 };
+        let cases = [
+            (json!({}), output(Precision::Float, false), None),
+            (
+                json!({"encoding_format": "base64"}),
+                output(Precision::Float, true),
+                None,
+            ),
+            (
+                json!({"encoding_format": "ubinary", "dimensions": 64}),
+                output(Precision::Ubinary, false),
+                Some(64),
+            ),
+            (
+                json!({"output_dtype": "binary"}),
+                output(Precision::Binary, false),
+                None,
+            ),
+            (
+                json!({"output_dtype": "binary", "encoding_format": "base64", "output_dimension": 8}),
+                output(Precision::Binary, true),
+                Some(8),
+            ),
+            (
+                json!({"output_dtype": "ubinary", "encoding_format": "ubinary"}),
+                output(Precision::Ubinary, false),
+                None,
+            ),
+            (
+                json!({"dimensions": 8, "output_dimension": 8}),
+                output(Precision::Float, false),
+                Some(8),
+            ),
+        ];
+        for (fields, want, dimensions) in cases {
+            let got = output_of(fields.clone()).unwrap_or_else(|e| panic!("{fields}: {e:?}"));
+            assert_eq!(got, (want, dimensions), "{fields}");
+        }
+        for fields in [
+            json!({"output_dtype": "binary", "encoding_format": "float"}),
+            json!({"output_dtype": "binary", "encoding_format": "ubinary"}),
+            json!({"dimensions": 8, "output_dimension": 16}),
+        ] {
+            assert!(output_of(fields.clone()).is_err(), "{fields}");
+        }
+    }
+
     #[test]
     fn base64_is_little_endian_f32() {
-        let Vector::Base64(text) = encode(vec![1.0, -2.5], EncodingFormat::Base64) else {
+        let output = Output {
+            precision: Precision::Float,
+            base64: true,
+        };
+        let Vector::Base64(text) = encode(vec![1.0, -2.5], output) else {
             panic!("expected base64")
         };
         let bytes = base64::engine::general_purpose::STANDARD

@@ -1,10 +1,12 @@
 """The official openai client, unmodified, against the server."""
 
+import base64
 import json
 import math
 import struct
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -54,6 +56,20 @@ def test_dimensions(client):
     assert len(short) == 64
     norm = math.sqrt(sum(x * x for x in full[:64]))
     assert all(abs(s - f / norm) < 1e-6 for s, f in zip(short, full[:64]))
+
+
+def test_binary_vectors_are_numpys_packbits_of_the_floats(client):
+    """What sentence-transformers' quantize_embeddings(precision="ubinary"/"binary") gives."""
+    texts = [c["input"] for c in reference()["cases"]]
+    floats = np.array([d.embedding for d in client.embeddings.create(model=MINILM, input=texts, dimensions=100).data])
+    bits = np.packbits(floats > 0, axis=-1)
+    ubinary = client.embeddings.create(model=MINILM, input=texts, dimensions=100, encoding_format="ubinary")
+    assert [d.embedding for d in ubinary.data] == bits.tolist()
+    binary = client.embeddings.create(
+        model=MINILM, input=texts, extra_body={"output_dtype": "binary", "output_dimension": 100}, encoding_format="base64"
+    )
+    as_bytes = [np.frombuffer(base64.b64decode(d.embedding), np.int8) for d in binary.data]
+    assert [b.tolist() for b in as_bytes] == (bits.astype(np.int16) - 128).tolist()
 
 
 def test_many_inputs_keep_their_order(client):

@@ -1,6 +1,7 @@
 //! Every embedding model in ../shared/models, served over HTTP, reproduces the vectors that
 //! sentence-transformers computed (reference.json): one input per request, and all inputs in
-//! one request, where padding and batch-mates differ. Fixtures are found on their own: every
+//! one request, where padding and batch-mates differ; as floats and as bits (`ubinary`,
+//! `binary`). Fixtures are found on their own: every
 //! `GROUP/NAME/reference.json` outside `rerank*`, with each ONNX file in the folder (fp32,
 //! fp16, int8 variants) served as its own model, and static models without one.
 
@@ -102,7 +103,27 @@ fn check(server: &Server, fixture: &Fixture) -> Result<f64, String> {
     let model = fixture.name.as_str();
     let mut worst = 1.0f64;
     let mut failures = String::new();
-    let mut compare = |case: &common::Case, got: &[f32], how: &str| {
+    // The bits sentence-transformers' `quantize_embeddings` makes of the floats answered for
+    // the same inputs, exactly; and of the reference's, but where a value lies so near zero
+    // that a vector within the cosine bar may have the other sign.
+    let flip_room = (2.0 * (1.0 - fixture.min_cosine)).sqrt() as f32;
+    let bits_failure = |case: &common::Case, floats: &[f32], bits: [&[f32]; 2]| {
+        let ubinary = packbits(floats);
+        let binary: Vec<f32> = ubinary.iter().map(|b| b - 128.0).collect();
+        if bits != [&ubinary[..], &binary[..]] {
+            return Some("ubinary/binary are not the floats' bits".to_string());
+        }
+        let norm = case.embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let flipped = (case.embedding.iter().zip(floats))
+            .filter(|(r, g)| (**r > 0.0) != (**g > 0.0) && r.abs() > flip_room * norm)
+            .count();
+        (flipped > 0)
+            .then(|| format!("{flipped} bits differ from the reference's beyond the cosine bar"))
+    };
+    let mut compare = |case: &common::Case, got: &[f32], bits: [&[f32]; 2], how: &str| {
+        if let Some(why) = bits_failure(case, got, bits) {
+            let _ = writeln!(failures, "  {how}: {why}");
+        }
         let c = if got.len() == case.embedding.len() {
             cosine(got, &case.embedding)
         } else {
@@ -119,16 +140,24 @@ fn check(server: &Server, fixture: &Fixture) -> Result<f64, String> {
             );
         }
     };
-    let embed = |input: Value, extra: Value| -> Result<Vec<Vec<f32>>, String> {
-        let mut body = json!({"model": model, "input": input, "encoding_format": "float"});
+    let embed_as = |input: &Value, extra: &Value, format: &str| {
+        let mut body = json!({"model": model, "input": input, "encoding_format": format});
         body.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         let (status, json) = server.post_json("/v1/embeddings", &body);
         if status != 200 {
-            return Err(format!("  HTTP {status}: {json}\n"));
+            return Err(format!("  HTTP {status} for {format}: {json}\n"));
         }
         Ok(common::vectors(&json))
+    };
+    // Floats, ubinary and binary vectors for the same inputs.
+    let embed = |input: Value, extra: Value| -> Result<[Vec<Vec<f32>>; 3], String> {
+        Ok([
+            embed_as(&input, &extra, "float")?,
+            embed_as(&input, &extra, "ubinary")?,
+            embed_as(&input, &extra, "binary")?,
+        ])
     };
     let prompt = |name: &Option<String>| {
         name.as_ref()
@@ -136,8 +165,8 @@ fn check(server: &Server, fixture: &Fixture) -> Result<f64, String> {
     };
 
     for case in &reference.cases {
-        let got = embed(json!(case.input), prompt(&case.prompt_name))?;
-        compare(case, &got[0], "alone");
+        let [floats, ubinary, binary] = embed(json!(case.input), prompt(&case.prompt_name))?;
+        compare(case, &floats[0], [&ubinary[0], &binary[0]], "alone");
     }
     let mut groups: BTreeMap<Option<String>, Vec<&common::Case>> = BTreeMap::new();
     for case in &reference.cases {
@@ -148,16 +177,12 @@ fn check(server: &Server, fixture: &Fixture) -> Result<f64, String> {
     }
     for (prompt_name, cases) in groups {
         let inputs: Vec<&str> = cases.iter().map(|c| c.input.as_str()).collect();
-        let got = embed(json!(inputs), prompt(&prompt_name))?;
-        if got.len() != cases.len() {
-            return Err(format!(
-                "  {} vectors for {} inputs\n",
-                got.len(),
-                cases.len()
-            ));
+        let [floats, ubinary, binary] = embed(json!(inputs), prompt(&prompt_name))?;
+        if [&floats, &ubinary, &binary].map(Vec::len) != [cases.len(); 3] {
+            return Err(format!("  not {} vectors for {0} inputs\n", cases.len()));
         }
-        for (case, vector) in cases.iter().zip(&got) {
-            compare(case, vector, "batched");
+        for (i, case) in cases.iter().enumerate() {
+            compare(case, &floats[i], [&ubinary[i], &binary[i]], "batched");
         }
     }
     if failures.is_empty() {
@@ -165,6 +190,15 @@ fn check(server: &Server, fixture: &Fixture) -> Result<f64, String> {
     } else {
         Err(failures)
     }
+}
+
+/// `numpy.packbits(vector > 0)`, each byte as a float as `common::vectors` reads them.
+fn packbits(vector: &[f32]) -> Vec<f32> {
+    let mut bytes = vec![0u8; vector.len().div_ceil(8)];
+    for (i, _) in vector.iter().enumerate().filter(|(_, x)| **x > 0.0) {
+        bytes[i / 8] |= 0x80 >> (i % 8);
+    }
+    bytes.into_iter().map(f32::from).collect()
 }
 
 /// A config serving every fixture under its name, each variant with its own graph.
