@@ -15,7 +15,7 @@ use super::resolve::{labelled, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
 use crate::model::{EmbedOptions, Embedded, InputType};
-use crate::quantize::{self, Precision};
+use crate::quantize::{self, Precision, Ranges};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
@@ -24,15 +24,17 @@ pub struct EmbeddingRequest {
     #[schema(value_type = Vec<String>)]
     pub input: RequestInput,
     /// `float` (default) or `base64` (of little-endian f32, or of `output_dtype`'s bytes);
-    /// extension: `binary` or `ubinary`, arrays of integers (see `output_dtype`).
+    /// extension: `int8`, `uint8`, `binary` or `ubinary`, arrays of integers (see
+    /// `output_dtype`).
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub encoding_format: Option<EncodingFormat>,
     #[serde(default)]
     pub dimensions: Option<usize>,
-    /// Extension, as Voyage names it: `float`, or `binary` / `ubinary`, one bit per
+    /// Extension, as Voyage names it: `float`; `int8` / `uint8`, a byte per dimension, its
+    /// place in the model's fixed per-dimension ranges; or `binary` / `ubinary`, one bit per
     /// dimension (`x > 0`) packed eight to a byte, first dimension in the highest bit, as
-    /// signed (`ubinary - 128`) or unsigned bytes; taken after `dimensions`.
+    /// signed (`ubinary - 128`) or unsigned bytes. Taken after `dimensions`.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub output_dtype: Option<OutputDtype>,
@@ -94,9 +96,13 @@ impl TryFrom<String> for OutputDtype {
     type Error = String;
 
     fn try_from(name: String) -> Result<Self, String> {
-        Precision::parse(&name)
-            .map(Self)
-            .ok_or_else(|| unknown("output_dtype", &name, "float, binary or ubinary"))
+        Precision::parse(&name).map(Self).ok_or_else(|| {
+            unknown(
+                "output_dtype",
+                &name,
+                "float, int8, uint8, binary or ubinary",
+            )
+        })
     }
 }
 
@@ -109,10 +115,33 @@ fn unknown(field: &str, value: &str, expected: &str) -> String {
 
 /// How the request wants its vectors written: each dimension's precision, and whether as
 /// base64 of their bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Output {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Output {
     precision: Precision,
     base64: bool,
+}
+
+impl Output {
+    /// Arrays of `precision`'s values.
+    pub(super) fn of(precision: Precision) -> Self {
+        Self {
+            precision,
+            base64: false,
+        }
+    }
+
+    /// Whether its codes count steps of the model's int8 ranges.
+    pub(super) fn needs_ranges(self) -> bool {
+        matches!(self.precision, Precision::Int8 | Precision::Uint8)
+    }
+
+    /// Base64 of little-endian f32.
+    pub(super) fn base64_floats() -> Self {
+        Self {
+            precision: Precision::Float,
+            base64: true,
+        }
+    }
 }
 
 impl EmbeddingRequest {
@@ -243,12 +272,21 @@ async fn embed(
         input_type: request.input_type,
     };
     let inputs = std::mem::take(&mut request.input.0);
-    let embedded = model.embed(inputs, options).await?;
+    let embedded = model.clone().embed(inputs, options).await?;
+    let ranges = match output.needs_ranges() {
+        true => Some(model.int8_ranges(dimensions).await?.0),
+        false => None,
+    };
     span.record("tokens", embedded.tokens);
     span.record("queue_ms", embedded.queued.as_secs_f64() * 1000.0);
     span.record("inference_ms", embedded.inference.as_secs_f64() * 1000.0);
     let floats = embedded.vectors.iter().map(Vec::len).sum();
-    let body = encoding(floats, move || respond(embedded, &request, output)).await??;
+    let body = encoding(floats, move || {
+        respond(embedded, &request, |vector| {
+            encode(vector, output, ranges.as_deref())
+        })
+    })
+    .await??;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -299,7 +337,7 @@ pub(super) async fn blocking<T: Send + 'static>(
 fn respond(
     embedded: Embedded,
     request: &EmbeddingRequest,
-    output: Output,
+    encode: impl Fn(Vec<f32>) -> Vector,
 ) -> Result<Vec<u8>, ApiError> {
     let data = embedded
         .vectors
@@ -308,7 +346,7 @@ fn respond(
         .map(|(index, vector)| EmbeddingObject {
             object: "embedding",
             index,
-            embedding: encode(vector, output),
+            embedding: encode(vector),
         })
         .collect();
     let tokens = embedded.tokens;
@@ -329,20 +367,26 @@ fn respond(
     })
 }
 
-fn encode(vector: Vec<f32>, output: Output) -> Vector {
-    let bytes = match (output.precision, output.base64) {
-        (Precision::Float, false) => return Vector::Float(vector),
-        (Precision::Float, true) => vector.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        (Precision::Binary, false) => return Vector::Signed(quantize::binary(&vector)),
-        (Precision::Ubinary, false) => return Vector::Unsigned(quantize::ubinary(&vector)),
-        // A signed byte's base64 is its two's-complement byte's.
-        (Precision::Binary, true) => quantize::binary(&vector)
-            .into_iter()
-            .map(|b| b as u8)
-            .collect(),
-        (Precision::Ubinary, true) => quantize::ubinary(&vector),
+/// `vector` as `output` asks; `ranges` are the model's int8 ranges, for `int8` and `uint8`.
+pub(super) fn encode(vector: Vec<f32>, output: Output, ranges: Option<&Ranges>) -> Vector {
+    let signed = |bytes: Vec<i8>| bytes.into_iter().map(|b| b as u8).collect();
+    let ranges = || ranges.expect("int8 ranges for byte codes");
+    let bytes: Vec<u8> = match output.precision {
+        Precision::Float if output.base64 => vector.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Precision::Float => return Vector::Float(vector),
+        Precision::Int8 if output.base64 => signed(quantize::int8(&vector, ranges())),
+        Precision::Int8 => return Vector::Signed(quantize::int8(&vector, ranges())),
+        Precision::Uint8 => quantize::uint8(&vector, ranges()),
+        Precision::Binary if output.base64 => signed(quantize::binary(&vector)),
+        Precision::Binary => return Vector::Signed(quantize::binary(&vector)),
+        Precision::Ubinary => quantize::ubinary(&vector),
     };
-    Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+    if output.base64 {
+        // A signed byte's base64 is its two's-complement byte's.
+        Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+    } else {
+        Vector::Unsigned(bytes)
+    }
 }
 
 #[cfg(test)]
@@ -415,7 +459,7 @@ mod tests {
             precision: Precision::Float,
             base64: true,
         };
-        let Vector::Base64(text) = encode(vec![1.0, -2.5], output) else {
+        let Vector::Base64(text) = encode(vec![1.0, -2.5], output, None) else {
             panic!("expected base64")
         };
         let bytes = base64::engine::general_purpose::STANDARD

@@ -1,11 +1,13 @@
 //! The HTTP API: routes, OpenAI's request and response types, and the error envelope.
 
 mod body;
+mod cohere;
 mod decode;
 mod embed_all;
 mod embed_sparse;
 mod embeddings;
 mod error;
+mod error_shapes;
 mod input;
 mod json;
 mod middleware;
@@ -19,7 +21,6 @@ mod routing;
 mod similarity;
 mod state;
 mod tei;
-mod tei_errors;
 mod truncation;
 
 use std::sync::Arc;
@@ -48,19 +49,21 @@ pub fn router(state: Arc<AppState>) -> Router {
     let authenticated =
         || axum::middleware::from_fn_with_state(state.clone(), middleware::require_api_key);
     let authenticate = !state.api_keys.is_empty();
-    // TEI's routes answer errors in TEI's shape, whichever layer makes them (authentication,
-    // the body limit, the handler): the layer below rewrites them on these paths.
+    // TEI's and Cohere's routes answer errors in their API's shape, whichever layer makes
+    // them (authentication, the body limit, the handler): a layer below rewrites them.
     let tei = tei::routes()
         .merge(similarity::routes())
         .merge(predict::routes())
         .merge(decode::routes())
         .merge(embed_sparse::routes())
         .merge(embed_all::routes());
-    let tei_paths = tei_errors::TeiPaths::of(&tei);
+    let cohere = cohere::routes();
+    let shaped_paths = error_shapes::ShapedPaths::of(&tei, &cohere);
     let mut api = ApiRouter::new()
         .merge(embeddings::routes())
         .merge(rerank::routes())
         .merge(tei)
+        .merge(cohere)
         .merge(models::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -86,8 +89,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             middleware::refuse_oversized_bodies,
         ))
         .route_layer(axum::middleware::from_fn_with_state(
-            tei_paths,
-            tei_errors::tei_errors,
+            shaped_paths,
+            error_shapes::reshape_errors,
         ))
         .route_layer(axum::middleware::from_fn(middleware::track))
         .fallback(error::unknown_route)

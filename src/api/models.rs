@@ -14,7 +14,8 @@ use super::routing::{ApiRouter, serve};
 use super::state::AppState;
 use crate::cache::CacheError;
 use crate::echo::clip;
-use crate::model::Task;
+use crate::model::{RangesSource, Task};
+use crate::quantize::Ranges;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ModelObject {
@@ -33,6 +34,18 @@ pub struct ModelObject {
     /// Extension: resident memory its load added, when loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     memory_bytes: Option<u64>,
+    /// Extension, on `/v1/models/{id}` only: the full-width ranges its `int8` and `uint8`
+    /// codes count steps of, once a request has needed them, and where they came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    int8_ranges: Option<Int8RangesObject>,
+}
+
+#[derive(Serialize)]
+struct Int8RangesObject {
+    source: RangesSource,
+    #[serde(flatten)]
+    ranges: Ranges,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -84,6 +97,7 @@ fn model_object(id: String, state: &AppState) -> ModelObject {
         loaded: cached.loaded,
         pinned: cached.pinned,
         memory_bytes: cached.loaded.then_some(cached.memory_bytes),
+        int8_ranges: None,
         id,
     }
 }
@@ -138,7 +152,17 @@ pub async fn retrieve(
             .cache
             .catalog()
             .lookup(&id)
-            .map(|_| model_object(id.clone(), &state))
+            .map(|_| {
+                let loaded = state.cache.loaded(&id);
+                let ranges = loaded.and_then(|model| model.computed_int8_ranges());
+                ModelObject {
+                    int8_ranges: ranges.map(|(ranges, source)| Int8RangesObject {
+                        source,
+                        ranges: Ranges::clone(&ranges),
+                    }),
+                    ..model_object(id.clone(), &state)
+                }
+            })
             .ok_or(CacheError::NotFound(id))
     })
     .await

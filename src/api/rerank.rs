@@ -11,11 +11,11 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use super::error_shapes::TeiShaped;
 use super::json::ApiJson;
 use super::resolve::{labelled, requested_model, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
-use super::tei_errors::TeiShaped;
 use super::truncation::TruncationDirection;
 use crate::model::{RerankOptions, Reranked};
 

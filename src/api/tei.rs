@@ -2,7 +2,7 @@
 //! `POST /embed` (and `POST /`, where `huggingface_hub.InferenceClient` posts, which also
 //! answers `/similarity`'s body), `POST /tokenize` and `GET /info`. TEI serves one model;
 //! here `model` is an optional field (a query parameter for `/info`), else the server's
-//! default model. Errors on these routes come in TEI's shape (`tei_errors`).
+//! default model. Errors on these routes come in TEI's shape (`error_shapes`).
 
 use std::sync::Arc;
 

@@ -417,6 +417,12 @@ impl<L: Loader> ModelCache<L> {
         })
     }
 
+    /// `name`'s model if it is loaded, without loading it or counting a use.
+    pub fn loaded(&self, name: &str) -> Option<Arc<L::Model>> {
+        let key = self.catalog.canonical(name);
+        self.lock().entries.get(key).and_then(|entry| entry.model())
+    }
+
     /// Names of loaded models, most recently used first.
     pub fn loaded_names(&self) -> Vec<String> {
         let inner = self.lock();

@@ -308,6 +308,7 @@ impl Model {
             pooling: None,
             normalizes: false,
             dtype: "float32",
+            int8: Default::default(),
             device: Device::Cpu,
         }
     }

@@ -9,6 +9,7 @@ mod embed_all;
 mod encoder;
 mod head;
 mod inputs;
+mod int8_ranges;
 mod kind;
 mod load;
 mod long_text;
@@ -37,6 +38,7 @@ pub use embed::Embedded;
 pub use embed_all::AllTokens;
 pub use encoder::Encoder;
 pub use inputs::{EmbedOptions, Token, TokenInput, warm_up_tiktoken};
+pub use int8_ranges::RangesSource;
 pub use kind::Task;
 pub use pooling::{Pooling, PoolingMode, l2_normalize};
 pub use rerank::{RerankOptions, Reranked};
@@ -215,6 +217,8 @@ pub struct Model {
     input_type: Option<InputType>,
     /// The folder's pooling, as `/info` reports it (`None` for graphs that pool themselves).
     pooling: Option<Pooling>,
+    /// Its int8 ranges, computed on the first request that needs them.
+    int8: int8_ranges::Int8Ranges,
     /// Where it runs: the device the graph got (after `auto`), the CPU for static tables.
     device: Device,
 }

@@ -20,6 +20,9 @@ use super::{LoadError, Model};
 pub enum InputType {
     Query,
     Document,
+    /// Cohere's tasks: the model's prompt of that name, if it has one, on the default route.
+    Classification,
+    Clustering,
 }
 
 impl InputType {
@@ -28,6 +31,8 @@ impl InputType {
         match self {
             Self::Query => "query",
             Self::Document => "document",
+            Self::Classification => "classification",
+            Self::Clustering => "clustering",
         }
     }
 }
@@ -40,9 +45,11 @@ impl FromStr for InputType {
         match text {
             "query" | "search_query" => Ok(Self::Query),
             "document" | "search_document" | "passage" => Ok(Self::Document),
+            "classification" => Ok(Self::Classification),
+            "clustering" => Ok(Self::Clustering),
             other => Err(format!(
-                "`{other}` is not an input type: query (or search_query), or document (or \
-                 search_document, passage)"
+                "`{other}` is not an input type: query (or search_query), document (or \
+                 search_document, passage), classification or clustering"
             )),
         }
     }

@@ -18,6 +18,7 @@ mod hub;
 mod in_process;
 mod kinds;
 mod ops;
+mod quantize;
 mod reference;
 mod rerank;
 mod tei;
