@@ -63,11 +63,18 @@ impl Model {
         if let Some(ranges) = self.int8.by_dimensions.lock().get(&dimensions) {
             return Ok((ranges.clone(), RangesSource::CalibrationSet));
         }
-        let vectors = self
-            .int8
-            .calibration
-            .get_or_try_init(|| self.clone().embed_calibration_set())
-            .await?;
+        // Calibrating runs as a task of its own, so that it finishes even when the request
+        // that started it goes away: a client that asks for int8 and hangs up at once must
+        // not make every next request start the thousand texts over.
+        let model = self.clone();
+        let calibrating = tokio::spawn(async move {
+            let calibration = &model.int8.calibration;
+            let vectors = calibration.get_or_try_init(|| model.clone().embed_calibration_set());
+            vectors.await.cloned()
+        });
+        let vectors = calibrating
+            .await
+            .map_err(|e| EmbedError::Task(format!("calibrating the int8 ranges failed: {e}")))??;
         let shortened = vectors.iter().map(|vector| {
             let mut vector = vector[..width.min(vector.len())].to_vec();
             if dimensions.is_some() {

@@ -141,3 +141,42 @@ fn a_folders_int8_ranges_file_gives_the_codes() {
         ("file".into(), min, max)
     );
 }
+
+/// The calibration runs once, even when the request that started it hangs up midway: the
+/// next int8 request waits for the same run instead of starting the thousand texts over.
+#[test]
+fn a_client_that_hangs_up_does_not_restart_the_calibration() {
+    use std::io::Write;
+    let server = Server::start(&[
+        "--models-dir",
+        &common::models_root_arg(),
+        "--model",
+        MINILM,
+    ]);
+    let rows = || server.metric("embedserve_batch_size_sum", &[("model", MINILM)]);
+    let body = json!({"model": MINILM, "input": "hello", "encoding_format": "int8"}).to_string();
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST /v1/embeddings HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Hang up once the calibration is under way.
+    server.wait_for_metric("embedserve_batch_size_sum", &[("model", MINILM)], 100.0);
+    drop(stream);
+    let int8 = codes(
+        &server,
+        MINILM,
+        json!("hello"),
+        json!({"encoding_format": "int8"}),
+    );
+    assert_eq!(int8[0].len(), 384);
+    let run = rows();
+    assert!(
+        (1000.0..1100.0).contains(&run),
+        "{run} inputs ran: the calibration's 1,000 texts once, and the two requests'"
+    );
+}
