@@ -80,7 +80,7 @@ impl TryFrom<String> for EncodingFormat {
                 None => Err(unknown(
                     "encoding_format",
                     &name,
-                    "float, base64, binary or ubinary",
+                    "float, base64, int8, uint8, binary or ubinary",
                 )),
             },
         }
