@@ -33,15 +33,17 @@ enum Shape {
 }
 
 impl ShapedPaths {
-    /// The paths `tei` and `cohere` serve.
-    pub fn of(tei: &ApiRouter, cohere: &ApiRouter) -> Self {
+    /// The paths `tei` serves, and those `cohere` serves with `more_cohere`.
+    pub fn of(tei: &ApiRouter, cohere: &ApiRouter, more_cohere: &[&str]) -> Self {
         let paths = |routes: &ApiRouter| {
             let paths = routes.get_openapi().paths.paths.keys();
-            paths.map(|path| axum_path(path)).collect()
+            paths.map(|path| axum_path(path)).collect::<Vec<_>>()
         };
+        let mut cohere = paths(cohere);
+        cohere.extend(more_cohere.iter().map(|path| axum_path(path)));
         Self {
-            tei: paths(tei),
-            cohere: paths(cohere),
+            tei: paths(tei).into(),
+            cohere: cohere.into(),
         }
     }
 
@@ -57,7 +59,8 @@ impl ShapedPaths {
 }
 
 /// Rewrites the OpenAI envelope of an error into TEI's `{"error", "error_type"}` on TEI's
-/// routes and for TEI-shaped requests, and into Cohere's `{"message"}` on Cohere's routes,
+/// routes and for TEI-shaped requests (also at Cohere's rerank path), and into Cohere's
+/// `{"message"}` on Cohere's routes,
 /// whichever layer made it (authentication, the body limit, the handler).
 pub async fn reshape_errors(
     State(paths): State<ShapedPaths>,

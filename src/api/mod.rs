@@ -58,7 +58,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(embed_sparse::routes())
         .merge(embed_all::routes());
     let cohere = cohere::routes();
-    let shaped_paths = error_shapes::ShapedPaths::of(&tei, &cohere);
+    let shaped_paths = error_shapes::ShapedPaths::of(&tei, &cohere, &[rerank::COHERE_PATH]);
     let mut api = ApiRouter::new()
         .merge(embeddings::routes())
         .merge(rerank::routes())

@@ -183,10 +183,13 @@ pub enum RerankAnswer {
     Texts(Vec<Rank>),
 }
 
+/// Where Cohere's clients post: its errors come in Cohere's shape (`error_shapes`).
+pub const COHERE_PATH: &str = "/v2/rerank";
+
 /// Reranking in Cohere's and Jina's shape (or TEI's, by the body), at each path their clients
 /// post to.
 pub fn routes() -> ApiRouter {
-    serve(utoipa_axum::routes!(rerank), &["/v2/rerank", "/rerank"])
+    serve(utoipa_axum::routes!(rerank), &[COHERE_PATH, "/rerank"])
 }
 
 /// Scores documents against a query with a cross-encoder.

@@ -77,3 +77,9 @@ def test_errors_are_cohere_shaped(server):
         answer = requests.post(server.base + "/v2/embed", json=body, timeout=30)
         assert answer.status_code == status, answer.text
         assert set(answer.json()) == {"message"} and answer.json()["message"], answer.text
+    # Cohere's rerank path too; the same request elsewhere keeps OpenAI's envelope.
+    body = {"model": "no/such-reranker", "query": "q", "documents": ["d"]}
+    cohere_shaped = requests.post(server.base + "/v2/rerank", json=body, timeout=30)
+    assert cohere_shaped.status_code == 404 and set(cohere_shaped.json()) == {"message"}, cohere_shaped.text
+    openai_shaped = requests.post(server.base + "/v1/rerank", json=body, timeout=30)
+    assert openai_shaped.status_code == 404 and "error" in openai_shaped.json(), openai_shaped.text
