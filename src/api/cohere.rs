@@ -42,8 +42,8 @@ pub struct CohereEmbedRequest {
     /// Matryoshka: keep this many leading dimensions, normalized again.
     #[serde(default)]
     output_dimension: Option<usize>,
-    /// The most tokens an input may embed: at least the model's own length (inputs are cut
-    /// there already); a shorter one is refused.
+    /// The most tokens each text embeds, special tokens included: a longer text is cut to
+    /// its first tokens (or, with `truncate: NONE`, refused); at most the model's own length.
     #[serde(default)]
     max_tokens: Option<usize>,
     /// `END` (default) cuts long inputs at the end; `NONE` refuses them; `START` is refused.
@@ -169,24 +169,18 @@ async fn answer(
     };
     let name = requested_model(state, request.model.as_deref())?;
     let model = serve_model(state, &name, label).await?;
-    if let Some(max_tokens) = request.max_tokens {
-        let length = model.max_seq_length().unwrap_or(usize::MAX);
-        if max_tokens < length {
-            return Err(ApiError::bad_request(
-                "max_tokens",
-                format!(
-                    "max_tokens {max_tokens} is shorter than `{name}`'s length of {length} \
-                     tokens, and cutting inputs shorter than the model's own length is not \
-                     supported"
-                ),
-            ));
-        }
+    if request.max_tokens == Some(0) {
+        return Err(ApiError::bad_request(
+            "max_tokens",
+            "max_tokens must be at least 1",
+        ));
     }
     let dimensions = request.output_dimension;
     let options = EmbedOptions {
         truncate,
         dimensions,
         max_tokens: state.limits.max_tokens_per_request,
+        max_tokens_per_input: request.max_tokens,
         input_type: request.input_type,
         ..EmbedOptions::default()
     };

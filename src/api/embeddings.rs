@@ -268,6 +268,7 @@ async fn embed(
         truncate: request.truncate,
         dimensions,
         max_tokens: state.limits.max_tokens_per_request,
+        max_tokens_per_input: None,
         token_input: None,
         input_type: request.input_type,
     };

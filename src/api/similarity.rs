@@ -106,6 +106,7 @@ pub async fn similarities(
         truncate: parameters.truncate,
         dimensions: None,
         max_tokens: state.limits.max_tokens_per_request,
+        max_tokens_per_input: None,
         token_input: Some(TokenInput::Native),
         input_type: None,
     };

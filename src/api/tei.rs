@@ -262,6 +262,7 @@ pub(super) fn text_options(
         truncate,
         dimensions: None,
         max_tokens: state.limits.max_tokens_per_request,
+        max_tokens_per_input: None,
         token_input: Some(TokenInput::Native),
         input_type,
     }

@@ -33,6 +33,9 @@ pub struct EmbedOptions {
     pub dimensions: Option<usize>,
     /// Most tokens the request may hold, all inputs together.
     pub max_tokens: usize,
+    /// Most tokens each text input may embed, special tokens included, where that is less
+    /// than the model's own length (Cohere's `max_tokens`); the model's length when `None`.
+    pub max_tokens_per_input: Option<usize>,
     /// How token-id inputs are read; the model's setting when `None`.
     pub token_input: Option<TokenInput>,
     /// What the texts are to an asymmetric model: its route, and its prompt of that name
@@ -47,6 +50,7 @@ impl Default for EmbedOptions {
             truncate: None,
             dimensions: None,
             max_tokens: usize::MAX,
+            max_tokens_per_input: None,
             token_input: None,
             input_type: None,
         }
@@ -233,9 +237,26 @@ impl Model {
         {
             return Err(too_many_tokens("input", options.max_tokens));
         }
-        let mut encoded = self
-            .tokenizer
-            .encode_batch(&texts)
+        let within = options.max_tokens_per_input.filter(|&max| {
+            self.tokenizer
+                .max_length()
+                .is_none_or(|length| max < length)
+        });
+        if within.is_some() && pool_from > 0 {
+            return Err(invalid(
+                "max_tokens",
+                format!(
+                    "model `{}` leaves its prompt out of pooling, where inputs cannot be cut \
+                     shorter than its own length",
+                    self.name
+                ),
+            ));
+        }
+        let encoded = match within {
+            Some(max) => self.tokenizer.encode_batch_within(&texts, max),
+            None => self.tokenizer.encode_batch(&texts),
+        };
+        let mut encoded = encoded
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
             .into_iter();
 

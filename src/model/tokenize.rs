@@ -236,6 +236,43 @@ impl TextTokenizer {
         Ok(encoded.into_iter().flatten().collect())
     }
 
+    /// `encode_batch`, each text cut to at most `max_tokens` tokens, special tokens included
+    /// (Cohere's `max_tokens`, shorter than the model's own length): its first tokens, then
+    /// the special tokens the tokenizer adds, and `truncated` where that cut it.
+    pub fn encode_batch_within<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        max_tokens: usize,
+    ) -> Result<Vec<Encoded>, tokenizers::Error> {
+        let special = self.special_tokens();
+        let added = match self.tokenizer.get_post_processor() {
+            Some(processor) if special => tokenizers::PostProcessor::added_tokens(processor, false),
+            _ => 0,
+        };
+        let budget = max_tokens.saturating_sub(added).max(1);
+        texts
+            .iter()
+            .map(|text| {
+                let bounded = self.bounded(text.as_ref())?;
+                // Without special tokens the tokenizer cuts at the model's length; what it cut
+                // comes back as overflowing pieces, dropped here.
+                let mut encoding = self.tokenizer.encode_fast(bounded.as_ref(), false)?;
+                let mut truncated = !encoding.take_overflowing().is_empty();
+                if encoding.len() > budget {
+                    encoding.truncate(budget, 0, tokenizers::TruncationDirection::Right);
+                    encoding.take_overflowing();
+                    truncated = true;
+                }
+                let encoding = self.tokenizer.post_process(encoding, None, special)?;
+                Ok(Encoded {
+                    truncated: truncated || !encoding.get_overflowing().is_empty(),
+                    ids: encoding.get_ids().to_vec(),
+                    type_ids: Vec::new(),
+                })
+            })
+            .collect()
+    }
+
     /// Encodes texts: many in parallel, a few on this thread (`encode_batch`).
     fn encode_all(
         &self,
@@ -337,5 +374,47 @@ impl TextTokenizer {
             .tokenizer
             .encode_fast(prepared.as_ref(), self.special_tokens())?;
         Ok(encoding.get_ids().len().saturating_sub(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_tokenizers::{configured, fixture_tokenizers};
+
+    /// A text cut to `max_tokens` is what the tokenizer's own truncation at that length
+    /// gives, special tokens included, for every fixture tokenizer, short texts and long.
+    #[test]
+    fn texts_within_max_tokens_are_the_tokenizers_own_truncation_at_that_length() {
+        let texts = [
+            String::new(),
+            "Hello".to_string(),
+            "The quick brown fox jumps over the lazy dog.".to_string(),
+            "word ".repeat(5000),
+        ];
+        for path in fixture_tokenizers().values() {
+            let preparation = TextPreparation::Transformer {
+                max_seq_length: 64,
+                do_lower_case: false,
+            };
+            let ours = TextTokenizer::load(path, preparation).unwrap();
+            for max_tokens in [3, 5, 8, 13, 63] {
+                let within = ours.encode_batch_within(&texts, max_tokens).unwrap();
+                let theirs = configured(path, Some(max_tokens));
+                for (text, got) in texts.iter().zip(within) {
+                    let expected = theirs.encode(text.as_str(), true).unwrap();
+                    let case = format!(
+                        "{path:?} at {max_tokens}: {:?}",
+                        &text[..text.len().min(20)]
+                    );
+                    assert_eq!(got.ids, expected.get_ids(), "{case}");
+                    assert_eq!(
+                        got.truncated,
+                        !expected.get_overflowing().is_empty(),
+                        "{case}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -52,6 +52,31 @@ def test_client_v2_output_dimension_and_query_type(server):
         assert np.allclose(got, shortened, atol=1e-5)
 
 
+def test_max_tokens_embeds_each_texts_first_tokens(server):
+    """max_tokens=6 is [CLS], the text's first four tokens and [SEP]: the vector of the text
+    cut where its fourth token ends (TEI's /tokenize says where)."""
+    client = cohere.ClientV2(api_key="unused", base_url=server.base)
+    text = TEXTS[0]
+    tokens = requests.post(
+        server.base + "/tokenize", json={"inputs": text, "add_special_tokens": False}, timeout=30
+    ).json()[0]
+    assert len(tokens) > 4, tokens
+    cut = text[: tokens[3]["stop"]]
+    expected = requests.post(
+        server.base + "/v1/embeddings", json={"model": MINILM, "input": cut}, timeout=30
+    ).json()["data"][0]["embedding"]
+    response = client.embed(
+        model=MINILM, texts=[text], input_type="search_document", embedding_types=["float"], max_tokens=6
+    )
+    assert cosine(response.embeddings.float_[0], expected) >= 0.99999
+    assert response.meta.billed_units.input_tokens == 6
+    with pytest.raises(cohere.errors.BadRequestError):
+        client.embed(
+            model=MINILM, texts=[text], input_type="search_document", embedding_types=["float"],
+            max_tokens=6, truncate="NONE",
+        )
+
+
 def test_client_v1_and_langchain(server):
     client = cohere.Client(api_key="unused", base_url=server.base)
     response = client.embed(model=MINILM, texts=TEXTS, input_type="search_document", embedding_types=["float"])
