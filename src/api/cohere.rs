@@ -16,6 +16,7 @@ use super::embeddings::{Output, Vector, encode, json_answer};
 use super::error::ApiError;
 use super::input::max_inputs;
 use super::json::ApiJson;
+use super::middleware::request_id;
 use super::resolve::{labelled, requested_model, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
@@ -131,11 +132,8 @@ pub async fn embed(
     headers: HeaderMap,
     ApiJson(request): ApiJson<CohereEmbedRequest>,
 ) -> Response {
-    // The answer's `id` is the request's own (`x-request-id`), as the logs know it.
-    let id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
-    let id = id.unwrap_or_default().to_string();
     let mut label = None;
-    let response = answer(&state, id, request, &mut label).await;
+    let response = answer(&state, request_id(&headers), request, &mut label).await;
     labelled(response, label)
 }
 

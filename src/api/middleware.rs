@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -109,6 +109,13 @@ pub async fn timeout(State(state): State<Arc<AppState>>, request: Request, next:
         .code("timeout")
         .into_response(),
     }
+}
+
+/// The request's `x-request-id` (set by the request-id layer when the client sent none), as
+/// the logs know it: the `id` of Cohere's and Jina's answers.
+pub fn request_id(headers: &HeaderMap) -> String {
+    let id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    id.unwrap_or_default().to_string()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::error_shapes::TeiShaped;
 use super::json::ApiJson;
+use super::middleware::request_id;
 use super::resolve::{labelled, requested_model, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
@@ -318,13 +319,8 @@ async fn answer(
             }),
         })
         .collect();
-    let id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
     Ok(axum::Json(RerankResponse {
-        id,
+        id: request_id(headers),
         model: name,
         results,
         usage: RerankUsage {
