@@ -74,15 +74,15 @@ pub struct Ranges {
 
 impl Ranges {
     /// The ranges of `vectors`, all of one width.
-    pub fn of<'a>(vectors: impl IntoIterator<Item = &'a [f32]>) -> Option<Self> {
+    pub fn of(vectors: impl IntoIterator<Item = impl AsRef<[f32]>>) -> Option<Self> {
         let mut vectors = vectors.into_iter();
         let first = vectors.next()?;
         let mut ranges = Self {
-            min: first.to_vec(),
-            max: first.to_vec(),
+            min: first.as_ref().to_vec(),
+            max: first.as_ref().to_vec(),
         };
         for vector in vectors {
-            for (i, &x) in vector.iter().enumerate() {
+            for (i, &x) in vector.as_ref().iter().enumerate() {
                 ranges.min[i] = ranges.min[i].min(x);
                 ranges.max[i] = ranges.max[i].max(x);
             }

@@ -52,16 +52,9 @@ impl Model {
         self: &Arc<Self>,
         dimensions: Option<usize>,
     ) -> Result<(Arc<Ranges>, RangesSource), EmbedError> {
-        let width = dimensions.unwrap_or(self.dimension);
-        let file = self.int8.file.get_or_init(|| self.read_ranges_file()).await;
-        if let Some(ranges) = file
-            .as_ref()
-            .filter(|r| dimensions.is_none() && r.width() == width)
-        {
-            return Ok((ranges.clone(), RangesSource::File));
-        }
-        if let Some(ranges) = self.int8.by_dimensions.lock().get(&dimensions) {
-            return Ok((ranges.clone(), RangesSource::CalibrationSet));
+        self.int8.file.get_or_init(|| self.read_ranges_file()).await;
+        if let Some(known) = self.known_int8_ranges(dimensions) {
+            return Ok(known);
         }
         // Calibrating runs as a task of its own, so that it finishes even when the request
         // that started it goes away: a client that asks for int8 and hangs up at once must
@@ -75,6 +68,7 @@ impl Model {
         let vectors = calibrating
             .await
             .map_err(|e| EmbedError::Task(format!("calibrating the int8 ranges failed: {e}")))??;
+        let width = dimensions.unwrap_or(self.dimension);
         let shortened = vectors.iter().map(|vector| {
             let mut vector = vector[..width.min(vector.len())].to_vec();
             if dimensions.is_some() {
@@ -82,8 +76,7 @@ impl Model {
             }
             vector
         });
-        let shortened: Vec<Vec<f32>> = shortened.collect();
-        let ranges = Ranges::of(shortened.iter().map(Vec::as_slice))
+        let ranges = Ranges::of(shortened)
             .map(Arc::new)
             .ok_or_else(|| EmbedError::Task("the int8 calibration set is empty".into()))?;
         self.int8
@@ -95,10 +88,16 @@ impl Model {
 
     /// The full-width ranges, if a request has needed them yet: never computes them.
     pub fn computed_int8_ranges(&self) -> Option<(Arc<Ranges>, RangesSource)> {
+        self.known_int8_ranges(None)
+    }
+
+    /// The ranges for `dimensions` that are known already: the folder's (at full width,
+    /// once read), else those computed for an earlier request.
+    fn known_int8_ranges(&self, dimensions: Option<usize>) -> Option<(Arc<Ranges>, RangesSource)> {
         let file = self.int8.file.get().cloned().flatten();
-        match file.filter(|ranges| ranges.width() == self.dimension) {
+        match file.filter(|ranges| dimensions.is_none() && ranges.width() == self.dimension) {
             Some(ranges) => Some((ranges, RangesSource::File)),
-            None => (self.int8.by_dimensions.lock().get(&None).cloned())
+            None => (self.int8.by_dimensions.lock().get(&dimensions).cloned())
                 .map(|ranges| (ranges, RangesSource::CalibrationSet)),
         }
     }
