@@ -253,17 +253,12 @@ impl TextTokenizer {
         texts
             .iter()
             .map(|text| {
-                let bounded = self.bounded(text.as_ref())?;
-                // Without special tokens the tokenizer cuts at the model's length; what it cut
-                // comes back as overflowing pieces, dropped here.
-                let mut encoding = self.tokenizer.encode_fast(bounded.as_ref(), false)?;
-                let mut truncated = !encoding.take_overflowing().is_empty();
-                if encoding.len() > budget {
-                    encoding.truncate(budget, 0, tokenizers::TruncationDirection::Right);
-                    encoding.take_overflowing();
-                    truncated = true;
+                let mut text = self.side(text.as_ref(), 0)?;
+                if text.encoding.len() > budget {
+                    text.keep(budget);
                 }
-                let encoding = self.tokenizer.post_process(encoding, None, special)?;
+                let truncated = text.truncated();
+                let encoding = self.tokenizer.post_process(text.encoding, None, special)?;
                 Ok(Encoded {
                     truncated: truncated || !encoding.get_overflowing().is_empty(),
                     ids: encoding.get_ids().to_vec(),

@@ -12,21 +12,21 @@ use tokenizers::{Encoding, TruncationDirection};
 
 use super::{Encoded, TextTokenizer};
 
-/// One side of a pair: its first `max_length` tokens, without special tokens, and how many
-/// tokens its (bounded) text has in all.
+/// One side of a pair (or a text cut to `max_tokens`): its first `max_length` tokens,
+/// without special tokens, and how many tokens its (bounded) text has in all.
 #[derive(Clone)]
-struct Side {
-    encoding: Encoding,
+pub(super) struct Side {
+    pub(super) encoding: Encoding,
     length: usize,
 }
 
 impl Side {
-    fn truncated(&self) -> bool {
+    pub(super) fn truncated(&self) -> bool {
         self.encoding.len() < self.length
     }
 
     /// Keeps the first `tokens` tokens, dropping the rest.
-    fn keep(&mut self, tokens: usize) {
+    pub(super) fn keep(&mut self, tokens: usize) {
         self.encoding
             .truncate(tokens, 0, TruncationDirection::Right);
         self.encoding.take_overflowing();
@@ -58,7 +58,7 @@ impl TextTokenizer {
             .collect()
     }
 
-    fn side(&self, text: &str, type_id: u32) -> tokenizers::Result<Side> {
+    pub(super) fn side(&self, text: &str, type_id: u32) -> tokenizers::Result<Side> {
         let bounded = self.bounded(text)?;
         // Segment id 1 for the document, as tokenizing the pair gives where no post-processor
         // sets them. Without special tokens the tokenizer cuts at `max_length`, more than a
