@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use embedserve::model::{TextPreparation, TextTokenizer};
+use embedserve::model::{TextPreparation, TextTokenizer, TruncationDirection};
 use tokenizers::{Tokenizer, TruncationParams};
 
 fn main() {
@@ -113,7 +113,9 @@ fn pairs(corpus: &[String], runs: usize) {
         ("a sentence", corpus[0].as_str()),
         ("16 KiB", long_query.as_str()),
     ] {
-        let ours = server.encode_pairs(query, &documents, None).expect("pairs");
+        let ours = server
+            .encode_pairs(query, &documents, None, TruncationDirection::Right)
+            .expect("pairs");
         for (document, pair) in corpus.iter().zip(&ours) {
             let theirs = whole
                 .encode_fast((query, document.as_str()), true)
@@ -130,7 +132,11 @@ fn pairs(corpus: &[String], runs: usize) {
             }
         };
         let server_pairs = || {
-            black_box(server.encode_pairs(query, &documents, None).expect("pairs"));
+            black_box(
+                server
+                    .encode_pairs(query, &documents, None, TruncationDirection::Right)
+                    .expect("pairs"),
+            );
         };
         for (who, encode) in [
             ("each pair whole", &crate_pairs as &dyn Fn()),

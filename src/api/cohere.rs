@@ -20,7 +20,7 @@ use super::middleware::request_id;
 use super::resolve::{labelled, requested_model, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
-use crate::model::{EmbedOptions, Input, InputType};
+use crate::model::{EmbedOptions, Input, InputType, TruncationDirection};
 use crate::quantize::Precision;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -47,7 +47,7 @@ pub struct CohereEmbedRequest {
     /// its first tokens (or, with `truncate: NONE`, refused); at most the model's own length.
     #[serde(default)]
     max_tokens: Option<usize>,
-    /// `END` (default) cuts long inputs at the end; `NONE` refuses them; `START` is refused.
+    /// `END` (default) cuts long inputs at the end, `START` at the start; `NONE` refuses them.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     truncate: Option<Truncate>,
@@ -154,16 +154,10 @@ async fn answer(
         return Err(ApiError::bad_request("texts", "texts must not be empty"));
     }
     let types = embedding_types(request.embedding_types.as_deref())?;
-    let truncate = match request.truncate {
-        None | Some(Truncate::End) => None,
-        Some(Truncate::None) => Some(false),
-        Some(Truncate::Start) => {
-            return Err(ApiError::bad_request(
-                "truncate",
-                "truncate `START` is not supported: inputs are cut at the end (`END`), as \
-                 sentence-transformers cuts them, or refused (`NONE`)",
-            ));
-        }
+    let (truncate, truncation_direction) = match request.truncate {
+        None | Some(Truncate::End) => (None, TruncationDirection::Right),
+        Some(Truncate::Start) => (None, TruncationDirection::Left),
+        Some(Truncate::None) => (Some(false), TruncationDirection::Right),
     };
     let name = requested_model(state, request.model.as_deref())?;
     let model = serve_model(state, &name, label).await?;
@@ -179,6 +173,7 @@ async fn answer(
         dimensions,
         max_tokens: state.limits.max_tokens_per_request,
         max_tokens_per_input: request.max_tokens,
+        truncation_direction,
         input_type: request.input_type,
         ..EmbedOptions::default()
     };

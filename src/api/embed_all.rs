@@ -14,8 +14,7 @@ use super::resolve::labelled;
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
 use super::tei::{text_model, text_options};
-use super::truncation::TruncationDirection;
-use crate::model::InputType;
+use crate::model::{InputType, TruncationDirection};
 
 /// TEI's `/embed_all` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -69,18 +68,12 @@ async fn token_vectors(
     label: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let RequestInput(inputs) = request.inputs;
-    let model = text_model(
-        state,
-        &inputs,
-        request.model.as_deref(),
-        request.truncation_direction,
-        label,
-    )
-    .await?;
+    let model = text_model(state, &inputs, request.model.as_deref(), label).await?;
     let options = text_options(
         state,
         request.prompt_name,
         request.truncate,
+        request.truncation_direction,
         request.input_type,
     );
     let all = model.embed_all(inputs, options).await?;

@@ -17,8 +17,7 @@ use super::resolve::labelled;
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
 use super::tei::{text_model, text_options};
-use super::truncation::TruncationDirection;
-use crate::model::{InputType, SparseVector};
+use crate::model::{InputType, SparseVector, TruncationDirection};
 
 /// TEI's `/embed_sparse` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -81,18 +80,12 @@ async fn weights(
     label: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let RequestInput(inputs) = request.inputs;
-    let model = text_model(
-        state,
-        &inputs,
-        request.model.as_deref(),
-        request.truncation_direction,
-        label,
-    )
-    .await?;
+    let model = text_model(state, &inputs, request.model.as_deref(), label).await?;
     let options = text_options(
         state,
         request.prompt_name,
         request.truncate,
+        request.truncation_direction,
         request.input_type,
     );
     let (vectors, embedded) = model.embed_sparse(inputs, options).await?;

@@ -14,7 +14,7 @@ use super::json::ApiJson;
 use super::resolve::{labelled, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
-use crate::model::{EmbedOptions, Embedded, InputType};
+use crate::model::{EmbedOptions, Embedded, InputType, TruncationDirection};
 use crate::quantize::{self, Precision, Ranges};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -47,6 +47,10 @@ pub struct EmbeddingRequest {
     /// Extension: `false` refuses over-long inputs instead of truncating them.
     #[serde(default)]
     pub truncate: Option<bool>,
+    /// Extension, as TEI names it: `Left` cuts over-long inputs at their start (a prompt
+    /// stays whole); `Right`, the default, at their end.
+    #[serde(default)]
+    pub truncation_direction: Option<TruncationDirection>,
     /// Extension: `query` or `document` (also `search_query`, `search_document`, `passage`):
     /// an asymmetric model's route and prompt for the texts, as `encode_query` and
     /// `encode_document` pick them; the model's setting, or plain `encode()`, when left out.
@@ -269,6 +273,7 @@ async fn embed(
         dimensions,
         max_tokens: state.limits.max_tokens_per_request,
         max_tokens_per_input: None,
+        truncation_direction: request.truncation_direction.unwrap_or_default(),
         token_input: None,
         input_type: request.input_type,
     };

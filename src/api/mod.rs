@@ -21,7 +21,6 @@ mod routing;
 mod similarity;
 mod state;
 mod tei;
-mod truncation;
 
 use std::sync::Arc;
 

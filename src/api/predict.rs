@@ -16,8 +16,7 @@ use super::json::ApiJson;
 use super::resolve::{labelled, requested_model, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
-use super::truncation::TruncationDirection;
-use crate::model::{Classified, ClassifyInput, ClassifyOptions};
+use crate::model::{Classified, ClassifyInput, ClassifyOptions, TruncationDirection};
 
 /// TEI's `/predict` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -83,9 +82,6 @@ pub(super) async fn predictions(
     request: PredictRequest,
     label: &mut Option<String>,
 ) -> Result<Response, ApiError> {
-    if let Some(direction) = request.truncation_direction {
-        direction.require_right()?;
-    }
     let (single, inputs) = match request.inputs {
         PredictInputs::Single(input) => (true, vec![input]),
         PredictInputs::Batch(inputs) => (false, inputs),
@@ -100,6 +96,7 @@ pub(super) async fn predictions(
     let options = ClassifyOptions {
         truncate: request.truncate,
         max_tokens: state.limits.max_tokens_per_request,
+        truncation_direction: request.truncation_direction.unwrap_or_default(),
     };
     let classified = model.classify(inputs, options).await?;
     span.record("tokens", classified.tokens);

@@ -17,8 +17,7 @@ use super::middleware::request_id;
 use super::resolve::{labelled, requested_model, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
-use super::truncation::TruncationDirection;
-use crate::model::{RerankOptions, Reranked};
+use crate::model::{RerankOptions, Reranked, TruncationDirection};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RerankRequest {
@@ -52,7 +51,7 @@ pub struct RerankRequest {
     /// `false` refuses pairs longer than the model takes instead of truncating them.
     #[serde(default)]
     truncate: Option<bool>,
-    /// TEI: only `Right` is supported.
+    /// TEI: which end of an over-long pair is cut; `Right` by default.
     #[serde(default)]
     truncation_direction: Option<TruncationDirection>,
 }
@@ -271,8 +270,13 @@ async fn answer(
             "max_tokens_per_doc must be at least 1",
         ));
     }
-    if let Some(direction) = truncation_direction {
-        direction.require_right()?;
+    let truncation_direction = truncation_direction.unwrap_or_default();
+    if max_tokens_per_doc.is_some() && truncation_direction == TruncationDirection::Left {
+        return Err(ApiError::bad_request(
+            "max_tokens_per_doc",
+            "max_tokens_per_doc keeps each document's first tokens, and cannot be combined \
+             with truncation_direction `Left`",
+        ));
     }
     let name = requested_model(state, model.as_deref())?;
     let model = serve_model(state, &name, label).await?;
@@ -283,6 +287,7 @@ async fn answer(
         truncate,
         max_tokens: state.limits.max_tokens_per_request,
         max_tokens_per_document: max_tokens_per_doc,
+        truncation_direction,
     };
     let documents = Arc::new(documents);
     let reranked = model.rerank(query, documents.clone(), options).await?;

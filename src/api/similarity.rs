@@ -10,8 +10,7 @@ use super::rerank::Documents;
 use super::resolve::{labelled, requested_model, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
-use super::truncation::TruncationDirection;
-use crate::model::{EmbedOptions, Input, TokenInput};
+use crate::model::{EmbedOptions, Input, TokenInput, TruncationDirection};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SimilarityInput {
@@ -87,9 +86,6 @@ pub async fn similarities(
         parameters,
     } = request;
     let parameters = parameters.unwrap_or_default();
-    if let Some(direction) = parameters.truncation_direction {
-        direction.require_right()?;
-    }
     let sentences = inputs.sentences.into_inner();
     if sentences.is_empty() {
         return Err(
@@ -107,6 +103,7 @@ pub async fn similarities(
         dimensions: None,
         max_tokens: state.limits.max_tokens_per_request,
         max_tokens_per_input: None,
+        truncation_direction: parameters.truncation_direction.unwrap_or_default(),
         token_input: Some(TokenInput::Native),
         input_type: None,
     };

@@ -20,8 +20,9 @@ use super::resolve::{labelled, requested_model, serve_model};
 use super::routing::{ApiRouter, serve};
 use super::similarity::{SimilarityInput, SimilarityParameters, SimilarityRequest, similarities};
 use super::state::AppState;
-use super::truncation::TruncationDirection;
-use crate::model::{EmbedOptions, Input, InputType, Model, Task, TokenInput, l2_normalize};
+use crate::model::{
+    EmbedOptions, Input, InputType, Model, Task, TokenInput, TruncationDirection, l2_normalize,
+};
 
 /// TEI's `/embed` body; at `POST /` its `inputs` may also be `/similarity`'s object, which
 /// is what `huggingface_hub.InferenceClient.sentence_similarity` posts to the base URL.
@@ -200,20 +201,14 @@ async fn embed_vectors(
              POST /similarity",
         ));
     };
-    let model = text_model(
-        state,
-        &inputs,
-        request.model.as_deref(),
-        request.truncation_direction,
-        label,
-    )
-    .await?;
+    let model = text_model(state, &inputs, request.model.as_deref(), label).await?;
     let options = EmbedOptions {
         dimensions: request.dimensions,
         ..text_options(
             state,
             request.prompt_name,
             request.truncate,
+            request.truncation_direction,
             request.input_type,
         )
     };
@@ -228,20 +223,16 @@ async fn embed_vectors(
 }
 
 /// What TEI's text routes (`/embed`, `/embed_sparse`, `/embed_all`) check before a run:
-/// inputs present and truncation at the right; then the model, with the inputs on the
+/// inputs present; then the model, with the inputs on the
 /// request's span.
 pub(super) async fn text_model(
     state: &AppState,
     inputs: &[Input],
     model: Option<&str>,
-    truncation_direction: Option<TruncationDirection>,
     label: &mut Option<String>,
 ) -> Result<Arc<Model>, ApiError> {
     if inputs.is_empty() {
         return Err(ApiError::bad_request("inputs", "inputs must not be empty").code("empty"));
-    }
-    if let Some(direction) = truncation_direction {
-        direction.require_right()?;
     }
     let name = requested_model(state, model)?;
     let model = serve_model(state, &name, label).await?;
@@ -255,11 +246,13 @@ pub(super) fn text_options(
     state: &AppState,
     prompt_name: Option<String>,
     truncate: Option<bool>,
+    truncation_direction: Option<TruncationDirection>,
     input_type: Option<InputType>,
 ) -> EmbedOptions {
     EmbedOptions {
         prompt_name,
         truncate,
+        truncation_direction: truncation_direction.unwrap_or_default(),
         dimensions: None,
         max_tokens: state.limits.max_tokens_per_request,
         max_tokens_per_input: None,

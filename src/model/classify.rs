@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::kind::Task;
-use super::tokenize::Encoded;
-use super::{Backend, EmbedError, Model};
+use super::tokenize::{Cut, Encoded};
+use super::{Backend, EmbedError, Model, TruncationDirection};
 use crate::batcher::{BatchError, Completed, Pending};
 
 /// One input of a classifier: a text, or a pair encoded together as a cross-encoder's
@@ -35,6 +35,8 @@ pub struct ClassifyOptions {
     pub truncate: Option<bool>,
     /// Most tokens the request may hold, all inputs together.
     pub max_tokens: usize,
+    /// Which end of an over-long input is cut.
+    pub truncation_direction: TruncationDirection,
 }
 
 /// Each input's logits and scores, in input order, label by label in the order of `labels`.
@@ -92,12 +94,21 @@ impl Model {
                 let mut encoded = match input {
                     ClassifyInput::Text(text) => {
                         let text = self.tokenizer.prepare_text(text);
-                        self.tokenizer.encode_batch(&[text])
+                        let cut = Cut {
+                            direction: options.truncation_direction,
+                            ..Cut::default()
+                        };
+                        self.tokenizer.encode_batch_cut(&[text], cut)
                     }
                     ClassifyInput::Pair(first, second) => {
                         let first = self.tokenizer.prepare_text(first);
                         let second = self.tokenizer.prepare_text(second);
-                        self.tokenizer.encode_pairs(&first, &[second], None)
+                        self.tokenizer.encode_pairs(
+                            &first,
+                            &[second],
+                            None,
+                            options.truncation_direction,
+                        )
                     }
                 }
                 .map_err(tokenizer_error)?;

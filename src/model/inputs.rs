@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Deserialize;
 
-use super::{EmbedError, Input, InputType, Model, TokenSeq};
+use super::tokenize::Cut;
+use super::{EmbedError, Input, InputType, Model, TokenSeq, TruncationDirection};
 
 /// How an array of token ids is read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -36,6 +37,8 @@ pub struct EmbedOptions {
     /// Most tokens each text input may embed, special tokens included, where that is less
     /// than the model's own length (Cohere's `max_tokens`); the model's length when `None`.
     pub max_tokens_per_input: Option<usize>,
+    /// Which end of an over-long input is cut.
+    pub truncation_direction: TruncationDirection,
     /// How token-id inputs are read; the model's setting when `None`.
     pub token_input: Option<TokenInput>,
     /// What the texts are to an asymmetric model: its route, and its prompt of that name
@@ -51,6 +54,7 @@ impl Default for EmbedOptions {
             dimensions: None,
             max_tokens: usize::MAX,
             max_tokens_per_input: None,
+            truncation_direction: TruncationDirection::Right,
             token_input: None,
             input_type: None,
         }
@@ -252,10 +256,12 @@ impl Model {
                 ),
             ));
         }
-        let encoded = match within {
-            Some(max) => self.tokenizer.encode_batch_within(&texts, max),
-            None => self.tokenizer.encode_batch(&texts),
+        let cut = Cut {
+            max_tokens: within,
+            direction: options.truncation_direction,
+            prompt_bytes: self.tokenizer.prepare("", prompt).len(),
         };
+        let encoded = self.tokenizer.encode_batch_cut(&texts, cut);
         let mut encoded = encoded
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
             .into_iter();

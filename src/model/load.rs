@@ -13,7 +13,7 @@ use super::router::{RouterConfig, Routes};
 use super::source;
 use super::st_config::{HeadModule, InputModule, StConfig};
 use super::static_embedding::StaticEmbedding;
-use super::tokenize::{TextPreparation, TextTokenizer};
+use super::tokenize::{TextPreparation, TextTokenizer, TruncationDirection};
 use super::{
     Backend, Batching, ClassifyInput, ClassifyOptions, EmbedOptions, Input, LoadError, Model,
     ModelSpec, RerankOptions,
@@ -107,6 +107,7 @@ impl Model {
                     truncate: None,
                     max_tokens: usize::MAX,
                     max_tokens_per_document: None,
+                    truncation_direction: TruncationDirection::Right,
                 };
                 model
                     .rerank_blocking(PROBE_TEXT, &[PROBE_TEXT.to_string()], &options)
@@ -117,6 +118,7 @@ impl Model {
                 let options = ClassifyOptions {
                     truncate: None,
                     max_tokens: usize::MAX,
+                    truncation_direction: TruncationDirection::Right,
                 };
                 let probe = ClassifyInput::Text(PROBE_TEXT.to_string());
                 let classified = model

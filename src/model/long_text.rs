@@ -23,10 +23,15 @@
 //! Texts that none of these settle within `window << 3` bytes (a megabyte of control
 //! characters, say) are cut there: the one case where the vector can differ from the
 //! whole text's, and one no real text reaches.
+//!
+//! Truncation from the start keeps a text's last tokens, and `bounded_suffix` mirrors all
+//! this with suffixes: every word after the first of a suffix tokenizes as in the whole
+//! text, so a suffix is accepted when the tokens kept all come from later words, or when
+//! cutting it one character later leaves them unchanged; runs are shortened from the end.
 
 use std::borrow::Cow;
 
-use tokenizers::{ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, Tokenizer};
+use tokenizers::{Encoding, ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, Tokenizer};
 
 /// How many times the window doubles before the text is cut regardless.
 const DOUBLINGS: u32 = 3;
@@ -50,7 +55,7 @@ pub fn bounded<'a>(
         return Ok(Cow::Borrowed(text));
     }
     let last = window << DOUBLINGS;
-    let text = shorten_runs(text, shortening, last);
+    let text = shorten_runs(text, shortening, last, End::Start);
     let mut size = window;
     let mut unchanged_from: Option<Vec<u32>> = None;
     while size <= last {
@@ -91,6 +96,102 @@ fn prefix(text: Cow<'_, str>, cut: usize) -> Cow<'_, str> {
             Cow::Owned(text)
         }
     }
+}
+
+/// Returns a suffix of `text` whose last `kept` tokens (without special tokens) are those
+/// of `text`, also after `prompt`, and which is at most `window << 3` bytes long.
+pub fn bounded_suffix<'a>(
+    tokenizer: &Tokenizer,
+    shortening: &Shortening,
+    (prompt, text): (&str, &'a str),
+    window: usize,
+    kept: usize,
+) -> tokenizers::Result<Cow<'a, str>> {
+    if text.len() <= window {
+        return Ok(Cow::Borrowed(text));
+    }
+    let last = window << DOUBLINGS;
+    let text = shorten_runs(text, shortening, last, End::Finish);
+    let kept = kept.max(1);
+    let kept_ids = |encoding: &Encoding| {
+        let ids = encoding.get_ids();
+        ids[ids.len().saturating_sub(kept)..].to_vec()
+    };
+    let mut size = window;
+    while size <= last {
+        if text.len() <= size {
+            return Ok(text);
+        }
+        let cut = suffix_cut(&text, size);
+        let encoding = all_tokens(tokenizer, &text[cut..])?;
+        if encoding.len() > kept {
+            let words = encoding.get_word_ids();
+            let first_word = words.iter().find_map(|w| *w);
+            let first_kept = words[encoding.len() - kept];
+            if first_kept.is_some() && first_kept > first_word {
+                return Ok(suffix(text, cut));
+            }
+            // The kept tokens reach into the word the cut falls in: accepted when they do not
+            // depend on where that word is cut (BPE merges a run of one letter in pairs
+            // from its start, so one character more or less changes them), after the prompt
+            // (which may join that word: SentencePiece's `▁` before a run of `a`).
+            let after_prompt = |from: usize| match prompt {
+                "" => all_tokens(tokenizer, &text[from..]),
+                prompt => all_tokens(tokenizer, &[prompt, &text[from..]].concat()),
+            };
+            let next = text.ceil_char_boundary(cut + 1);
+            if kept_ids(&after_prompt(cut)?) == kept_ids(&after_prompt(next)?) {
+                return Ok(suffix(text, cut));
+            }
+        }
+        size *= 2;
+    }
+    let cut = suffix_cut(&text, last);
+    tracing::debug!(
+        bytes = text.len(),
+        cut,
+        "a long text was cut before tokenizing from its end: no word settled its tokens"
+    );
+    Ok(suffix(text, cut))
+}
+
+/// Where a suffix of about `size` bytes starts: after a space that follows a non-space
+/// character when there is one in its first half (so a word starts it, as one starts a
+/// text after a prompt), else at a character boundary.
+fn suffix_cut(text: &str, size: usize) -> usize {
+    let from = text.ceil_char_boundary(text.len().saturating_sub(size));
+    let bytes = &text.as_bytes()[from..];
+    let half = bytes.len() / 2;
+    memchr::memchr_iter(b' ', &bytes[..half])
+        .map(|at| from + at)
+        .find(|&at| {
+            text[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| !c.is_whitespace())
+        })
+        .map_or(from, |space| space + 1)
+}
+
+fn suffix(text: Cow<'_, str>, cut: usize) -> Cow<'_, str> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(&text[cut..]),
+        Cow::Owned(mut text) => {
+            text.drain(..cut);
+            Cow::Owned(text)
+        }
+    }
+}
+
+/// Every token of `text`, without special tokens: the tokenizer's truncation leaves the
+/// ones past its `max_length` in overflowing pieces, joined again here.
+pub fn all_tokens(tokenizer: &Tokenizer, text: &str) -> tokenizers::Result<Encoding> {
+    let mut encoding = tokenizer.encode(text, false)?;
+    let rest = encoding.take_overflowing();
+    if !rest.is_empty() {
+        encoding = Encoding::merge(std::iter::once(encoding).chain(rest), false);
+    }
+    Ok(encoding)
 }
 
 fn overflows(encoding: &tokenizers::Encoding) -> bool {
@@ -209,10 +310,23 @@ fn folded_whitespace(tokenizer: &Tokenizer) -> Vec<char> {
     if pairs_fold { single } else { Vec::new() }
 }
 
-/// Shortens the runs `shortening` names; stops once `limit` bytes are written (or read,
-/// when nothing was shortened before them). CJK
-/// ideographs are words of their own for BERT, so they end runs of letters.
-fn shorten_runs<'a>(text: &'a str, shortening: &Shortening, limit: usize) -> Cow<'a, str> {
+/// Which end of a text `shorten_runs` reads from: the start for prefixes, the finish for
+/// suffixes.
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    Start,
+    Finish,
+}
+
+/// Shortens the runs `shortening` names, reading from `end`; stops once `limit` bytes are
+/// written (or read, when nothing was shortened before them). CJK ideographs are words of
+/// their own for BERT, so they end runs of letters.
+fn shorten_runs<'a>(
+    text: &'a str,
+    shortening: &Shortening,
+    limit: usize,
+    end: End,
+) -> Cow<'a, str> {
     #[derive(PartialEq)]
     enum Run {
         Word(usize),
@@ -223,9 +337,14 @@ fn shorten_runs<'a>(text: &'a str, shortening: &Shortening, limit: usize) -> Cow
         return Cow::Borrowed(text);
     }
     let keep = shortening.word_chars.unwrap_or(usize::MAX);
+    let chars: Box<dyn Iterator<Item = (usize, char)>> = match end {
+        End::Start => Box::new(text.char_indices()),
+        End::Finish => Box::new(text.char_indices().rev()),
+    };
+    // Read from the finish, the kept characters are collected backwards.
     let mut shortened: Option<String> = None;
     let mut run = Run::Other;
-    for (at, c) in text.char_indices() {
+    for (at, c) in chars {
         let next = if c.is_whitespace() && shortening.whitespace.contains(&c) {
             Run::Space
         } else if c.is_alphanumeric() && !is_cjk_ideograph(c) {
@@ -239,10 +358,19 @@ fn shorten_runs<'a>(text: &'a str, shortening: &Shortening, limit: usize) -> Cow
         let drop =
             matches!(next, Run::Word(n) if n > keep) || (next == Run::Space && run == Run::Space);
         run = next;
+        let read = match end {
+            End::Start => at,
+            End::Finish => text.len() - at - c.len_utf8(),
+        };
         match (&mut shortened, drop) {
             // Nothing shortened within the part that can matter: the text stays as it is.
-            (None, false) if at > limit => break,
-            (None, true) => shortened = Some(text[..at].to_owned()),
+            (None, false) if read > limit => break,
+            (None, true) => {
+                shortened = Some(match end {
+                    End::Start => text[..at].to_owned(),
+                    End::Finish => text[at + c.len_utf8()..].chars().rev().collect(),
+                })
+            }
             (Some(out), false) => {
                 out.push(c);
                 if out.len() > limit {
@@ -252,7 +380,11 @@ fn shorten_runs<'a>(text: &'a str, shortening: &Shortening, limit: usize) -> Cow
             _ => {}
         }
     }
-    shortened.map_or(Cow::Borrowed(text), Cow::Owned)
+    match (shortened, end) {
+        (None, _) => Cow::Borrowed(text),
+        (Some(out), End::Start) => Cow::Owned(out),
+        (Some(out), End::Finish) => Cow::Owned(out.chars().rev().collect()),
+    }
 }
 
 /// The CJK blocks BERT's normalizer puts spaces around.

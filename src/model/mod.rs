@@ -46,7 +46,7 @@ pub use router::InputType;
 pub use settings::ModelConfig;
 pub use source::{HubSettings, ModelSource};
 pub use sparse::SparseVector;
-pub use tokenize::{TextPreparation, TextTokenizer, TokenSeq};
+pub use tokenize::{TextPreparation, TextTokenizer, TokenSeq, TruncationDirection};
 
 use kind::ModelKind;
 use static_embedding::StaticEmbedding;

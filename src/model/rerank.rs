@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::cross_encoder::Activation;
 use super::kind::Task;
-use super::{Backend, EmbedError, Model};
+use super::{Backend, EmbedError, Model, TruncationDirection};
 use crate::batcher::Pending;
 
 /// What a rerank request asks besides its texts.
@@ -21,6 +21,8 @@ pub struct RerankOptions {
     /// Each document is first cut to this many of its own tokens (Cohere's
     /// `max_tokens_per_doc`).
     pub max_tokens_per_document: Option<usize>,
+    /// Which end of an over-long pair is cut.
+    pub truncation_direction: TruncationDirection,
 }
 
 /// Each document's score, in document order, and what they cost.
@@ -86,7 +88,12 @@ impl Model {
             .collect();
         let encoded = self
             .tokenizer
-            .encode_pairs(&query, &documents, options.max_tokens_per_document)
+            .encode_pairs(
+                &query,
+                &documents,
+                options.max_tokens_per_document,
+                options.truncation_direction,
+            )
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         let truncate = options.truncate.unwrap_or(self.truncate);
         let (seqs, tokens) =

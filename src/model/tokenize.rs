@@ -6,13 +6,46 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use serde::Deserialize;
+use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
 use super::LoadError;
 use super::long_text::{self, Shortening};
 use super::wordpiece::AsciiWordPiece;
 
 mod pairs;
+
+/// Which end of an over-long input is cut (TEI's `truncation_direction`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+pub enum TruncationDirection {
+    /// The end, as sentence-transformers cuts.
+    #[default]
+    #[serde(alias = "right")]
+    Right,
+    /// The start: the last tokens are kept (a prompt stays whole).
+    #[serde(alias = "left")]
+    Left,
+}
+
+impl From<TruncationDirection> for tokenizers::TruncationDirection {
+    fn from(direction: TruncationDirection) -> Self {
+        match direction {
+            TruncationDirection::Right => Self::Right,
+            TruncationDirection::Left => Self::Left,
+        }
+    }
+}
+
+/// How a request's texts are cut where that differs from the model's own truncation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cut {
+    /// Most tokens a text keeps, special tokens included (Cohere's `max_tokens`); the
+    /// model's own length when `None`.
+    pub max_tokens: Option<usize>,
+    pub direction: TruncationDirection,
+    /// How many leading bytes of each text are its prompt, kept when cutting from the start.
+    pub prompt_bytes: usize,
+}
 
 /// Token ids of one text (or pair), and whether truncation cut it.
 #[derive(Debug, Default)]
@@ -111,7 +144,7 @@ impl TextTokenizer {
                     max_length: max_seq_length,
                     strategy: TruncationStrategy::LongestFirst,
                     stride: 0,
-                    direction: TruncationDirection::Right,
+                    direction: tokenizers::TruncationDirection::Right,
                 }))
                 .map_err(|e| LoadError::file(path, format!("cannot set truncation: {e}")))?;
         }
@@ -236,14 +269,19 @@ impl TextTokenizer {
         Ok(encoded.into_iter().flatten().collect())
     }
 
-    /// `encode_batch`, each text cut to at most `max_tokens` tokens, special tokens included
-    /// (Cohere's `max_tokens`, shorter than the model's own length): its first tokens, then
-    /// the special tokens the tokenizer adds, and `truncated` where that cut it.
-    pub fn encode_batch_within<S: AsRef<str>>(
+    /// `encode_batch` with a cut other than the model's own (`Cut`): to fewer tokens, or
+    /// from the start.
+    pub fn encode_batch_cut<S: AsRef<str>>(
         &self,
         texts: &[S],
-        max_tokens: usize,
+        cut: Cut,
     ) -> Result<Vec<Encoded>, tokenizers::Error> {
+        let Some(max_tokens) = cut.max_tokens.or(self.max_length()) else {
+            return self.encode_batch(texts);
+        };
+        if cut.max_tokens.is_none() && cut.direction == TruncationDirection::Right {
+            return self.encode_batch(texts);
+        }
         let special = self.special_tokens();
         let added = match self.tokenizer.get_post_processor() {
             Some(processor) if special => tokenizers::PostProcessor::added_tokens(processor, false),
@@ -253,12 +291,20 @@ impl TextTokenizer {
         texts
             .iter()
             .map(|text| {
-                let mut text = self.side(text.as_ref(), 0)?;
-                if text.encoding.len() > budget {
-                    text.keep(budget);
-                }
-                let truncated = text.truncated();
-                let encoding = self.tokenizer.post_process(text.encoding, None, special)?;
+                let (kept, truncated) = match cut.direction {
+                    TruncationDirection::Right => {
+                        let mut text = self.side(text.as_ref(), 0, cut.direction)?;
+                        if text.encoding.len() > budget {
+                            text.keep(budget, cut.direction);
+                        }
+                        let truncated = text.truncated();
+                        (text.encoding, truncated)
+                    }
+                    TruncationDirection::Left => {
+                        self.last_tokens(text.as_ref(), cut.prompt_bytes, budget)?
+                    }
+                };
+                let encoding = self.tokenizer.post_process(kept, None, special)?;
                 Ok(Encoded {
                     truncated: truncated || !encoding.get_overflowing().is_empty(),
                     ids: encoding.get_ids().to_vec(),
@@ -266,6 +312,55 @@ impl TextTokenizer {
                 })
             })
             .collect()
+    }
+
+    /// The last `budget` tokens of a prepared text, without special tokens, after its prompt
+    /// (its first `prompt_bytes` bytes) when that fits: a text cut from the start loses its
+    /// beginning, not the model's instruction. And whether anything was cut.
+    fn last_tokens(
+        &self,
+        text: &str,
+        prompt_bytes: usize,
+        budget: usize,
+    ) -> tokenizers::Result<(tokenizers::Encoding, bool)> {
+        let (prompt, rest) = text.split_at(text.floor_char_boundary(prompt_bytes));
+        let rest = long_text::bounded_suffix(
+            &self.tokenizer,
+            &self.shortening,
+            (prompt, rest),
+            self.window,
+            budget,
+        )?;
+        let text = if prompt.is_empty() {
+            rest
+        } else {
+            Cow::Owned([prompt, rest.as_ref()].concat())
+        };
+        let mut tokens = long_text::all_tokens(&self.tokenizer, &text)?;
+        if tokens.len() <= budget {
+            return Ok((tokens, false));
+        }
+        let prompt_tokens = if prompt.is_empty() {
+            0
+        } else {
+            tokens
+                .get_offsets()
+                .iter()
+                .take_while(|(_, end)| *end <= prompt.len())
+                .count()
+                .min(budget)
+        };
+        let mut kept = tokens.clone();
+        kept.truncate(prompt_tokens, 0, tokenizers::TruncationDirection::Right);
+        kept.take_overflowing();
+        tokens.truncate(
+            budget - prompt_tokens,
+            0,
+            tokenizers::TruncationDirection::Left,
+        );
+        tokens.take_overflowing();
+        kept.merge_with(tokens, false);
+        Ok((kept, true))
     }
 
     /// Encodes texts: many in parallel, a few on this thread (`encode_batch`).
@@ -394,7 +489,11 @@ mod tests {
             };
             let ours = TextTokenizer::load(path, preparation).unwrap();
             for max_tokens in [3, 5, 8, 13, 63] {
-                let within = ours.encode_batch_within(&texts, max_tokens).unwrap();
+                let cut = Cut {
+                    max_tokens: Some(max_tokens),
+                    ..Cut::default()
+                };
+                let within = ours.encode_batch_cut(&texts, cut).unwrap();
                 let theirs = configured(path, Some(max_tokens));
                 for (text, got) in texts.iter().zip(within) {
                     let expected = theirs.encode(text.as_str(), true).unwrap();
@@ -409,6 +508,119 @@ mod tests {
                         "{case}"
                     );
                 }
+            }
+        }
+    }
+
+    fn long_texts() -> Vec<String> {
+        let prose = "Antidisestablishmentarianism notwithstanding, the quick brown fox jumps over \
+                     the lazy dog; 漢字仮名 3.14159 ";
+        vec![
+            String::new(),
+            "Hello".to_string(),
+            prose.repeat(3),
+            // Past the smallest window: the text is bounded before tokenizing.
+            prose.repeat(200),
+            format!("{}{}", prose.repeat(100), "a".repeat(20_000)),
+            format!("{}{}", "a".repeat(20_000), prose.repeat(100)),
+        ]
+    }
+
+    fn from_start(path: &Path, max_length: usize) -> Tokenizer {
+        let mut tokenizer = configured(path, Some(max_length));
+        let mut params = tokenizer.get_truncation().unwrap().clone();
+        params.direction = tokenizers::TruncationDirection::Left;
+        tokenizer.with_truncation(Some(params)).unwrap();
+        tokenizer
+    }
+
+    /// Cut from the start, a text gives what the tokenizer's own truncation from the left
+    /// gives, at the model's length and shorter ones, short texts and long.
+    #[test]
+    fn texts_cut_from_the_start_are_the_tokenizers_own_left_truncation() {
+        for path in fixture_tokenizers().values() {
+            let preparation = TextPreparation::Transformer {
+                max_seq_length: 64,
+                do_lower_case: false,
+            };
+            let ours = TextTokenizer::load(path, preparation).unwrap();
+            for max_tokens in [None, Some(5), Some(13), Some(32)] {
+                let cut = Cut {
+                    max_tokens,
+                    direction: TruncationDirection::Left,
+                    prompt_bytes: 0,
+                };
+                let theirs = from_start(path, max_tokens.unwrap_or(64));
+                let texts = long_texts();
+                for (text, got) in texts
+                    .iter()
+                    .zip(ours.encode_batch_cut(&texts, cut).unwrap())
+                {
+                    let expected = theirs.encode(text.as_str(), true).unwrap();
+                    let case = format!("{path:?} at {max_tokens:?}: {} bytes", text.len());
+                    assert_eq!(got.ids, expected.get_ids(), "{case}");
+                    assert_eq!(
+                        got.truncated,
+                        !expected.get_overflowing().is_empty(),
+                        "{case}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Cut from the start, a prompted text keeps its prompt's tokens first and then the
+    /// text's last tokens: the prompt is the model's instruction, not part of the text.
+    #[test]
+    fn texts_cut_from_the_start_keep_their_prompt() {
+        const MAX: usize = 32;
+        let prompt = "query: ";
+        for path in fixture_tokenizers().values() {
+            let preparation = TextPreparation::Transformer {
+                max_seq_length: MAX,
+                do_lower_case: false,
+            };
+            let ours = TextTokenizer::load(path, preparation).unwrap();
+            let cut = Cut {
+                max_tokens: None,
+                direction: TruncationDirection::Left,
+                prompt_bytes: prompt.len(),
+            };
+            let plain = configured(path, None);
+            let prompt_ids: Vec<u32> = plain
+                .encode(format!("{prompt}words").as_str(), false)
+                .unwrap()
+                .get_ids()[..plain.encode(prompt.trim_end(), false).unwrap().len()]
+                .to_vec();
+            let with_specials = plain.encode("x", true).unwrap();
+            let x = plain.encode("x", false).unwrap().get_ids()[0];
+            let lead = with_specials
+                .get_ids()
+                .iter()
+                .position(|&id| id == x)
+                .unwrap();
+            for text in long_texts().into_iter().skip(3) {
+                let got = &ours
+                    .encode_batch_cut(&[format!("{prompt}{text}")], cut)
+                    .unwrap()[0];
+                let alone = &ours
+                    .encode_batch_cut(
+                        &[text.as_str()],
+                        Cut {
+                            prompt_bytes: 0,
+                            ..cut
+                        },
+                    )
+                    .unwrap()[0];
+                let case = format!("{path:?}: {} bytes", text.len());
+                assert!(got.truncated, "{case}");
+                assert_eq!(got.ids.len(), alone.ids.len(), "{case}");
+                // The prompt's trailing space may be a token of its own, and then the prompt's.
+                let text_from = (lead + prompt_ids.len()..=lead + prompt_ids.len() + 1)
+                    .find(|&from| got.ids[from..] == alone.ids[from..])
+                    .unwrap_or_else(|| panic!("{case}: {:?} ends unlike {:?}", got.ids, alone.ids));
+                assert_eq!(got.ids[lead..lead + prompt_ids.len()], prompt_ids, "{case}");
+                assert!(text_from + 20 < got.ids.len(), "{case}");
             }
         }
     }

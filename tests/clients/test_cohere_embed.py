@@ -77,6 +77,24 @@ def test_max_tokens_embeds_each_texts_first_tokens(server):
         )
 
 
+def test_truncate_start_embeds_each_texts_last_tokens(server):
+    """Words of one token each: cut at the start, the long text is its last 254 words, and
+    NONE refuses it."""
+    client = cohere.ClientV2(api_key="unused", base_url=server.base)
+    tail = " ".join((["one", "you", "all", "there", "would", "their"] * 50)[:254])
+    long = "the of and to in is " * 2000 + tail
+    embed = lambda text, truncate: client.embed(
+        model=MINILM, texts=[text], input_type="search_document", embedding_types=["float"], truncate=truncate
+    )
+    expected = embed(tail, "NONE").embeddings.float_[0]
+    response = embed(long, "START")
+    assert cosine(response.embeddings.float_[0], expected) >= 0.99999
+    assert response.meta.billed_units.input_tokens == 256
+    assert cosine(embed(long, "END").embeddings.float_[0], expected) < 0.99
+    with pytest.raises(cohere.errors.BadRequestError):
+        embed(long, "NONE")
+
+
 def test_client_v1_and_langchain(server):
     client = cohere.Client(api_key="unused", base_url=server.base)
     response = client.embed(model=MINILM, texts=TEXTS, input_type="search_document", embedding_types=["float"])
@@ -95,7 +113,7 @@ def test_errors_are_cohere_shaped(server):
     assert "float16" in error.value.body["message"]
     for body, status in [
         ({"model": MINILM, "texts": []}, 400),
-        ({"model": MINILM, "texts": ["a"], "truncate": "START"}, 400),
+        ({"model": MINILM, "texts": ["a"], "truncate": "MIDDLE"}, 400),
         ({"model": "no/such-model", "texts": ["a"]}, 404),
         ({"model": MINILM}, 400),
     ]:

@@ -54,8 +54,21 @@ def test_inference_client_endpoint_info_and_health(server):
 def test_inference_client_errors_are_raised_with_the_message(server):
     client = InferenceClient(base_url=server.base)
     with pytest.raises(Exception) as raised:
-        client.feature_extraction("text", truncation_direction="Left")
-    assert "Left" in str(raised.value)
+        client.feature_extraction("word " * 1000, truncate=False)
+    assert "truncation is off" in str(raised.value)
+
+
+def test_inference_client_truncation_from_the_left(server):
+    """Words of one token each: cut from the left, the long text is its last 254 words."""
+    client = InferenceClient(base_url=server.base)
+    tail = " ".join(["one", "you", "all", "there", "would", "their"] * 50)
+    tail = " ".join(tail.split()[:254])
+    long = "the of and to in is " * 2000 + tail
+    expected = client.feature_extraction(tail, truncate=False)
+    got = client.feature_extraction(long, truncation_direction="Left")
+    assert cosine(got[0].tolist(), expected[0].tolist()) >= MIN_COSINE
+    cut_at_the_end = client.feature_extraction(long, truncation_direction="Right")
+    assert cosine(cut_at_the_end[0].tolist(), expected[0].tolist()) < 0.99
 
 
 def test_langchain_huggingface_endpoint_embeddings(server):

@@ -21,16 +21,16 @@ fn server(extra: &[&str]) -> Server {
     Server::start(&args)
 }
 
-/// A long text costs what is embedded: its first `max_seq_length` tokens. Tokenizing 4 MiB
-/// of `!` whole took 1.6 GB and seconds of CPU; its vector is the one of a text just long
-/// enough to be truncated at the same token.
+/// A long text costs what is embedded: its first `max_seq_length` tokens, or its last when
+/// cut from the start. Tokenizing 4 MiB of `!` whole took 1.6 GB and seconds of CPU; its
+/// vector is the one of a text just long enough to be truncated at the same token.
 #[test]
 fn long_inputs_cost_what_is_embedded_and_keep_their_vectors() {
     let server = server(&[]);
     let endless = "a".repeat(4 << 20);
     let prose = "Antidisestablishmentarianism notwithstanding, the quick brown fox jumps over \
                  the lazy dog again. ";
-    let cases = [
+    let from_the_end = [
         ("punctuation", "!".repeat(4 << 20), "!".repeat(600)),
         ("prose cut mid-word", prose.repeat(40_000), prose.repeat(30)),
         (
@@ -44,25 +44,46 @@ fn long_inputs_cost_what_is_embedded_and_keep_their_vectors() {
             format!("{} {}", &endless[..200], prose.repeat(30)),
         ),
     ];
+    let from_the_start = [
+        ("punctuation", "!".repeat(4 << 20), "!".repeat(600)),
+        ("prose", prose.repeat(40_000), prose.repeat(30)),
+        (
+            "CJK without spaces",
+            "漢字仮名交じり文".repeat(200_000),
+            "漢字仮名交じり文".repeat(40),
+        ),
+        (
+            "words, then an endless word",
+            format!("{} {endless}", prose.repeat(1_000)),
+            format!("{} {}", prose.repeat(30), &endless[..200]),
+        ),
+    ];
     server.embed(MINILM, json!("warm up"), json!({}));
     let before = server.peak_resident_bytes();
-    for (case, long, short) in cases {
-        let long_vector = server.embed(MINILM, json!(long), json!({}));
-        let short_vector = server.embed(MINILM, json!(short), json!({}));
-        let similarity = cosine(&long_vector[0], &short_vector[0]);
-        assert!(similarity >= 0.99999, "{case}: cosine {similarity}");
-        // With truncation off, the refusal comes as fast.
-        let (status, body) = server.post_json(
-            "/v1/embeddings",
-            &json!({"model": MINILM, "input": long, "truncate": false}),
-        );
-        assert_error(status, &body, 400, None);
-        assert_eq!(body["error"]["param"], "input", "{case}: {body}");
+    for (direction, cases) in [("Right", from_the_end), ("Left", from_the_start)] {
+        let cut = json!({"truncation_direction": direction});
+        for (case, long, short) in cases {
+            let long_vector = server.embed(MINILM, json!(long), cut.clone());
+            let short_vector = server.embed(MINILM, json!(short), cut.clone());
+            let similarity = cosine(&long_vector[0], &short_vector[0]);
+            assert!(
+                similarity >= 0.99999,
+                "{case}, {direction}: cosine {similarity}"
+            );
+            // With truncation off, the refusal comes as fast.
+            let (status, body) = server.post_json(
+                "/v1/embeddings",
+                &json!({"model": MINILM, "input": long, "truncate": false,
+                        "truncation_direction": direction}),
+            );
+            assert_error(status, &body, 400, None);
+            assert_eq!(body["error"]["param"], "input", "{case}: {body}");
+        }
     }
     let grown = server.peak_resident_bytes().saturating_sub(before);
     assert!(
         grown < 96 * MIB,
-        "four 4 MiB inputs raised peak memory by {} MiB",
+        "eight 4 MiB inputs raised peak memory by {} MiB",
         grown / MIB
     );
 }

@@ -22,3 +22,4 @@ mod quantize;
 mod reference;
 mod rerank;
 mod tei;
+mod truncation;

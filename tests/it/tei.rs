@@ -111,8 +111,8 @@ fn the_only_configured_model_is_the_default_and_none_is_a_tei_error() {
     for (body, fragment) in [
         (json!({"model": MINILM, "inputs": []}), "empty"),
         (
-            json!({"model": MINILM, "inputs": "a", "truncation_direction": "Left"}),
-            "Left",
+            json!({"model": MINILM, "inputs": "a", "truncation_direction": "Middle"}),
+            "Middle",
         ),
         (
             json!({"model": "no/such-model", "inputs": "a"}),
