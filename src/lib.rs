@@ -2,6 +2,7 @@
 //! exported to ONNX. A request goes `api` → `cache` (via `catalog`) → `model` (tokenize) → `batcher` → back to `api`.
 
 pub mod api;
+pub mod batch;
 pub mod batcher;
 pub mod cache;
 pub mod catalog;

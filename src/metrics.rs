@@ -40,6 +40,9 @@ pub struct Metrics {
     pub run_core_wait: Gauge,
     pub cpu_contended: IntGauge,
     pub session_respins: IntCounterVec,
+    pub batch_jobs: IntGaugeVec,
+    pub batch_job_lines: IntCounterVec,
+    pub batch_job_lines_queued: IntGauge,
 }
 
 /// Latency buckets from 1 ms to 60 s.
@@ -177,6 +180,23 @@ impl Metrics {
                     "connections_timed_out_total",
                     "Connections closed for sending no request head in time, idling past the \
                      keep-alive timeout, or idling while the server drained",
+                    r
+                )?,
+                batch_jobs: register_int_gauge_vec_with_registry!(
+                    "batch_jobs",
+                    "Batch API jobs by status",
+                    &["status"],
+                    r
+                )?,
+                batch_job_lines: register_int_counter_vec_with_registry!(
+                    "batch_job_lines_total",
+                    "Lines of batch jobs run, by outcome: completed (answered 200) or failed",
+                    &["outcome"],
+                    r
+                )?,
+                batch_job_lines_queued: register_int_gauge_with_registry!(
+                    "batch_job_lines_queued",
+                    "Lines that validating and running batch jobs have left",
                     r
                 )?,
                 connections_refused: register_int_counter_vec_with_registry!(

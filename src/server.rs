@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::api::{self, AppState, Readiness};
+use crate::batch::Batches;
 use crate::cache::ModelCache;
 use crate::catalog::Catalog;
 use crate::config::Config;
@@ -32,7 +33,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "loading {} preloaded models",
         preloads.len()
     )));
-    let state = Arc::new(app_state(&config, cache.clone(), ready.clone()));
+    let batches = open_batches(&config).await?;
+    let state = Arc::new(AppState {
+        batches: batches.clone(),
+        ..app_state(&config, cache.clone(), ready.clone())
+    });
     // The cl100k_base vocabulary takes a moment to load: not on the first request's time.
     tokio::task::spawn_blocking(crate::model::warm_up_tiktoken);
     spawn_idle_reaper(&cache);
@@ -69,7 +74,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         },
         draining.clone(),
     );
-    let app = api::router(state)
+    let routes = api::router(state);
+    if let Some(batches) = batches {
+        let runner = Arc::new(api::RouterRunner(routes.clone()));
+        tokio::spawn(crate::batch::engine::run(batches, runner));
+    }
+    let app = routes
         .layer(axum::middleware::from_fn(connections::mark_busy))
         .into_make_service_with_connect_info::<ConnectionActivity>();
     let close_listener = Arc::new(Notify::new());
@@ -147,7 +157,19 @@ pub fn app_state(config: &Config, cache: Arc<ModelCache>, ready: Arc<Readiness>)
         started_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        batches: None,
     }
+}
+
+/// The Files and Batch API's store in `server.data_dir`, when it is set.
+pub async fn open_batches(config: &Config) -> anyhow::Result<Option<Arc<Batches>>> {
+    let Some(dir) = config.server.data_dir.clone() else {
+        return Ok(None);
+    };
+    let (settings, max_line) = (config.batches.clone(), config.server.max_body_bytes);
+    let batches =
+        tokio::task::spawn_blocking(move || Batches::open(&dir, settings, max_line)).await??;
+    Ok(Some(batches))
 }
 
 /// ONNX Runtime (initialised off the async runtime: it loads a shared library) and an empty

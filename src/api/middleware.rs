@@ -9,8 +9,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::batch_lines::BatchLine;
 use super::error::ApiError;
 use super::state::AppState;
+use crate::batch::priority::REQUESTS;
 use crate::metrics::METRICS;
 // Constant-time: response time tells nothing about how much of a key was right.
 use subtle::ConstantTimeEq;
@@ -27,6 +29,9 @@ pub async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Response {
+    if request.extensions().get::<BatchLine>().is_some() {
+        return next.run(request).await;
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -56,8 +61,14 @@ fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Counts each request by route, model and status, and times it.
+/// Counts each request by route, model and status, and times it; requests other than batch
+/// lines hold batch work back while they run (`batch::priority`).
 pub async fn track(request: Request, next: Next) -> Response {
+    let _in_flight = request
+        .extensions()
+        .get::<BatchLine>()
+        .is_none()
+        .then(|| REQUESTS.begin());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -87,7 +98,9 @@ pub async fn refuse_oversized_bodies(
     next: Next,
 ) -> Response {
     let announced = super::body::announced_length(request.headers());
-    if announced.is_some_and(|bytes| bytes > state.body.max_bytes as u64) {
+    // Uploads are bounded by their own limit, as they are written to disk.
+    let upload = request.uri().path() == "/v1/files" && state.batches.is_some();
+    if !upload && announced.is_some_and(|bytes| bytes > state.body.max_bytes as u64) {
         return super::body::too_large(state.body.max_bytes).into_response();
     }
     next.run(request).await

@@ -1,5 +1,7 @@
 //! The HTTP API: routes, OpenAI's request and response types, and the error envelope.
 
+mod batch_lines;
+mod batches;
 mod body;
 mod cohere;
 mod decode;
@@ -8,7 +10,9 @@ mod embed_sparse;
 mod embeddings;
 mod error;
 mod error_shapes;
+mod files;
 mod input;
+mod jobs;
 mod json;
 mod middleware;
 mod models;
@@ -34,6 +38,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+pub use batch_lines::{BatchLine, RouterRunner};
 pub use body::{BodyBudget, BodyLimits};
 pub use error::ApiError;
 pub use json::ApiJson;
@@ -64,6 +69,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(tei)
         .merge(cohere)
         .merge(models::routes())
+        .merge(files::routes())
+        .merge(batches::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::timeout,

@@ -22,6 +22,8 @@ pub struct AppState {
     pub default_model: Option<String>,
     /// Unix time the server started: the `created` of every model object.
     pub started_at: u64,
+    /// The Files and Batch API, when `server.data_dir` is set.
+    pub batches: Option<Arc<crate::batch::Batches>>,
 }
 
 /// Per-request bounds, like OpenAI's.

@@ -48,6 +48,7 @@ impl Config {
         config.models_dirs.iter_mut().for_each(rebase);
         config.runtime.library.as_mut().map(rebase);
         config.server.api_key_file.as_mut().map(rebase);
+        config.server.data_dir.as_mut().map(rebase);
         for model in &mut config.models {
             if let ModelSource::Dir(dir) = &mut model.source
                 && matches!(
@@ -82,6 +83,7 @@ impl Config {
         );
         set(&mut self.server.drain_delay, server.drain_delay);
         self.server.default_model = server.default_model.or(self.server.default_model.take());
+        self.server.data_dir = server.data_dir.or(self.server.data_dir.take());
         self.runtime.library = runtime.ort_library.or(self.runtime.library.take());
         self.runtime.intra_threads = runtime.intra_threads.or(self.runtime.intra_threads);
         set(&mut self.runtime.device, runtime.device);
@@ -148,6 +150,22 @@ impl Config {
                 "server.max_body_bytes",
                 "must be at least 1",
             ));
+        }
+        let batches = &self.batches;
+        for (key, value) in [
+            (
+                "batches.max_requests_per_batch",
+                batches.max_requests_per_batch,
+            ),
+            ("batches.lines_in_flight", batches.lines_in_flight),
+            (
+                "batches.max_file_bytes",
+                batches.max_file_bytes.min(1) as usize,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
         }
         if self.server.max_connections == 0 {
             return Err(ConfigError::invalid(

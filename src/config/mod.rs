@@ -31,6 +31,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub cache: CacheConfig,
     pub batcher: BatcherConfig,
+    pub batches: BatchesConfig,
     /// Mirrors laid out as `DIR/org/name/...`: every model in them is servable as `org/name`.
     pub models_dirs: Vec<PathBuf>,
     pub models: Vec<ModelConfig>,
@@ -96,6 +97,9 @@ pub struct ServerConfig {
     /// first 64 KiB within `body_timeout`, at once for the rest) gets 503.
     #[serde(deserialize_with = "bytes")]
     pub body_buffer_budget: u64,
+    /// Where uploaded files, batch jobs and their results live (the Files and Batch API);
+    /// without it those routes answer 404.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +127,44 @@ impl Default for ServerConfig {
             max_connections_per_ip: 0,
             body_timeout: Duration::from_secs(10),
             body_buffer_budget: 16 * DEFAULT_MAX_BODY_BYTES as u64,
+            data_dir: None,
+        }
+    }
+}
+
+/// OpenAI's Files and Batch API: its limits, and how batch work yields to requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchesConfig {
+    /// Largest uploaded file (OpenAI: 200 MB).
+    #[serde(deserialize_with = "bytes")]
+    pub max_file_bytes: u64,
+    /// Most request lines in one batch's input file (OpenAI: 50,000).
+    pub max_requests_per_batch: usize,
+    /// Most bytes that files and batch results may hold in `server.data_dir`, all keys
+    /// together; an upload or a batch result past it is refused.
+    #[serde(deserialize_with = "bytes")]
+    pub max_disk_bytes: u64,
+    /// How long files are kept (uploads and results), e.g. "30d".
+    #[serde(with = "humantime_serde")]
+    pub file_ttl: Duration,
+    /// Batch lines start only once no request has run for this long: batch work takes the
+    /// capacity that requests leave.
+    #[serde(with = "humantime_serde")]
+    pub idle_gap: Duration,
+    /// Lines of a batch sent to the model at once, so its batcher fills whole runs.
+    pub lines_in_flight: usize,
+}
+
+impl Default for BatchesConfig {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 200_000_000,
+            max_requests_per_batch: 50_000,
+            max_disk_bytes: 10 << 30,
+            file_ttl: Duration::from_secs(30 * 24 * 3600),
+            idle_gap: Duration::from_millis(20),
+            lines_in_flight: 64,
         }
     }
 }

@@ -61,6 +61,9 @@ pub struct ServerFlags {
     /// The model of requests that name none (TEI's routes, where `model` is optional).
     #[arg(long, value_name = "MODEL", env = "EMBEDSERVE_DEFAULT_MODEL")]
     pub default_model: Option<String>,
+    /// Where the Files and Batch API keep files and jobs (off without it).
+    #[arg(long, value_name = "DIR", env = "EMBEDSERVE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -8,6 +8,7 @@ mod common;
 
 mod abuse;
 mod api;
+mod batches;
 mod batching;
 mod cache;
 mod cli;

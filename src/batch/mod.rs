@@ -1,0 +1,323 @@
+//! OpenAI's Files and Batch API: files uploaded for batches, batch jobs that run their lines
+//! through `/v1/embeddings` on the capacity requests leave (`engine`), and their results,
+//! all kept in `server.data_dir` (`store` for the state, `disk` for the bytes) so that a crash
+//! at any instant loses nothing acknowledged.
+
+mod disk;
+pub mod engine;
+mod lines;
+pub mod objects;
+pub mod priority;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::config::BatchesConfig;
+use disk::DataDir;
+pub use objects::{BatchObject, BatchStatus, FileObject};
+use store::Store;
+
+/// The endpoints a batch may target.
+pub const ENDPOINTS: [&str; 1] = ["/v1/embeddings"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Invalid {
+        param: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Quota(String),
+    #[error("the batch store failed: {0}")]
+    Storage(String),
+}
+
+impl From<rusqlite::Error> for BatchError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for BatchError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+fn invalid(param: &'static str, message: impl Into<String>) -> BatchError {
+    BatchError::Invalid {
+        param,
+        message: message.into(),
+    }
+}
+
+/// Who owns a file or batch: a digest of the API key that made it (the key itself is never
+/// stored), or nobody in particular when the server has no keys.
+pub fn owner_of(api_key: Option<&str>) -> String {
+    api_key.map_or_else(String::new, |key| {
+        Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The files and batches of one data directory.
+pub struct Batches {
+    store: Store,
+    dir: DataDir,
+    pub config: BatchesConfig,
+    /// The longest line run (`server.max_body_bytes`, a request's own bound).
+    max_line_bytes: usize,
+    /// Rung when a batch is created or cancelled: the engine looks again.
+    wake: Notify,
+}
+
+impl Batches {
+    /// Opens (or creates) the data directory and its store, dropping what a crash left
+    /// half-written.
+    pub fn open(
+        root: &Path,
+        config: BatchesConfig,
+        max_line_bytes: usize,
+    ) -> anyhow::Result<Arc<Self>> {
+        let dir = DataDir::create(root)?;
+        let store = Store::open(&dir.store_path())
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.store_path().display()))?;
+        let batches = Self {
+            store,
+            dir,
+            config,
+            max_line_bytes,
+            wake: Notify::new(),
+        };
+        batches
+            .dir
+            .remove_orphans(|id| batches.store.known_file(id).unwrap_or(true))?;
+        Ok(Arc::new(batches))
+    }
+
+    /// A fresh path to write an upload to before `add_file` keeps it.
+    pub fn upload_path(&self) -> PathBuf {
+        self.dir.temp_path()
+    }
+
+    /// Keeps the upload written at `temp` as a file of `owner`, once the disk quota allows.
+    pub fn add_file(
+        &self,
+        temp: &Path,
+        filename: &str,
+        purpose: &str,
+        owner: &str,
+    ) -> Result<FileObject, BatchError> {
+        let bytes = std::fs::metadata(temp)?.len();
+        self.check_quota(bytes)?;
+        let now = now();
+        let file = FileObject {
+            id: new_id("file-"),
+            bytes: bytes as i64,
+            created_at: now,
+            expires_at: Some(now + self.config.file_ttl.as_secs() as i64),
+            filename: filename.to_string(),
+            purpose: purpose.to_string(),
+            ..FileObject::default()
+        };
+        self.dir.keep(temp, &file.id)?;
+        self.store.insert_file(&file, owner)?;
+        Ok(file.complete())
+    }
+
+    fn check_quota(&self, more: u64) -> Result<(), BatchError> {
+        let held = self.store.bytes_held()?;
+        if held + more > self.config.max_disk_bytes {
+            return Err(BatchError::Quota(format!(
+                "the data directory holds {held} bytes of files and results; {more} more \
+                 would pass its quota of {} bytes (batches.max_disk_bytes): delete files first",
+                self.config.max_disk_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn file(&self, id: &str, owner: &str) -> Result<FileObject, BatchError> {
+        self.store
+            .file(id, owner)?
+            .map(FileObject::complete)
+            .ok_or_else(|| BatchError::NotFound(format!("no file with id `{id}`")))
+    }
+
+    /// Where a file's bytes are.
+    pub fn file_path(&self, id: &str, owner: &str) -> Result<PathBuf, BatchError> {
+        self.file(id, owner)?;
+        Ok(self.dir.file_path(id))
+    }
+
+    pub fn files(
+        &self,
+        owner: &str,
+        purpose: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FileObject>, BatchError> {
+        let files = self.store.files(owner, purpose, after, limit)?;
+        Ok(files.into_iter().map(FileObject::complete).collect())
+    }
+
+    pub fn delete_file(&self, id: &str, owner: &str) -> Result<(), BatchError> {
+        if !self.store.delete_file(id, owner)? {
+            return Err(BatchError::NotFound(format!("no file with id `{id}`")));
+        }
+        self.dir.remove_file(id);
+        Ok(())
+    }
+
+    pub fn create_batch(
+        &self,
+        owner: &str,
+        input_file_id: &str,
+        endpoint: &str,
+        completion_window: &str,
+        metadata: Option<Value>,
+    ) -> Result<BatchObject, BatchError> {
+        if !ENDPOINTS.contains(&endpoint) {
+            return Err(invalid(
+                "endpoint",
+                format!("endpoint `{endpoint}` is not supported: only /v1/embeddings"),
+            ));
+        }
+        if completion_window != "24h" {
+            return Err(invalid(
+                "completion_window",
+                format!("completion_window must be `24h`, got `{completion_window}`"),
+            ));
+        }
+        if let Some(metadata) = &metadata {
+            check_metadata(metadata)?;
+        }
+        let input = self.store.file(input_file_id, owner)?.ok_or_else(|| {
+            invalid(
+                "input_file_id",
+                format!("no file with id `{input_file_id}`"),
+            )
+        })?;
+        if input.purpose != "batch" {
+            return Err(invalid(
+                "input_file_id",
+                format!(
+                    "file `{input_file_id}` has purpose `{}`; a batch reads a file uploaded \
+                     with purpose `batch`",
+                    input.purpose
+                ),
+            ));
+        }
+        let now = now();
+        let batch = BatchObject {
+            id: new_id("batch_"),
+            endpoint: endpoint.to_string(),
+            input_file_id: input_file_id.to_string(),
+            completion_window: completion_window.to_string(),
+            status: BatchStatus::Validating,
+            created_at: now,
+            expires_at: now + 24 * 3600,
+            metadata,
+            planned_output_file_id: new_id("file-"),
+            planned_error_file_id: new_id("file-"),
+            ..BatchObject::default()
+        };
+        self.store.insert_batch(&batch, owner)?;
+        self.wake.notify_one();
+        Ok(batch.complete(0, 0))
+    }
+
+    pub fn batch(&self, id: &str, owner: &str) -> Result<BatchObject, BatchError> {
+        let (batch, progress) = self
+            .store
+            .batch(id, Some(owner))?
+            .ok_or_else(|| BatchError::NotFound(format!("no batch with id `{id}`")))?;
+        Ok(batch.complete(progress.output_bytes, progress.error_bytes))
+    }
+
+    /// The owner's batches, newest first, after `after`; and whether there are more.
+    pub fn batches(
+        &self,
+        owner: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<BatchObject>, bool), BatchError> {
+        let mut batches = self.store.batches(owner, after, limit + 1)?;
+        let more = batches.len() > limit;
+        batches.truncate(limit);
+        let ids: Vec<String> = batches.iter().map(|b| b.id.clone()).collect();
+        // Complete each with its progress, read with it.
+        let completed = ids
+            .iter()
+            .map(|id| self.batch(id, owner))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((completed, more))
+    }
+
+    /// Asks a batch to stop: it is `cancelling` until the engine has written what ran, then
+    /// `cancelled`.
+    pub fn cancel(&self, id: &str, owner: &str) -> Result<BatchObject, BatchError> {
+        let batch = self.batch(id, owner)?;
+        let running = [BatchStatus::Validating, BatchStatus::InProgress];
+        if !self
+            .store
+            .set_status(id, &running, BatchStatus::Cancelling, now())?
+            && !matches!(
+                batch.status,
+                BatchStatus::Cancelling | BatchStatus::Cancelled
+            )
+        {
+            return Err(invalid(
+                "batch_id",
+                format!(
+                    "batch `{id}` is {} and cannot be cancelled",
+                    batch.status.as_str()
+                ),
+            ));
+        }
+        self.wake.notify_one();
+        self.batch(id, owner)
+    }
+}
+
+/// OpenAI's bounds on `metadata`: at most 16 string values, keys of up to 64 characters,
+/// values of up to 512.
+fn check_metadata(metadata: &Value) -> Result<(), BatchError> {
+    let Some(pairs) = metadata.as_object() else {
+        return Err(invalid("metadata", "metadata must be an object of strings"));
+    };
+    if pairs.len() > 16 {
+        return Err(invalid("metadata", "metadata holds at most 16 keys"));
+    }
+    for (key, value) in pairs {
+        let fits = value.as_str().is_some_and(|v| v.chars().count() <= 512);
+        if key.chars().count() > 64 || !fits {
+            return Err(invalid(
+                "metadata",
+                "metadata keys are strings of at most 64 characters, values strings of at most 512",
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! The Batch API survives crashes: a 20,000-line batch runs while the server is killed
+//! (SIGKILL) at random moments and started again over the same data directory, again and
+//! again; the batch completes, and its output holds every `custom_id` exactly once, with the
+//! vector `/v1/embeddings` gives that line's text.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Server, models_root_arg};
+use serde_json::{Value, json};
+
+const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+const LINES: usize = 20_000;
+const MIN_KILLS: usize = 5;
+const MAX_KILLS: usize = 10;
+
+fn start(data: &str) -> Server {
+    let root = models_root_arg();
+    Server::start(&["--models-dir", &root, "--model", MINILM, "--data-dir", data])
+}
+
+fn text(i: usize) -> String {
+    format!("line {i} of the crash test, with a few words to embed")
+}
+
+fn upload(server: &Server, jsonl: String) -> String {
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::blocking::multipart::Part::text(jsonl).file_name("requests.jsonl"),
+        );
+    let response = reqwest::blocking::Client::new()
+        .post(server.url("/v1/files"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let file: Value = response.json().unwrap();
+    file["id"].as_str().unwrap().to_string()
+}
+
+fn batch(server: &Server, id: &str) -> Value {
+    let (status, batch) = server.get(&format!("/v1/batches/{id}"));
+    assert_eq!(status, 200, "{batch}");
+    batch
+}
+
+fn completed(batch: &Value) -> u64 {
+    batch["request_counts"]["completed"].as_u64().unwrap()
+}
+
+/// A small xorshift generator: the kill moments, reproducible from the seed it prints.
+struct Moments(u64);
+
+impl Moments {
+    fn next_millis(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+#[test]
+fn a_batch_killed_at_random_moments_completes_with_every_line_once() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap().to_string();
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill moments seed: {seed}");
+    let mut moments = Moments(seed);
+
+    let mut server = start(&data_arg);
+    let jsonl: String = (0..LINES)
+        .map(|i| {
+            let line = json!({"custom_id": format!("id-{i}"), "method": "POST",
+                              "url": "/v1/embeddings",
+                              "body": {"model": MINILM, "input": text(i)}});
+            format!("{line}\n")
+        })
+        .collect();
+    let file_id = upload(&server, jsonl);
+    let (status, created) = server.post_json(
+        "/v1/batches",
+        &json!({"input_file_id": file_id, "endpoint": "/v1/embeddings",
+                "completion_window": "24h"}),
+    );
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // Kill once the batch has moved on since the last start, a random moment later; after
+    // MAX_KILLS, let it finish.
+    let mut kills = 0;
+    let mut before = 0;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let done = loop {
+        assert!(Instant::now() < deadline, "the batch did not complete");
+        let now = batch(&server, &id);
+        if now["status"] == "completed" {
+            break now;
+        }
+        assert!(
+            ["validating", "in_progress", "finalizing"].contains(&now["status"].as_str().unwrap()),
+            "{now}"
+        );
+        if kills < MAX_KILLS && completed(&now) > before {
+            std::thread::sleep(Duration::from_millis(moments.next_millis(700)));
+            let at_kill = batch(&server, &id);
+            if at_kill["status"] != "completed" {
+                before = completed(&at_kill);
+                drop(server);
+                kills += 1;
+                server = start(&data_arg);
+                continue;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("{kills} kills during {LINES} lines");
+    assert!(
+        kills >= MIN_KILLS,
+        "only {kills} kills: the batch ran too fast to test"
+    );
+    let counts = &done["request_counts"];
+    assert_eq!(counts["total"], LINES, "{done}");
+    assert_eq!(counts["completed"], LINES, "{done}");
+    assert_eq!(counts["failed"], 0, "{done}");
+    assert!(done["error_file_id"].is_null(), "{done}");
+
+    let output_id = done["output_file_id"].as_str().unwrap();
+    let output = reqwest::blocking::get(server.url(&format!("/v1/files/{output_id}/content")))
+        .unwrap()
+        .text()
+        .unwrap();
+    let mut vectors: HashMap<String, Vec<f64>> = HashMap::new();
+    for line in output.lines() {
+        let result: Value = serde_json::from_str(line).unwrap();
+        let custom_id = result["custom_id"].as_str().unwrap().to_string();
+        assert_eq!(result["response"]["status_code"], 200, "{line}");
+        let vector = result["response"]["body"]["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!(
+            vectors.insert(custom_id.clone(), vector).is_none(),
+            "{custom_id} twice"
+        );
+    }
+    assert_eq!(vectors.len(), LINES);
+
+    // The right vectors: what /v1/embeddings gives each line's text, 2,000 at a time.
+    for start in (0..LINES).step_by(2000) {
+        let texts: Vec<String> = (start..start + 2000).map(text).collect();
+        let expected = server.embed(MINILM, json!(texts), json!({}));
+        for (offset, want) in expected.iter().enumerate() {
+            let got = &vectors[&format!("id-{}", start + offset)];
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(g, w)| (g - f64::from(*w)).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-5, "id-{}: off by {worst}", start + offset);
+        }
+    }
+}
+
+fn upload_as(server: &Server, key: &str, jsonl: &str) -> (u16, Value) {
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::blocking::multipart::Part::text(jsonl.to_string()).file_name("r.jsonl"),
+        );
+    let response = reqwest::blocking::Client::new()
+        .post(server.url("/v1/files"))
+        .bearer_auth(key)
+        .multipart(form)
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap())
+}
+
+fn call(
+    server: &Server,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::blocking::Client::new()
+        .request(method, server.url(path))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap())
+}
+
+fn line(i: usize) -> String {
+    format!(
+        "{}\n",
+        json!({"custom_id": format!("c{i}"), "method": "POST", "url": "/v1/embeddings",
+               "body": {"model": MINILM, "input": "a"}})
+    )
+}
+
+/// Each key sees only its own files and batches (another key's id is a 404), and the
+/// limits refuse what is too big: a file, a batch, the data directory's quota.
+#[test]
+fn keys_see_only_their_own_and_the_limits_hold() {
+    let data = tempfile::tempdir().unwrap();
+    let (_dir, config) = common::config_file(
+        "[server]\napi_keys = [\"k1\", \"k2\"]\n\
+         [batches]\nmax_file_bytes = 4000\nmax_requests_per_batch = 3\n",
+    );
+    let root = models_root_arg();
+    let server = Server::start(&[
+        "--models-dir",
+        &root,
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    use reqwest::Method;
+    let (status, file) = upload_as(&server, "k1", &(0..2).map(line).collect::<String>());
+    assert_eq!(status, 200, "{file}");
+    let file_id = file["id"].as_str().unwrap();
+    let create = json!({"input_file_id": file_id, "endpoint": "/v1/embeddings",
+                        "completion_window": "24h"});
+    let (status, created) = call(
+        &server,
+        "k1",
+        Method::POST,
+        "/v1/batches",
+        Some(create.clone()),
+    );
+    assert_eq!(status, 200, "{created}");
+    let batch_id = created["id"].as_str().unwrap();
+
+    for path in [
+        format!("/v1/files/{file_id}"),
+        format!("/v1/files/{file_id}/content"),
+        format!("/v1/batches/{batch_id}"),
+    ] {
+        let (status, body) = call(&server, "k2", Method::GET, &path, None);
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let (status, _) = call(&server, "k2", Method::POST, "/v1/batches", Some(create));
+    assert_eq!(status, 400, "k2 cannot batch k1's file");
+    let (status, _) = call(
+        &server,
+        "k2",
+        Method::POST,
+        &format!("/v1/batches/{batch_id}/cancel"),
+        None,
+    );
+    assert_eq!(status, 404);
+    let (_, listed) = call(&server, "k2", Method::GET, "/v1/batches", None);
+    assert_eq!(listed["data"], json!([]), "{listed}");
+    let (_, listed) = call(&server, "k1", Method::GET, "/v1/batches", None);
+    assert_eq!(listed["data"][0]["id"], batch_id, "{listed}");
+    let (status, _) = call(&server, "k3", Method::GET, "/v1/files", None);
+    assert_eq!(status, 401);
+
+    // Too big a file: 413. Too many lines: the batch fails, saying why.
+    let (status, body) = upload_as(&server, "k1", &"x".repeat(5000));
+    assert_eq!(status, 413, "{body}");
+    let (status, file) = upload_as(&server, "k2", &(0..4).map(line).collect::<String>());
+    assert_eq!(status, 200, "{file}");
+    let create = json!({"input_file_id": file["id"], "endpoint": "/v1/embeddings",
+                        "completion_window": "24h"});
+    let (_, created) = call(&server, "k2", Method::POST, "/v1/batches", Some(create));
+    let path = format!("/v1/batches/{}", created["id"].as_str().unwrap());
+    let failed = loop {
+        let (_, batch) = call(&server, "k2", Method::GET, &path, None);
+        if batch["status"] != "validating" {
+            break batch;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(
+        failed["errors"]["data"][0]["code"], "too_many_requests",
+        "{failed}"
+    );
+}
+
+/// The data directory's quota counts every key's files together, and deleting frees it.
+#[test]
+fn the_quota_counts_every_keys_files() {
+    let data = tempfile::tempdir().unwrap();
+    let (_dir, config) = common::config_file(
+        "[server]\napi_keys = [\"k1\", \"k2\"]\n[batches]\nmax_disk_bytes = 6000\n",
+    );
+    let root = models_root_arg();
+    let server = Server::start(&[
+        "--models-dir",
+        &root,
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    let (status, first) = upload_as(&server, "k1", &" ".repeat(3900));
+    assert_eq!(status, 200, "{first}");
+    let (status, body) = upload_as(&server, "k2", &" ".repeat(3900));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    let path = format!("/v1/files/{}", first["id"].as_str().unwrap());
+    let (status, deleted) = call(&server, "k1", reqwest::Method::DELETE, &path, None);
+    assert_eq!(
+        (status, &deleted["deleted"]),
+        (200, &json!(true)),
+        "{deleted}"
+    );
+    let (status, body) = upload_as(&server, "k2", &" ".repeat(3900));
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn without_a_data_dir_the_routes_say_how_to_turn_them_on() {
+    let root = models_root_arg();
+    let server = Server::start(&["--models-dir", &root]);
+    let (status, body) = server.get("/v1/batches");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--data-dir"),
+        "{body}"
+    );
+}
