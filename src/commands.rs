@@ -1,4 +1,8 @@
-//! The `embed` and `pull` subcommands: the model path without a server.
+//! The `embed`, `pull` and `batch` subcommands: the model path without a server.
+
+mod batch;
+
+pub use batch::batch;
 
 use std::io::Write;
 

@@ -42,6 +42,26 @@ enum Command {
     Embed(EmbedArgs),
     /// Download a Hub model into the Hugging Face cache (HF_HOME) with a progress bar.
     Pull(PullArgs),
+    /// Run a file of OpenAI batch requests (JSONL) with one model; no server. Run the same
+    /// command again after a crash to resume.
+    Batch(BatchArgs),
+}
+
+#[derive(Args)]
+struct BatchArgs {
+    /// `SOURCE` or `NAME=SOURCE`; lines that name no model are for this one.
+    #[arg(long, value_name = "SPEC")]
+    model: String,
+    /// A folder mirroring the Hub (`DIR/org/name`).
+    #[arg(long = "models-dir", value_name = "DIR")]
+    models_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    runtime: RuntimeFlags,
+    /// One request per line: `{"custom_id", "method": "POST", "url": "/v1/embeddings", "body"}`.
+    input: PathBuf,
+    /// Where the results go; failed lines go to OUTPUT.errors.jsonl.
+    #[arg(short, long)]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -128,6 +148,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ..Overrides::default()
             };
             embedserve::commands::embed(Config::load(None, overrides)?, args.texts).await
+        }
+        Command::Batch(args) => {
+            let overrides = Overrides {
+                models: ModelFlags {
+                    models_dirs: args.models_dirs,
+                    models: vec![args.model],
+                    ..ModelFlags::default()
+                },
+                runtime: args.runtime,
+                ..Overrides::default()
+            };
+            let config = Config::load(None, overrides)?;
+            embedserve::commands::batch(config, &args.input, &args.output).await
         }
         Command::Pull(args) => {
             embedserve::commands::pull(&args.source, args.onnx_file.as_deref()).await

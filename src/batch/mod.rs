@@ -213,6 +213,23 @@ impl Batches {
         if let Some(metadata) = &metadata {
             check_metadata(metadata)?;
         }
+        self.insert_batch(owner, input_file_id, endpoint, metadata, 24 * 3600)
+    }
+
+    /// A batch of `/v1/embeddings` requests that never expires: the `batch` subcommand's,
+    /// which may be resumed whenever.
+    pub fn create_local_batch(&self, input_file_id: &str) -> Result<BatchObject, BatchError> {
+        self.insert_batch("", input_file_id, ENDPOINTS[0], None, i64::from(i32::MAX))
+    }
+
+    fn insert_batch(
+        &self,
+        owner: &str,
+        input_file_id: &str,
+        endpoint: &str,
+        metadata: Option<Value>,
+        expires_in: i64,
+    ) -> Result<BatchObject, BatchError> {
         let input = self.store.file(input_file_id, owner)?.ok_or_else(|| {
             invalid(
                 "input_file_id",
@@ -234,10 +251,10 @@ impl Batches {
             id: new_id("batch_"),
             endpoint: endpoint.to_string(),
             input_file_id: input_file_id.to_string(),
-            completion_window: completion_window.to_string(),
+            completion_window: "24h".to_string(),
             status: BatchStatus::Validating,
             created_at: now,
-            expires_at: now + 24 * 3600,
+            expires_at: now + expires_in,
             metadata,
             planned_output_file_id: new_id("file-"),
             planned_error_file_id: new_id("file-"),

@@ -179,3 +179,81 @@ fn aliases_reach_one_loaded_model() {
     let loads = [("model", "mini"), ("result", "ok")];
     assert_eq!(server.metric("embedserve_model_loads_total", &loads), 1.0);
 }
+
+/// `embedserve batch` runs a batch file with no server; killed midway (SIGKILL), the same
+/// command resumes it, and the output holds every line once with the reference vector.
+#[test]
+fn batch_resumes_after_a_kill_and_writes_every_line_once() {
+    const LINES: usize = 3000;
+    let reference = reference("sentence-transformers/all-MiniLM-L6-v2");
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("requests.jsonl");
+    let output = work.path().join("results.jsonl");
+    let jsonl: String = (0..LINES)
+        .map(|i| {
+            let text = &reference.cases[i % reference.cases.len()].input;
+            let line = json!({"custom_id": format!("c{i}"), "method": "POST",
+                              "url": "/v1/embeddings", "body": {"input": text}});
+            format!("{line}\n")
+        })
+        .collect();
+    std::fs::write(&input, jsonl).unwrap();
+    let root = models_root();
+    let args = [
+        "batch",
+        "--model",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "--models-dir",
+        root.to_str().unwrap(),
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ];
+    // Killed once its first results are on disk.
+    let mut first = common::binary()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let results = work.path().join("results.jsonl.progress/work");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !std::fs::read_dir(&results).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no results were written"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(!output.exists());
+
+    let resumed = run_cli(&args, &[]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming"), "{stderr}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), LINES);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["custom_id"], format!("c{i}"));
+        let vector: Vec<f32> =
+            serde_json::from_value(line["response"]["body"]["data"][0]["embedding"].clone())
+                .unwrap();
+        let case = &reference.cases[i % reference.cases.len()];
+        assert!(cosine(&vector, &case.embedding) >= 0.99999, "c{i}");
+    }
+    assert!(!work.path().join("results.jsonl.progress").exists());
+}
