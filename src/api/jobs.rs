@@ -67,8 +67,8 @@ impl From<BatchError> for ApiError {
     fn from(error: BatchError) -> Self {
         let message = error.to_string();
         match error {
-            BatchError::NotFound(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, message).code("not_found")
+            BatchError::NotFound { code, .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, message).code(code)
             }
             BatchError::Invalid { param, .. } => ApiError::bad_request(param, message),
             BatchError::Quota(_) => ApiError::bad_request("file", message).code("quota_exceeded"),

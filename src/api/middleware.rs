@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use super::batch_lines::BatchLine;
 use super::error::ApiError;
 use super::state::AppState;
-use crate::batch::priority::REQUESTS;
+use crate::batch::priority::{REQUESTS, holds_batches_back};
 use crate::metrics::METRICS;
 // Constant-time: response time tells nothing about how much of a key was right.
 use subtle::ConstantTimeEq;
@@ -64,15 +64,12 @@ fn bearer_token(value: &str) -> Option<&str> {
 /// Counts each request by route, model and status, and times it; requests other than batch
 /// lines hold batch work back while they run (`batch::priority`).
 pub async fn track(request: Request, next: Next) -> Response {
-    let _in_flight = request
-        .extensions()
-        .get::<BatchLine>()
-        .is_none()
-        .then(|| REQUESTS.begin());
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let batch_line = request.extensions().get::<BatchLine>().is_some();
+    let _in_flight = (!batch_line && holds_batches_back(&route)).then(|| REQUESTS.begin());
     let started = Instant::now();
     let response = next.run(request).await;
     let model = response

@@ -387,7 +387,7 @@ impl Batches {
         let (batch, progress) = self
             .store
             .batch(id, None)?
-            .ok_or_else(|| BatchError::NotFound(format!("no batch with id `{id}`")))?;
+            .ok_or_else(|| BatchError::no_batch(id))?;
         self.finalize(&batch, &progress, BatchStatus::Failed)
     }
 

@@ -28,8 +28,12 @@ pub const ENDPOINTS: [&str; 1] = ["/v1/embeddings"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
-    #[error("{0}")]
-    NotFound(String),
+    #[error("{message}")]
+    NotFound {
+        /// `file_not_found` or `batch_not_found`.
+        code: &'static str,
+        message: String,
+    },
     #[error("{message}")]
     Invalid {
         param: &'static str,
@@ -50,6 +54,22 @@ impl From<rusqlite::Error> for BatchError {
 impl From<std::io::Error> for BatchError {
     fn from(e: std::io::Error) -> Self {
         Self::Storage(e.to_string())
+    }
+}
+
+impl BatchError {
+    fn no_file(id: &str) -> Self {
+        Self::NotFound {
+            code: "file_not_found",
+            message: format!("no file with id `{id}`"),
+        }
+    }
+
+    fn no_batch(id: &str) -> Self {
+        Self::NotFound {
+            code: "batch_not_found",
+            message: format!("no batch with id `{id}`"),
+        }
     }
 }
 
@@ -162,7 +182,7 @@ impl Batches {
         self.store
             .file(id, owner)?
             .map(FileObject::complete)
-            .ok_or_else(|| BatchError::NotFound(format!("no file with id `{id}`")))
+            .ok_or_else(|| BatchError::no_file(id))
     }
 
     /// Where a file's bytes are.
@@ -184,7 +204,7 @@ impl Batches {
 
     pub fn delete_file(&self, id: &str, owner: &str) -> Result<(), BatchError> {
         if !self.store.delete_file(id, owner)? {
-            return Err(BatchError::NotFound(format!("no file with id `{id}`")));
+            return Err(BatchError::no_file(id));
         }
         self.dir.remove_file(id);
         Ok(())
@@ -269,7 +289,7 @@ impl Batches {
         let (batch, progress) = self
             .store
             .batch(id, Some(owner))?
-            .ok_or_else(|| BatchError::NotFound(format!("no batch with id `{id}`")))?;
+            .ok_or_else(|| BatchError::no_batch(id))?;
         Ok(batch.complete(progress.output_bytes, progress.error_bytes))
     }
 

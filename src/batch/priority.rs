@@ -24,6 +24,21 @@ pub static REQUESTS: LazyLock<Activity> = LazyLock::new(|| Activity {
     ended: Notify::new(),
 });
 
+/// Whether requests to `route` hold batch work back: those that may run a model do;
+/// polling a batch, downloading its results, health checks and metrics do not, or a client
+/// watching its batch would slow it down.
+pub fn holds_batches_back(route: &str) -> bool {
+    const QUIET: [&str; 6] = [
+        "/v1/files",
+        "/v1/batches",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/v1/models",
+    ];
+    !QUIET.iter().any(|quiet| route.starts_with(quiet))
+}
+
 /// A request in flight; it ends when dropped.
 pub struct InFlight;
 

@@ -132,6 +132,8 @@ fn a_batch_killed_at_random_moments_completes_with_every_line_once() {
     assert_eq!(counts["completed"], LINES, "{done}");
     assert_eq!(counts["failed"], 0, "{done}");
     assert!(done["error_file_id"].is_null(), "{done}");
+    server.wait_for_metric("embedserve_batch_jobs", &[("status", "completed")], 1.0);
+    assert_eq!(server.metric("embedserve_batch_job_lines_queued", &[]), 0.0);
 
     let output_id = done["output_file_id"].as_str().unwrap();
     let output = reqwest::blocking::get(server.url(&format!("/v1/files/{output_id}/content")))
@@ -295,6 +297,7 @@ fn keys_see_only_their_own_and_the_limits_hold() {
         failed["errors"]["data"][0]["code"], "too_many_requests",
         "{failed}"
     );
+    server.wait_for_metric("embedserve_batch_jobs", &[("status", "failed")], 1.0);
 }
 
 /// The data directory's quota counts every key's files together, and deleting frees it.

@@ -198,6 +198,8 @@ fn batch_resumes_after_a_kill_and_writes_every_line_once() {
         })
         .collect();
     std::fs::write(&input, jsonl).unwrap();
+    // Both runs keep the cores busy: no test that measures the machine runs beside them.
+    let _share = common::share();
     let root = models_root();
     let args = [
         "batch",

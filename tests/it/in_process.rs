@@ -7,7 +7,8 @@ use std::sync::{Arc, LazyLock};
 
 use axum::body::Body;
 use axum::http::{Request, header};
-use embedserve::api::{Readiness, router};
+use embedserve::api::{AppState, Readiness, router};
+use embedserve::batch::Batches;
 use embedserve::cache::ModelCache;
 use embedserve::config::{Config, Overrides, ServerFlags};
 use embedserve::server::{app_state, start_cache};
@@ -29,6 +30,9 @@ static CACHE: LazyLock<Arc<ModelCache>> = LazyLock::new(|| {
     .unwrap()
 });
 
+/// The data directory the routers share.
+static DATA: LazyLock<tempfile::TempDir> = LazyLock::new(|| tempfile::tempdir().unwrap());
+
 fn config(server: ServerFlags) -> Config {
     let overrides = Overrides {
         server,
@@ -37,11 +41,22 @@ fn config(server: ServerFlags) -> Config {
     Config::load(None, overrides).unwrap()
 }
 
-/// The router of a ready server with these flags.
+/// The router of a ready server with these flags, its Batch API on a data directory of its
+/// own.
 fn app_with(server: ServerFlags) -> axum::Router {
     let ready = Arc::new(Readiness::not_ready("starting"));
     ready.set_ready();
-    router(Arc::new(app_state(&config(server), CACHE.clone(), ready)))
+    let config = config(server);
+    let batches = Batches::open(
+        DATA.path(),
+        config.batches.clone(),
+        config.server.max_body_bytes,
+    );
+    let state = AppState {
+        batches: Some(batches.unwrap()),
+        ..app_state(&config, CACHE.clone(), ready)
+    };
+    router(Arc::new(state))
 }
 
 /// The router of a ready server with a 1000-byte body limit.

@@ -108,7 +108,13 @@ impl Drop for Alone {
 }
 
 /// A server's share of the machine, given back when dropped.
-struct Share;
+pub struct Share;
+
+/// A share of the machine for work other than a `Server` (a CLI run that keeps the cores
+/// busy), so that a test measuring the machine does not run beside it.
+pub fn share() -> Option<Share> {
+    Share::take()
+}
 
 impl Share {
     /// None in a test that has the machine alone.
