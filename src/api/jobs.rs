@@ -72,6 +72,9 @@ impl From<BatchError> for ApiError {
             }
             BatchError::Invalid { param, .. } => ApiError::bad_request(param, message),
             BatchError::Quota(_) => ApiError::bad_request("file", message).code("quota_exceeded"),
+            BatchError::Busy(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
+                .code("batch_queue_full")
+                .retry_after(60),
             BatchError::Storage(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
     }

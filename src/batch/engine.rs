@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
-use super::lines::{self, BadLine};
+use super::lines::{self, BadLine, RequestLine};
 use super::objects::{BatchObject, BatchStatus, FileObject};
 use super::priority::REQUESTS;
 use super::store::Progress;
@@ -140,10 +140,12 @@ async fn run_lines(
     .await?;
     let per_chunk = batches.config.lines_in_flight;
     let max_line = batches.max_line_bytes;
+    let endpoint = batch.endpoint.clone();
     loop {
         REQUESTS.idle_for(batches.config.idle_gap).await;
+        let endpoint = endpoint.clone();
         let (returned, chunk) = blocking(move || {
-            let chunk = read_chunk(&mut input, per_chunk, max_line)?;
+            let chunk = read_chunk(&mut input, &endpoint, per_chunk, max_line)?;
             Ok((input, chunk))
         })
         .await?;
@@ -162,7 +164,7 @@ async fn run_lines(
             })
             .await;
         }
-        let written = run_chunk(runner, &batch.id, &batch.endpoint, chunk).await;
+        let written = run_chunk(runner, &batch.id, chunk).await;
         progress.input_offset = input.offset;
         let (b, id) = (batches.clone(), batch.id.clone());
         // `Progress` is `Copy`: the closure's own is handed back.
@@ -183,17 +185,25 @@ async fn run_lines(
     }
 }
 
-/// A line read from the input: its number, and its bytes or why it cannot run.
-type ReadLine = (u64, Result<Vec<u8>, BadLine>);
+/// A line read from the input: its number, and its request or why it cannot run.
+type ReadLine = (u64, Result<RequestLine, BadLine>);
 
-/// Reads up to `count` non-empty lines; a line over `max_line` bytes is skipped unread.
+/// Most inputs a chunk's lines hold together (one largest request's worth, as
+/// `server.max_inputs_per_request` defaults): their answers are held until the chunk is
+/// written, so a chunk of 64 lines of 2,048 inputs would hold a gigabyte of vectors.
+const MAX_INPUTS_PER_CHUNK: usize = 2048;
+
+/// Reads up to `count` non-empty lines, or fewer holding `MAX_INPUTS_PER_CHUNK` inputs; a
+/// line over `max_line` bytes is skipped unread.
 fn read_chunk(
     input: &mut Input,
+    endpoint: &str,
     count: usize,
     max_line: usize,
 ) -> Result<Vec<ReadLine>, BatchError> {
     let mut chunk = Vec::with_capacity(count);
-    while chunk.len() < count {
+    let mut inputs = 0;
+    while chunk.len() < count && inputs < MAX_INPUTS_PER_CHUNK {
         let mut line = Vec::new();
         let read = (&mut input.reader)
             .take(max_line as u64 + 1)
@@ -238,7 +248,9 @@ fn read_chunk(
                 }),
             )
         } else {
-            (number, Ok(line))
+            let request = lines::parse(&line, endpoint);
+            inputs += request.as_ref().map_or(1, RequestLine::inputs);
+            (number, request)
         });
     }
     Ok(chunk)
@@ -251,7 +263,6 @@ type Written = (bool, Vec<u8>);
 async fn run_chunk(
     runner: &Arc<dyn LineRunner>,
     batch_id: &str,
-    endpoint: &str,
     chunk: Vec<ReadLine>,
 ) -> Vec<Written> {
     let suffix = batch_id.trim_start_matches("batch_");
@@ -259,7 +270,7 @@ async fn run_chunk(
         .into_iter()
         .map(|(number, line)| {
             let id = format!("batch_req_{suffix}_{number}");
-            match line.and_then(|bytes| lines::parse(&bytes, endpoint)) {
+            match line {
                 Ok(request) => {
                     let running = runner.run(request.url, request.body);
                     let custom_id = request.custom_id;

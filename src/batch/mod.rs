@@ -41,6 +41,9 @@ pub enum BatchError {
     },
     #[error("{0}")]
     Quota(String),
+    /// Too many batches are running: try again once some are over.
+    #[error("{0}")]
+    Busy(String),
     #[error("the batch store failed: {0}")]
     Storage(String),
 }
@@ -265,6 +268,13 @@ impl Batches {
                     input.purpose
                 ),
             ));
+        }
+        let active = self.store.active_batches()?;
+        if active >= self.config.max_active_batches {
+            return Err(BatchError::Busy(format!(
+                "{active} batches are not over yet, as many as this server takes \
+                 (batches.max_active_batches): create this one once some are over"
+            )));
         }
         let now = now();
         let batch = BatchObject {

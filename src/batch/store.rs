@@ -238,6 +238,16 @@ impl Store {
             .optional()
     }
 
+    /// Batches not yet over.
+    pub fn active_batches(&self) -> Result<usize> {
+        self.0.lock().query_row(
+            "SELECT COUNT(*) FROM batches
+             WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')",
+            [],
+            |row| row.get::<_, i64>(0).map(|n| n as usize),
+        )
+    }
+
     /// Lines that running batches have left.
     pub fn lines_left(&self) -> Result<u64> {
         self.0.lock().query_row(

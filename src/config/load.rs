@@ -158,6 +158,7 @@ impl Config {
                 batches.max_requests_per_batch,
             ),
             ("batches.lines_in_flight", batches.lines_in_flight),
+            ("batches.max_active_batches", batches.max_active_batches),
             (
                 "batches.max_file_bytes",
                 batches.max_file_bytes.min(1) as usize,

@@ -154,6 +154,8 @@ pub struct BatchesConfig {
     pub idle_gap: Duration,
     /// Lines of a batch sent to the model at once, so its batcher fills whole runs.
     pub lines_in_flight: usize,
+    /// Most batches not yet over, all keys together; creating one more is a 429.
+    pub max_active_batches: usize,
 }
 
 impl Default for BatchesConfig {
@@ -165,6 +167,7 @@ impl Default for BatchesConfig {
             file_ttl: Duration::from_secs(30 * 24 * 3600),
             idle_gap: Duration::from_millis(20),
             lines_in_flight: 64,
+            max_active_batches: 100,
         }
     }
 }

@@ -346,3 +346,36 @@ fn without_a_data_dir_the_routes_say_how_to_turn_them_on() {
         "{body}"
     );
 }
+
+/// Past `batches.max_active_batches` batches not yet over, creating one is a 429; once one
+/// is over, it is taken again.
+#[test]
+fn batches_past_the_active_limit_wait_their_turn() {
+    let data = tempfile::tempdir().unwrap();
+    let (_dir, config) = common::config_file("[batches]\nmax_active_batches = 1\n");
+    let root = models_root_arg();
+    let server = Server::start(&[
+        "--models-dir",
+        &root,
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    let file_id = upload(&server, (0..5000).map(line).collect());
+    let create = json!({"input_file_id": file_id, "endpoint": "/v1/embeddings",
+                        "completion_window": "24h"});
+    let (status, first) = server.post_json("/v1/batches", &create);
+    assert_eq!(status, 200, "{first}");
+    let (status, refused) = server.post_json("/v1/batches", &create);
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["error"]["code"], "batch_queue_full", "{refused}");
+    let id = first["id"].as_str().unwrap();
+    let (status, _) = server.post_empty(&format!("/v1/batches/{id}/cancel"));
+    assert_eq!(status, 200);
+    while batch(&server, id)["status"] != "cancelled" {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, second) = server.post_json("/v1/batches", &create);
+    assert_eq!(status, 200, "{second}");
+}
