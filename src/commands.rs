@@ -8,20 +8,16 @@ use std::io::Write;
 
 use anyhow::{Context, anyhow, bail};
 
+use std::sync::Arc;
+
+use crate::cache::ModelCache;
 use crate::config::Config;
-use crate::model::{EmbedOptions, Input, ModelSource, source};
+use crate::model::{EmbedOptions, Input, Model, ModelSource, source};
 use crate::server::start_cache;
 
 /// Embeds `texts` with the one model in `config` and prints one JSON array per line.
 pub async fn embed(config: Config, texts: Vec<String>) -> anyhow::Result<()> {
-    let cache = std::sync::Arc::new(start_cache(&config).await?);
-    let spec = cache
-        .catalog()
-        .preloads()
-        .next()
-        .cloned()
-        .ok_or_else(|| anyhow!("no model given"))?;
-    let model = cache.load(spec).await?;
+    let (_, model) = the_model(&config).await?;
     let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
     let embedded = model.embed(inputs, EmbedOptions::default()).await?;
     let mut out = std::io::stdout().lock();
@@ -30,6 +26,19 @@ pub async fn embed(config: Config, texts: Vec<String>) -> anyhow::Result<()> {
         out.write_all(b"\n")?;
     }
     Ok(())
+}
+
+/// The model cache of a subcommand's configuration, and its one model, loaded.
+async fn the_model(config: &Config) -> anyhow::Result<(Arc<ModelCache>, Arc<Model>)> {
+    let cache = Arc::new(start_cache(config).await?);
+    let spec = cache
+        .catalog()
+        .preloads()
+        .next()
+        .cloned()
+        .ok_or_else(|| anyhow!("no model given"))?;
+    let model = cache.load(spec).await?;
+    Ok((cache, model))
 }
 
 /// Downloads a Hub model's files into the Hugging Face cache and prints the snapshot folder.

@@ -47,9 +47,10 @@ enum Command {
     Batch(BatchArgs),
 }
 
+/// The one model a subcommand without a server runs.
 #[derive(Args)]
-struct BatchArgs {
-    /// `SOURCE` or `NAME=SOURCE`; lines that name no model are for this one.
+struct OneModel {
+    /// `SOURCE` or `NAME=SOURCE`; SOURCE is a Hub id `org/name[@revision]` or a folder.
     #[arg(long, value_name = "SPEC")]
     model: String,
     /// A folder mirroring the Hub (`DIR/org/name`).
@@ -57,6 +58,28 @@ struct BatchArgs {
     models_dirs: Vec<PathBuf>,
     #[command(flatten)]
     runtime: RuntimeFlags,
+}
+
+impl OneModel {
+    fn config(self) -> anyhow::Result<Config> {
+        let overrides = Overrides {
+            models: ModelFlags {
+                models_dirs: self.models_dirs,
+                models: vec![self.model],
+                ..ModelFlags::default()
+            },
+            runtime: self.runtime,
+            ..Overrides::default()
+        };
+        Ok(Config::load(None, overrides)?)
+    }
+}
+
+#[derive(Args)]
+struct BatchArgs {
+    /// The model; lines that name none are for it.
+    #[command(flatten)]
+    model: OneModel,
     /// One request per line: `{"custom_id", "method": "POST", "url": "/v1/embeddings", "body"}`.
     input: PathBuf,
     /// Where the results go; failed lines go to OUTPUT.errors.jsonl.
@@ -75,14 +98,8 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct EmbedArgs {
-    /// `SOURCE` or `NAME=SOURCE`; SOURCE is a Hub id `org/name[@revision]` or a folder.
-    #[arg(long, value_name = "SPEC")]
-    model: String,
-    /// A folder mirroring the Hub (`DIR/org/name`).
-    #[arg(long = "models-dir", value_name = "DIR")]
-    models_dirs: Vec<PathBuf>,
     #[command(flatten)]
-    runtime: RuntimeFlags,
+    model: OneModel,
     #[arg(required = true)]
     texts: Vec<String>,
 }
@@ -137,29 +154,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let config = Config::load(args.config.as_deref(), args.overrides)?;
             embedserve::server::serve(config).await
         }
-        Command::Embed(args) => {
-            let overrides = Overrides {
-                models: ModelFlags {
-                    models_dirs: args.models_dirs,
-                    models: vec![args.model],
-                    ..ModelFlags::default()
-                },
-                runtime: args.runtime,
-                ..Overrides::default()
-            };
-            embedserve::commands::embed(Config::load(None, overrides)?, args.texts).await
-        }
+        Command::Embed(args) => embedserve::commands::embed(args.model.config()?, args.texts).await,
         Command::Batch(args) => {
-            let overrides = Overrides {
-                models: ModelFlags {
-                    models_dirs: args.models_dirs,
-                    models: vec![args.model],
-                    ..ModelFlags::default()
-                },
-                runtime: args.runtime,
-                ..Overrides::default()
-            };
-            let config = Config::load(None, overrides)?;
+            let config = args.model.config()?;
             embedserve::commands::batch(config, &args.input, &args.output).await
         }
         Command::Pull(args) => {

@@ -75,20 +75,7 @@ impl Store {
     }
 
     pub fn insert_file(&self, file: &FileObject, owner: &str) -> Result<()> {
-        self.0.lock().execute(
-            "INSERT OR IGNORE INTO files (id, owner, filename, purpose, bytes, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                file.id,
-                owner,
-                file.filename,
-                file.purpose,
-                file.bytes,
-                file.created_at,
-                file.expires_at
-            ],
-        )?;
-        Ok(())
+        insert_file(&self.0.lock(), file, owner)
     }
 
     pub fn file(&self, id: &str, owner: &str) -> Result<Option<FileObject>> {
@@ -335,19 +322,7 @@ impl Store {
         let mut connection = self.0.lock();
         let transaction = connection.transaction()?;
         for file in results {
-            transaction.execute(
-                "INSERT OR IGNORE INTO files (id, owner, filename, purpose, bytes, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    file.id,
-                    owner,
-                    file.filename,
-                    file.purpose,
-                    file.bytes,
-                    file.created_at,
-                    file.expires_at
-                ],
-            )?;
+            insert_file(&transaction, file, owner)?;
         }
         transaction.execute(
             &format!(
@@ -358,6 +333,24 @@ impl Store {
         )?;
         transaction.commit()
     }
+}
+
+/// Adds a file's row (again, after a crash, changes nothing).
+fn insert_file(connection: &Connection, file: &FileObject, owner: &str) -> Result<()> {
+    connection.execute(
+        "INSERT OR IGNORE INTO files (id, owner, filename, purpose, bytes, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            file.id,
+            owner,
+            file.filename,
+            file.purpose,
+            file.bytes,
+            file.created_at,
+            file.expires_at
+        ],
+    )?;
+    Ok(())
 }
 
 const FILE_COLUMNS: &str = "id, filename, purpose, bytes, created_at, expires_at";

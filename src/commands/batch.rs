@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -18,21 +18,13 @@ use crate::api::{self, AppState, Readiness, RouterRunner};
 use crate::batch::engine::{self, LineRunner};
 use crate::batch::{BatchObject, BatchStatus, Batches};
 use crate::config::Config;
-use crate::server::start_cache;
 
 /// Runs the requests of `input` (OpenAI's batch lines) with the one model in `config`,
 /// writing their results to `output` and the failed ones beside it (`.errors.jsonl`).
 pub async fn batch(config: Config, input: &Path, output: &Path) -> anyhow::Result<()> {
     let state_dir = with_suffix(output, ".progress");
-    let cache = Arc::new(start_cache(&config).await?);
-    let spec = cache
-        .catalog()
-        .preloads()
-        .next()
-        .cloned()
-        .ok_or_else(|| anyhow!("no model given"))?;
-    let model = spec.name.clone();
-    cache.load(spec).await?;
+    let (cache, model) = super::the_model(&config).await?;
+    let model = model.name().to_string();
     let (settings, max_line) = (config.batches.clone(), config.server.max_body_bytes);
     let dir = state_dir.clone();
     let batches =

@@ -21,6 +21,22 @@ fn start(data: &str) -> Server {
     Server::start(&["--models-dir", &root, "--model", MINILM, "--data-dir", data])
 }
 
+/// A server with `config` and a data directory of its own (kept while the guard lives).
+fn configured(config: &str) -> (Server, (tempfile::TempDir, tempfile::TempDir)) {
+    let data = tempfile::tempdir().unwrap();
+    let (dir, path) = common::config_file(config);
+    let root = models_root_arg();
+    let server = Server::start(&[
+        "--models-dir",
+        &root,
+        "--config",
+        path.to_str().unwrap(),
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    (server, (data, dir))
+}
+
 fn text(i: usize) -> String {
     format!("line {i} of the crash test, with a few words to embed")
 }
@@ -221,20 +237,10 @@ fn line(i: usize) -> String {
 /// limits refuse what is too big: a file, a batch, the data directory's quota.
 #[test]
 fn keys_see_only_their_own_and_the_limits_hold() {
-    let data = tempfile::tempdir().unwrap();
-    let (_dir, config) = common::config_file(
+    let (server, _files) = configured(
         "[server]\napi_keys = [\"k1\", \"k2\"]\n\
          [batches]\nmax_file_bytes = 4000\nmax_requests_per_batch = 3\n",
     );
-    let root = models_root_arg();
-    let server = Server::start(&[
-        "--models-dir",
-        &root,
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ]);
     use reqwest::Method;
     let (status, file) = upload_as(&server, "k1", &(0..2).map(line).collect::<String>());
     assert_eq!(status, 200, "{file}");
@@ -303,19 +309,8 @@ fn keys_see_only_their_own_and_the_limits_hold() {
 /// The data directory's quota counts every key's files together, and deleting frees it.
 #[test]
 fn the_quota_counts_every_keys_files() {
-    let data = tempfile::tempdir().unwrap();
-    let (_dir, config) = common::config_file(
-        "[server]\napi_keys = [\"k1\", \"k2\"]\n[batches]\nmax_disk_bytes = 6000\n",
-    );
-    let root = models_root_arg();
-    let server = Server::start(&[
-        "--models-dir",
-        &root,
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ]);
+    let (server, _files) =
+        configured("[server]\napi_keys = [\"k1\", \"k2\"]\n[batches]\nmax_disk_bytes = 6000\n");
     let (status, first) = upload_as(&server, "k1", &" ".repeat(3900));
     assert_eq!(status, 200, "{first}");
     let (status, body) = upload_as(&server, "k2", &" ".repeat(3900));
@@ -351,17 +346,7 @@ fn without_a_data_dir_the_routes_say_how_to_turn_them_on() {
 /// is over, it is taken again.
 #[test]
 fn batches_past_the_active_limit_wait_their_turn() {
-    let data = tempfile::tempdir().unwrap();
-    let (_dir, config) = common::config_file("[batches]\nmax_active_batches = 1\n");
-    let root = models_root_arg();
-    let server = Server::start(&[
-        "--models-dir",
-        &root,
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ]);
+    let (server, _files) = configured("[batches]\nmax_active_batches = 1\n");
     let file_id = upload(&server, (0..5000).map(line).collect());
     let create = json!({"input_file_id": file_id, "endpoint": "/v1/embeddings",
                         "completion_window": "24h"});

@@ -60,16 +60,22 @@ fn hostile_texts() -> Vec<(&'static str, String)> {
     ]
 }
 
-#[test]
-fn bounded_texts_tokenize_like_the_whole_text() {
+/// For every fixture tokenizer and hostile text: the text `bound` keeps must tokenize (with
+/// the tokenizer `cut_by` makes of the fixture's) to exactly the ids and the overflow of the
+/// whole text, within `WINDOW << DOUBLINGS` bytes.
+fn assert_bounded_like_whole(
+    cut_by: impl Fn(&Tokenizer) -> Tokenizer,
+    bound: impl for<'t> Fn(&Tokenizer, &Shortening, &'t str) -> std::borrow::Cow<'t, str>,
+) {
     let mut failures = Vec::new();
     for path in fixture_tokenizers().values() {
         let tokenizer = configured(path, Some(MAX_LENGTH));
+        let cutting = cut_by(&tokenizer);
         let shortening = Shortening::for_tokenizer(&tokenizer);
         for (case, text) in hostile_texts() {
-            let short = bounded(&tokenizer, &shortening, &text, WINDOW).unwrap();
-            let whole = tokenizer.encode_fast(text.as_str(), true).unwrap();
-            let cut = tokenizer.encode_fast(short.as_ref(), true).unwrap();
+            let short = bound(&tokenizer, &shortening, &text);
+            let whole = cutting.encode_fast(text.as_str(), true).unwrap();
+            let cut = cutting.encode_fast(short.as_ref(), true).unwrap();
             if cut.get_ids() != whole.get_ids()
                 || cut.get_overflowing().is_empty() != whole.get_overflowing().is_empty()
             {
@@ -89,6 +95,13 @@ fn bounded_texts_tokenize_like_the_whole_text() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn bounded_texts_tokenize_like_the_whole_text() {
+    assert_bounded_like_whole(Tokenizer::clone, |tokenizer, shortening, text| {
+        bounded(tokenizer, shortening, text, WINDOW).unwrap()
+    });
 }
 
 #[test]
@@ -145,38 +158,13 @@ fn runs_are_shortened_from_the_finish_to_their_last_characters() {
 /// gives exactly the ids (and the overflow) of the whole text, for every hostile text.
 #[test]
 fn bounded_suffixes_tokenize_like_the_whole_text_truncated_from_the_start() {
-    let mut failures = Vec::new();
-    for path in fixture_tokenizers().values() {
-        let tokenizer = configured(path, Some(MAX_LENGTH));
-        let from_start = from_start(&tokenizer);
-        let shortening = Shortening::for_tokenizer(&tokenizer);
+    assert_bounded_like_whole(from_start, |tokenizer, shortening, text| {
         let kept = MAX_LENGTH
             - tokenizer
                 .get_post_processor()
                 .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
-        for (case, text) in hostile_texts() {
-            let short = bounded_suffix(&tokenizer, &shortening, ("", &text), WINDOW, kept).unwrap();
-            let whole = from_start.encode_fast(text.as_str(), true).unwrap();
-            let cut = from_start.encode_fast(short.as_ref(), true).unwrap();
-            if cut.get_ids() != whole.get_ids()
-                || cut.get_overflowing().is_empty() != whole.get_overflowing().is_empty()
-            {
-                failures.push(format!(
-                    "{case}: {path:?} ({} of {} bytes kept)\n  bounded {:?}\n  whole   {:?}",
-                    short.len(),
-                    text.len(),
-                    cut.get_ids(),
-                    whole.get_ids()
-                ));
-            }
-            assert!(
-                short.len() <= (WINDOW << super::DOUBLINGS) + 4,
-                "{case}: {path:?} kept {} bytes",
-                short.len()
-            );
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+        bounded_suffix(tokenizer, shortening, ("", text), WINDOW, kept).unwrap()
+    });
 }
 
 /// Some runs are tokenized in groups counted from their start (BPE merges pairs of one
