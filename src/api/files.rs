@@ -9,7 +9,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::multipart::Field;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -19,6 +19,7 @@ use super::jobs::{List, Owner, Page, blocking, service};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
 use crate::batch::FileObject;
+use crate::echo::clip_to;
 
 pub fn routes() -> ApiRouter {
     ApiRouter::new()
@@ -54,10 +55,16 @@ fn bad_multipart(e: impl std::fmt::Display) -> ApiError {
 pub async fn upload(
     State(state): State<Arc<AppState>>,
     Owner(owner): Owner,
+    headers: HeaderMap,
     mut multipart: Multipart,
 ) -> Result<Json<FileObject>, ApiError> {
     let batches = service(&state)?;
     let max_bytes = batches.config.max_file_bytes;
+    // Refused before a byte is written when what it announces cannot fit.
+    if let Some(announced) = super::body::announced_length(&headers) {
+        let room = batches.clone();
+        blocking(move || room.check_quota(announced.min(max_bytes))).await?;
+    }
     let mut purpose = None;
     let mut upload = Upload(None);
     let mut filename = String::new();
@@ -65,7 +72,7 @@ pub async fn upload(
         match field.name() {
             Some("purpose") => purpose = Some(small_text(field).await?),
             Some("file") if upload.0.is_none() => {
-                filename = field.file_name().unwrap_or("upload.jsonl").to_string();
+                filename = clip_to(field.file_name().unwrap_or("upload.jsonl"), 255).into_owned();
                 let path = batches.upload_path();
                 upload.0 = Some(path.clone());
                 write_field(field, &path, max_bytes).await?;

@@ -169,7 +169,8 @@ impl Batches {
         Ok(file.complete())
     }
 
-    fn check_quota(&self, more: u64) -> Result<(), BatchError> {
+    /// Whether `more` bytes fit in the data directory's quota.
+    pub fn check_quota(&self, more: u64) -> Result<(), BatchError> {
         let held = self.store.bytes_held()?;
         if held + more > self.config.max_disk_bytes {
             return Err(BatchError::Quota(format!(
