@@ -176,14 +176,9 @@ pub async fn list(
     };
     let limit = page.limit()?;
     let purpose = query.purpose;
-    let (files, more) = blocking(move || {
-        let mut files =
-            batches.files(&owner, purpose.as_deref(), page.after.as_deref(), limit + 1)?;
-        let more = files.len() > limit;
-        files.truncate(limit);
-        Ok((files, more))
-    })
-    .await?;
+    let (files, more) =
+        blocking(move || batches.files(&owner, purpose.as_deref(), page.after.as_deref(), limit))
+            .await?;
     Ok(Json(List::of(files, more, |f| &f.id)))
 }
 

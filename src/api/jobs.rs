@@ -9,6 +9,7 @@ use axum::http::{StatusCode, header};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::middleware::bearer_token;
 use super::state::AppState;
 use crate::batch::{BatchError, Batches, owner_of};
 
@@ -30,8 +31,7 @@ impl FromRequestParts<Arc<AppState>> for Owner {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .map(|(_, key)| key.trim());
+            .and_then(bearer_token);
         Ok(Self(owner_of(key)))
     }
 }
@@ -48,19 +48,11 @@ pub fn service(state: &AppState) -> Result<Arc<Batches>, ApiError> {
     })
 }
 
-/// Runs store work off the async runtime.
+/// Runs store work off the async runtime (`batch::blocking`), its error in OpenAI's envelope.
 pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, BatchError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("a batch task failed: {e}"),
-            )
-        })?
-        .map_err(ApiError::from)
+    Ok(crate::batch::blocking(work).await?)
 }
 
 impl From<BatchError> for ApiError {

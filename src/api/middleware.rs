@@ -56,7 +56,7 @@ pub async fn require_api_key(
 
 /// The token of an `Authorization: Bearer TOKEN` value; the scheme is case-insensitive
 /// (RFC 9110), so `bearer` and `BEARER` work too.
-fn bearer_token(value: &str) -> Option<&str> {
+pub(super) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

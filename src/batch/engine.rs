@@ -18,7 +18,7 @@ use super::lines::{self, BadLine, RequestLine};
 use super::objects::{BatchObject, BatchStatus, FileObject};
 use super::priority::REQUESTS;
 use super::store::Progress;
-use super::{BatchError, Batches, now};
+use super::{BatchError, Batches, blocking, now};
 use crate::metrics::METRICS;
 
 /// Runs one request of a batch: the route's status and answer.
@@ -45,8 +45,11 @@ pub async fn run(batches: Arc<Batches>, runner: Arc<dyn LineRunner>) {
             swept = Some(Instant::now());
         }
         let b = batches.clone();
-        let next = blocking(move || Ok(b.store.next_active()?)).await;
-        batches.publish_metrics();
+        let next = blocking(move || {
+            b.publish_metrics();
+            Ok(b.store.next_active()?)
+        })
+        .await;
         match next {
             Ok(Some((batch, progress))) => {
                 let id = batch.id.clone();
@@ -72,14 +75,6 @@ pub async fn run(batches: Arc<Batches>, runner: Arc<dyn LineRunner>) {
             }
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, BatchError> + Send + 'static,
-) -> Result<T, BatchError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| BatchError::Storage(format!("a batch task failed: {e}")))?
 }
 
 /// Moves `batch` one status on (or, in progress, to the end of its lines).

@@ -195,15 +195,16 @@ impl Batches {
         Ok(self.dir.file_path(id))
     }
 
+    /// The owner's files, newest first, after `after`; and whether there are more.
     pub fn files(
         &self,
         owner: &str,
         purpose: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<FileObject>, BatchError> {
-        let files = self.store.files(owner, purpose, after, limit)?;
-        Ok(files.into_iter().map(FileObject::complete).collect())
+    ) -> Result<(Vec<FileObject>, bool), BatchError> {
+        let files = self.store.files(owner, purpose, after, limit + 1)?;
+        Ok(page(files, limit, FileObject::complete))
     }
 
     pub fn delete_file(&self, id: &str, owner: &str) -> Result<(), BatchError> {
@@ -311,16 +312,10 @@ impl Batches {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<BatchObject>, bool), BatchError> {
-        let mut batches = self.store.batches(owner, after, limit + 1)?;
-        let more = batches.len() > limit;
-        batches.truncate(limit);
-        let ids: Vec<String> = batches.iter().map(|b| b.id.clone()).collect();
-        // Complete each with its progress, read with it.
-        let completed = ids
-            .iter()
-            .map(|id| self.batch(id, owner))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((completed, more))
+        let batches = self.store.batches(owner, after, limit + 1)?;
+        Ok(page(batches, limit, |(batch, progress)| {
+            batch.complete(progress.output_bytes, progress.error_bytes)
+        }))
     }
 
     /// Asks a batch to stop: it is `cancelling` until the engine has written what ran, then
@@ -347,6 +342,23 @@ impl Batches {
         self.wake.notify_one();
         self.batch(id, owner)
     }
+}
+
+/// A page of `limit` rows out of `limit + 1` read, each completed; and whether there are
+/// more.
+fn page<T, U>(mut rows: Vec<T>, limit: usize, complete: impl Fn(T) -> U) -> (Vec<U>, bool) {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    (rows.into_iter().map(complete).collect(), more)
+}
+
+/// Runs store and disk work off the async runtime.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BatchError> + Send + 'static,
+) -> Result<T, BatchError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BatchError::Storage(format!("a batch task failed: {e}")))?
 }
 
 /// OpenAI's bounds on `metadata`: at most 16 string values, keys of up to 64 characters,

@@ -198,7 +198,7 @@ impl Store {
         owner: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<BatchObject>> {
+    ) -> Result<Vec<(BatchObject, Progress)>> {
         let connection = self.0.lock();
         let mut statement = connection.prepare(&format!(
             "SELECT {BATCH_COLUMNS} FROM batches WHERE owner = ?1
@@ -206,7 +206,7 @@ impl Store {
              ORDER BY seq DESC LIMIT ?3"
         ))?;
         let rows = statement.query_map(params![owner, after, limit as i64], batch_row)?;
-        rows.map(|row| row.map(|(batch, _)| batch)).collect()
+        rows.collect()
     }
 
     /// The oldest batch with work left for the engine.

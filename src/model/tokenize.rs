@@ -350,17 +350,26 @@ impl TextTokenizer {
                 .count()
                 .min(budget)
         };
-        let mut kept = tokens.clone();
-        kept.truncate(prompt_tokens, 0, tokenizers::TruncationDirection::Right);
-        kept.take_overflowing();
+        // The prompt's tokens are copied out only when there are any.
+        let prompt = (prompt_tokens > 0).then(|| {
+            let mut prompt = tokens.clone();
+            prompt.truncate(prompt_tokens, 0, tokenizers::TruncationDirection::Right);
+            prompt.take_overflowing();
+            prompt
+        });
         tokens.truncate(
             budget - prompt_tokens,
             0,
             tokenizers::TruncationDirection::Left,
         );
         tokens.take_overflowing();
-        kept.merge_with(tokens, false);
-        Ok((kept, true))
+        Ok(match prompt {
+            Some(mut prompt) => {
+                prompt.merge_with(tokens, false);
+                (prompt, true)
+            }
+            None => (tokens, true),
+        })
     }
 
     /// Encodes texts: many in parallel, a few on this thread (`encode_batch`).
