@@ -301,7 +301,10 @@ impl TextTokenizer {
                         (text.encoding, truncated)
                     }
                     TruncationDirection::Left => {
-                        self.last_tokens(text.as_ref(), cut.prompt_bytes, budget)?
+                        let (kept, length) =
+                            self.last_tokens(text.as_ref(), cut.prompt_bytes, budget)?;
+                        let truncated = kept.len() < length;
+                        (kept, truncated)
                     }
                 };
                 let encoding = self.tokenizer.post_process(kept, None, special)?;
@@ -316,13 +319,14 @@ impl TextTokenizer {
 
     /// The last `budget` tokens of a prepared text, without special tokens, after its prompt
     /// (its first `prompt_bytes` bytes) when that fits: a text cut from the start loses its
-    /// beginning, not the model's instruction. And whether anything was cut.
-    fn last_tokens(
+    /// beginning, not the model's instruction. And how many tokens the (bounded) text has in
+    /// all.
+    pub(super) fn last_tokens(
         &self,
         text: &str,
         prompt_bytes: usize,
         budget: usize,
-    ) -> tokenizers::Result<(tokenizers::Encoding, bool)> {
+    ) -> tokenizers::Result<(tokenizers::Encoding, usize)> {
         let (prompt, rest) = text.split_at(text.floor_char_boundary(prompt_bytes));
         let rest = long_text::bounded_suffix(
             &self.tokenizer,
@@ -337,8 +341,9 @@ impl TextTokenizer {
             Cow::Owned([prompt, rest.as_ref()].concat())
         };
         let mut tokens = long_text::all_tokens(&self.tokenizer, &text)?;
-        if tokens.len() <= budget {
-            return Ok((tokens, false));
+        let length = tokens.len();
+        if length <= budget {
+            return Ok((tokens, length));
         }
         let prompt_tokens = if prompt.is_empty() {
             0
@@ -366,9 +371,9 @@ impl TextTokenizer {
         Ok(match prompt {
             Some(mut prompt) => {
                 prompt.merge_with(tokens, false);
-                (prompt, true)
+                (prompt, length)
             }
-            None => (tokens, true),
+            None => (tokens, length),
         })
     }
 

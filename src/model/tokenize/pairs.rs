@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use tokenizers::Encoding;
 use tokenizers::utils::truncation::{TruncationParams, truncate_encodings};
 
-use super::{Encoded, TextTokenizer, TruncationDirection, long_text};
+use super::{Encoded, TextTokenizer, TruncationDirection};
 
 /// One side of a pair (or a text cut to `max_tokens`): its first `max_length` tokens (its
 /// last, cut from the start), without special tokens, and how many tokens its (bounded)
@@ -89,18 +89,7 @@ impl TextTokenizer {
             }
             TruncationDirection::Left => {
                 let kept = self.max_length().unwrap_or(usize::MAX);
-                let bounded = long_text::bounded_suffix(
-                    &self.tokenizer,
-                    &self.shortening,
-                    ("", text),
-                    self.window,
-                    kept,
-                )?;
-                let mut encoding = long_text::all_tokens(&self.tokenizer, &bounded)?;
-                let length = encoding.len();
-                encoding.truncate(kept, 0, direction.into());
-                encoding.take_overflowing();
-                (encoding, length)
+                self.last_tokens(text, 0, kept)?
             }
         };
         // Segment id 1 for the document, as tokenizing the pair gives where no post-processor
