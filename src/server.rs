@@ -158,6 +158,7 @@ pub fn app_state(config: &Config, cache: Arc<ModelCache>, ready: Arc<Readiness>)
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         batches: None,
+        replica_name: server.replica_name.clone(),
     }
 }
 
@@ -167,8 +168,10 @@ pub async fn open_batches(config: &Config) -> anyhow::Result<Option<Arc<Batches>
         return Ok(None);
     };
     let (settings, max_line) = (config.batches.clone(), config.server.max_body_bytes);
+    let replica = config.server.replica_name.clone();
     let batches =
-        tokio::task::spawn_blocking(move || Batches::open(&dir, settings, max_line)).await??;
+        tokio::task::spawn_blocking(move || Batches::open(&dir, settings, max_line, replica))
+            .await??;
     Ok(Some(batches))
 }
 

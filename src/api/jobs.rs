@@ -67,6 +67,9 @@ impl From<BatchError> for ApiError {
             BatchError::Busy(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
                 .code("batch_queue_full")
                 .retry_after(60),
+            BatchError::Elsewhere(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+                .code("replica_unavailable")
+                .retry_after(5),
             BatchError::Storage(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
     }

@@ -30,12 +30,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use batch_lines::{BatchLine, RouterRunner};
@@ -45,6 +46,9 @@ pub use json::ApiJson;
 pub use state::{AppState, Readiness, RequestLimits};
 
 use routing::ApiRouter;
+
+/// The response header naming the replica that answered (`server.replica_name`).
+pub const REPLICA_HEADER: &str = "x-embedserve-replica";
 
 /// The routes and their layers. A layer that would do nothing in this configuration (no API
 /// keys, no CORS origins, compression off) is left out: each costs every request a few µs
@@ -107,6 +111,15 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     if !state.cors_origins.is_empty() {
         app = app.layer(cors(&state.cors_origins));
+    }
+    if let Some(name) = &state.replica_name {
+        // The router learns which replica is which from this (on `/health`), to send each
+        // call about a file or batch to the replica whose name its id carries.
+        let value = HeaderValue::from_str(name).expect("a replica name is a DNS label");
+        app = app.layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static(REPLICA_HEADER),
+            value,
+        ));
     }
     app.layer(PropagateRequestIdLayer::x_request_id())
         .layer(

@@ -24,6 +24,8 @@ pub struct AppState {
     pub started_at: u64,
     /// The Files and Batch API, when `server.data_dir` is set.
     pub batches: Option<Arc<crate::batch::Batches>>,
+    /// `server.replica_name`, said in every response's `X-Embedserve-Replica`.
+    pub replica_name: Option<String>,
 }
 
 /// Per-request bounds, like OpenAI's.

@@ -5,6 +5,7 @@
 
 mod disk;
 pub mod engine;
+pub mod ids;
 mod lines;
 pub mod objects;
 pub mod priority;
@@ -44,6 +45,10 @@ pub enum BatchError {
     /// Too many batches are running: try again once some are over.
     #[error("{0}")]
     Busy(String),
+    /// The id names another replica: the router sends calls about it there, and this one
+    /// got it only because that replica is out of reach.
+    #[error("{0}")]
+    Elsewhere(String),
     #[error("the batch store failed: {0}")]
     Storage(String),
 }
@@ -74,6 +79,13 @@ impl BatchError {
             message: format!("no batch with id `{id}`"),
         }
     }
+
+    fn elsewhere(id: &str, replica: &str) -> Self {
+        Self::Elsewhere(format!(
+            "`{id}` is held by replica `{replica}`, which cannot be reached now: try again \
+             later"
+        ))
+    }
 }
 
 fn invalid(param: &'static str, message: impl Into<String>) -> BatchError {
@@ -100,15 +112,13 @@ pub fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn new_id(prefix: &str) -> String {
-    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
-}
-
 /// The files and batches of one data directory.
 pub struct Batches {
     store: Store,
     dir: DataDir,
     pub config: BatchesConfig,
+    /// `server.replica_name`: the replica its ids name.
+    replica: Option<String>,
     /// The longest line run (`server.max_body_bytes`, a request's own bound).
     max_line_bytes: usize,
     /// Rung when a batch is created or cancelled: the engine looks again.
@@ -122,6 +132,7 @@ impl Batches {
         root: &Path,
         config: BatchesConfig,
         max_line_bytes: usize,
+        replica: Option<String>,
     ) -> anyhow::Result<Arc<Self>> {
         let dir = DataDir::create(root)?;
         let store = Store::open(&dir.store_path())
@@ -130,6 +141,7 @@ impl Batches {
             store,
             dir,
             config,
+            replica,
             max_line_bytes,
             wake: Notify::new(),
         };
@@ -137,6 +149,21 @@ impl Batches {
             .dir
             .remove_orphans(|id| batches.store.known_file(id).unwrap_or(true))?;
         Ok(Arc::new(batches))
+    }
+
+    fn new_id(&self, prefix: &str) -> String {
+        ids::new_id(prefix, self.replica.as_deref())
+    }
+
+    /// The error for an id this replica does not hold: `not_here` when it is (or would be)
+    /// this replica's, unavailable when another replica holds it.
+    fn missing(&self, id: &str, not_here: impl FnOnce(&str) -> BatchError) -> BatchError {
+        match ids::replica_of(id) {
+            Some(replica) if Some(replica) != self.replica.as_deref() => {
+                BatchError::elsewhere(id, replica)
+            }
+            _ => not_here(id),
+        }
     }
 
     /// A fresh path to write an upload to before `add_file` keeps it.
@@ -156,7 +183,7 @@ impl Batches {
         self.check_quota(bytes)?;
         let now = now();
         let file = FileObject {
-            id: new_id("file-"),
+            id: self.new_id(ids::FILE),
             bytes: bytes as i64,
             created_at: now,
             expires_at: Some(now + self.config.file_ttl.as_secs() as i64),
@@ -186,7 +213,7 @@ impl Batches {
         self.store
             .file(id, owner)?
             .map(FileObject::complete)
-            .ok_or_else(|| BatchError::no_file(id))
+            .ok_or_else(|| self.missing(id, BatchError::no_file))
     }
 
     /// Where a file's bytes are.
@@ -209,7 +236,7 @@ impl Batches {
 
     pub fn delete_file(&self, id: &str, owner: &str) -> Result<(), BatchError> {
         if !self.store.delete_file(id, owner)? {
-            return Err(BatchError::no_file(id));
+            return Err(self.missing(id, BatchError::no_file));
         }
         self.dir.remove_file(id);
         Ok(())
@@ -256,10 +283,9 @@ impl Batches {
         expires_in: i64,
     ) -> Result<BatchObject, BatchError> {
         let input = self.store.file(input_file_id, owner)?.ok_or_else(|| {
-            invalid(
-                "input_file_id",
-                format!("no file with id `{input_file_id}`"),
-            )
+            self.missing(input_file_id, |id| {
+                invalid("input_file_id", format!("no file with id `{id}`"))
+            })
         })?;
         if input.purpose != "batch" {
             return Err(invalid(
@@ -280,7 +306,7 @@ impl Batches {
         }
         let now = now();
         let batch = BatchObject {
-            id: new_id("batch_"),
+            id: self.new_id(ids::BATCH),
             endpoint: endpoint.to_string(),
             input_file_id: input_file_id.to_string(),
             completion_window: "24h".to_string(),
@@ -288,8 +314,8 @@ impl Batches {
             created_at: now,
             expires_at: now + expires_in,
             metadata,
-            planned_output_file_id: new_id("file-"),
-            planned_error_file_id: new_id("file-"),
+            planned_output_file_id: self.new_id(ids::FILE),
+            planned_error_file_id: self.new_id(ids::FILE),
             ..BatchObject::default()
         };
         self.store.insert_batch(&batch, owner)?;
@@ -301,7 +327,7 @@ impl Batches {
         let (batch, progress) = self
             .store
             .batch(id, Some(owner))?
-            .ok_or_else(|| BatchError::no_batch(id))?;
+            .ok_or_else(|| self.missing(id, BatchError::no_batch))?;
         Ok(batch.complete(progress.output_bytes, progress.error_bytes))
     }
 

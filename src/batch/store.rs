@@ -89,7 +89,8 @@ impl Store {
             .optional()
     }
 
-    /// The owner's files, newest first, after the one with id `after`.
+    /// The owner's files, newest first (ids sort by creation), after the id `after`, which
+    /// may be another replica's.
     pub fn files(
         &self,
         owner: &str,
@@ -101,8 +102,8 @@ impl Store {
         let mut statement = connection.prepare(&format!(
             "SELECT {FILE_COLUMNS} FROM files WHERE owner = ?1
                AND (?2 IS NULL OR purpose = ?2)
-               AND (?3 IS NULL OR seq < (SELECT seq FROM files WHERE id = ?3))
-             ORDER BY seq DESC LIMIT ?4"
+               AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4"
         ))?;
         let rows = statement.query_map(params![owner, purpose, after, limit as i64], file_row)?;
         rows.collect()
@@ -192,7 +193,8 @@ impl Store {
             .optional()
     }
 
-    /// The owner's batches, newest first, after the one with id `after`.
+    /// The owner's batches, newest first (ids sort by creation), after the id `after`, which
+    /// may be another replica's.
     pub fn batches(
         &self,
         owner: &str,
@@ -202,8 +204,8 @@ impl Store {
         let connection = self.0.lock();
         let mut statement = connection.prepare(&format!(
             "SELECT {BATCH_COLUMNS} FROM batches WHERE owner = ?1
-               AND (?2 IS NULL OR seq < (SELECT seq FROM batches WHERE id = ?2))
-             ORDER BY seq DESC LIMIT ?3"
+               AND (?2 IS NULL OR id < ?2)
+             ORDER BY id DESC LIMIT ?3"
         ))?;
         let rows = statement.query_map(params![owner, after, limit as i64], batch_row)?;
         rows.collect()

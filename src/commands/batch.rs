@@ -28,7 +28,8 @@ pub async fn batch(config: Config, input: &Path, output: &Path) -> anyhow::Resul
     let (settings, max_line) = (config.batches.clone(), config.server.max_body_bytes);
     let dir = state_dir.clone();
     let batches =
-        tokio::task::spawn_blocking(move || Batches::open(&dir, settings, max_line)).await??;
+        tokio::task::spawn_blocking(move || Batches::open(&dir, settings, max_line, None))
+            .await??;
     let state = AppState {
         batches: Some(batches.clone()),
         ..crate::server::app_state(&config, cache, Arc::new(Readiness::not_ready("")))

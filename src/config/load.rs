@@ -84,6 +84,7 @@ impl Config {
         set(&mut self.server.drain_delay, server.drain_delay);
         self.server.default_model = server.default_model.or(self.server.default_model.take());
         self.server.data_dir = server.data_dir.or(self.server.data_dir.take());
+        self.server.replica_name = server.replica_name.or(self.server.replica_name.take());
         self.runtime.library = runtime.ort_library.or(self.runtime.library.take());
         self.runtime.intra_threads = runtime.intra_threads.or(self.runtime.intra_threads);
         set(&mut self.runtime.device, runtime.device);
@@ -149,6 +150,17 @@ impl Config {
             return Err(ConfigError::invalid(
                 "server.max_body_bytes",
                 "must be at least 1",
+            ));
+        }
+        if let Some(name) = &self.server.replica_name
+            && !crate::batch::ids::valid_replica_name(name)
+        {
+            return Err(ConfigError::invalid(
+                "server.replica_name",
+                format!(
+                    "`{name}` is not a DNS label: 1 to 63 lowercase letters, digits and `-`, \
+                     starting and ending with a letter or digit"
+                ),
             ));
         }
         let batches = &self.batches;
@@ -391,6 +403,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cache.max_loaded_models"), "{err}");
+    }
+
+    #[test]
+    fn a_replica_name_that_is_no_dns_label_is_refused() {
+        let err = parse("[server]\nreplica_name = \"Replica_1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.replica_name"), "{err}");
+        assert!(parse("[server]\nreplica_name = \"embedserve-0\"\n").is_ok());
     }
 
     #[test]

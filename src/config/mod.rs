@@ -100,6 +100,10 @@ pub struct ServerConfig {
     /// Where uploaded files, batch jobs and their results live (the Files and Batch API);
     /// without it those routes answer 404.
     pub data_dir: Option<PathBuf>,
+    /// This replica's name in a fleet (in Kubernetes, its pod's): the ids of its files and
+    /// batches carry it, and it answers in every response's `X-Embedserve-Replica`, so the
+    /// router sends every call about them here. A DNS label: lowercase letters, digits, `-`.
+    pub replica_name: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +132,7 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(10),
             body_buffer_budget: 16 * DEFAULT_MAX_BODY_BYTES as u64,
             data_dir: None,
+            replica_name: None,
         }
     }
 }

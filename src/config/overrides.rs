@@ -64,6 +64,9 @@ pub struct ServerFlags {
     /// Where the Files and Batch API keep files and jobs (off without it).
     #[arg(long, value_name = "DIR", env = "EMBEDSERVE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// This replica's name in a fleet, carried by its file and batch ids (a DNS label).
+    #[arg(long, value_name = "NAME", env = "EMBEDSERVE_REPLICA_NAME")]
+    pub replica_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

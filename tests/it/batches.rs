@@ -364,3 +364,53 @@ fn batches_past_the_active_limit_wait_their_turn() {
     let (status, second) = server.post_json("/v1/batches", &create);
     assert_eq!(status, 200, "{second}");
 }
+
+/// With `server.replica_name`, ids carry the name and every response says it; an id naming
+/// another replica is a 503 (the router sends it here only while that replica is out of
+/// reach), never a 404 that would read as "gone"; and `after` may be another replica's id.
+#[test]
+fn a_replicas_ids_carry_its_name_and_another_replicas_are_unavailable_here() {
+    let (server, _files) = configured("[server]\nreplica_name = \"embedserve-1\"\n");
+    let health = reqwest::blocking::get(server.url("/health")).unwrap();
+    assert_eq!(health.headers()["x-embedserve-replica"], "embedserve-1");
+    let file_id = upload(&server, (0..3).map(line).collect());
+    assert!(file_id.ends_with("-embedserve-1"), "{file_id}");
+    let create = json!({"input_file_id": file_id, "endpoint": "/v1/embeddings",
+                        "completion_window": "24h"});
+    let (status, created) = server.post_json("/v1/batches", &create);
+    assert_eq!(status, 200, "{created}");
+    let batch_id = created["id"].as_str().unwrap();
+    assert!(batch_id.ends_with("-embedserve-1"), "{batch_id}");
+
+    let key = "0192f3a4b5c6d7e8f90a1b2c3d4e5f60";
+    let theirs = format!("file-{key}-embedserve-2");
+    for path in [
+        format!("/v1/files/{theirs}"),
+        format!("/v1/batches/batch_{key}-embedserve-2"),
+    ] {
+        let response = reqwest::blocking::get(server.url(&path)).unwrap();
+        assert_eq!(response.status(), 503, "{path}");
+        assert_eq!(response.headers()["retry-after"], "5");
+        let body: Value = response.json().unwrap();
+        assert_eq!(body["error"]["code"], "replica_unavailable", "{body}");
+    }
+    let (status, body) = server.post_json(
+        "/v1/batches",
+        &json!({"input_file_id": theirs, "endpoint": "/v1/embeddings",
+                "completion_window": "24h"}),
+    );
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = server.get(&format!("/v1/files/file-{key}-embedserve-1"));
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("file_not_found"))
+    );
+
+    // Ids sort by creation whichever replica made them.
+    let newest = format!("file-{}-embedserve-2", "f".repeat(32));
+    let (_, page) = server.get(&format!("/v1/files?after={newest}"));
+    assert_eq!(page["first_id"], json!(file_id), "{page}");
+    let oldest = format!("file-{}-embedserve-2", "0".repeat(32));
+    let (_, page) = server.get(&format!("/v1/files?after={oldest}"));
+    assert_eq!(page["data"], json!([]), "{page}");
+}

@@ -51,6 +51,7 @@ fn app_with(server: ServerFlags) -> axum::Router {
         DATA.path(),
         config.batches.clone(),
         config.server.max_body_bytes,
+        None,
     );
     let state = AppState {
         batches: Some(batches.unwrap()),

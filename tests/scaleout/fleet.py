@@ -127,25 +127,31 @@ class Router:
 
 
 class Fleet:
-    """Replicas registered in the DNS the router resolves, as a Deployment's ready pods are
-    in its headless Service."""
+    """Replicas registered in the DNS the router resolves, as a StatefulSet's ready pods are
+    in its headless Service: each with its name and a data directory of its own, kept across
+    its restarts as a pod's volume is."""
 
     def __init__(self, replicas, **router_settings):
         self.dns = SrvDns(SRV_NAME)
         self.router = Router(self.dns.address, **router_settings)
+        self.data = tempfile.TemporaryDirectory(prefix="fleet-data-")
         self.replicas = {}
         self.next_id = 0
         for _ in range(replicas):
             self.start_replica(wait=False)
         self.router.wait_for(self.ports())
 
-    def start_replica(self, wait=True):
-        self.next_id += 1
-        name = f"replica-{self.next_id}"
+    def start_replica(self, wait=True, name=None):
+        """Starts a new replica, or `name` again over its data directory."""
+        if name is None:
+            self.next_id += 1
+            name = f"replica-{self.next_id}"
         replica = Server(
             "--config", DEPLOY / "embedserve.toml",
             "--models-dir", MODELS,
             "--max-loaded-models", MAX_LOADED_MODELS,
+            "--replica-name", name,
+            "--data-dir", pathlib.Path(self.data.name) / name,
             drain_delay=None,
         )
         replica.port = int(replica.base.rsplit(":", 1)[1])
@@ -181,3 +187,4 @@ class Fleet:
         for replica in self.replicas.values():
             if replica.process.poll() is None:
                 replica.stop()
+        self.data.cleanup()
