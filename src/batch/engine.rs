@@ -85,8 +85,12 @@ async fn step(
     progress: Progress,
 ) -> Result<(), BatchError> {
     let b = batches.clone();
-    if now() >= batch.expires_at {
-        return blocking(move || b.finalize(&batch, &progress, BatchStatus::Expired)).await;
+    let running = matches!(
+        batch.status,
+        BatchStatus::Validating | BatchStatus::InProgress
+    );
+    if running && now() >= batch.expires_at {
+        return blocking(move || b.expire(&batch, progress)).await;
     }
     match batch.status {
         BatchStatus::Validating => blocking(move || b.validate(&batch)).await,
@@ -102,11 +106,39 @@ async fn step(
 }
 
 /// A running batch's input, read on from where it got.
-struct Input {
+pub(super) struct Input {
     reader: BufReader<File>,
-    offset: u64,
+    pub offset: u64,
     /// Lines read so far: the next line's number.
     line: u64,
+}
+
+impl Input {
+    pub fn open(
+        batches: &Batches,
+        batch: &BatchObject,
+        progress: &Progress,
+    ) -> Result<Self, BatchError> {
+        let path = batches.dir.file_path(&batch.input_file_id);
+        let mut reader = BufReader::new(
+            File::open(&path)
+                .map_err(|e| BatchError::Storage(format!("the input file is gone: {e}")))?,
+        );
+        reader.seek(SeekFrom::Start(progress.input_offset))?;
+        Ok(Self {
+            reader,
+            offset: progress.input_offset,
+            line: progress.completed + progress.failed,
+        })
+    }
+}
+
+/// The id of a batch's line `number` in its results.
+pub(super) fn line_id(batch_id: &str, number: u64) -> String {
+    format!(
+        "batch_req_{}_{number}",
+        batch_id.trim_start_matches("batch_")
+    )
 }
 
 /// Runs the lines of an `in_progress` batch, a chunk at a time, until its input ends, it
@@ -117,20 +149,10 @@ async fn run_lines(
     batch: &BatchObject,
     mut progress: Progress,
 ) -> Result<(), BatchError> {
-    let (b, id) = (batches.clone(), batch.id.clone());
-    let input_path = batches.dir.file_path(&batch.input_file_id);
+    let (b, open) = (batches.clone(), batch.clone());
     let (mut input, mut results) = blocking(move || {
-        let mut reader = BufReader::new(
-            File::open(&input_path)
-                .map_err(|e| BatchError::Storage(format!("the input file is gone: {e}")))?,
-        );
-        reader.seek(SeekFrom::Start(progress.input_offset))?;
-        let input = Input {
-            reader,
-            offset: progress.input_offset,
-            line: progress.completed + progress.failed,
-        };
-        Ok((input, Results::open(&b, &id, &progress)?))
+        let input = Input::open(&b, &open, &progress)?;
+        Ok((input, Results::open(&b, &open.id, &progress)?))
     })
     .await?;
     let per_chunk = batches.config.lines_in_flight;
@@ -181,7 +203,7 @@ async fn run_lines(
 }
 
 /// A line read from the input: its number, and its request or why it cannot run.
-type ReadLine = (u64, Result<RequestLine, BadLine>);
+pub(super) type ReadLine = (u64, Result<RequestLine, BadLine>);
 
 /// Most inputs a chunk's lines hold together (one largest request's worth, as
 /// `server.max_inputs_per_request` defaults): their answers are held until the chunk is
@@ -190,7 +212,7 @@ const MAX_INPUTS_PER_CHUNK: usize = 2048;
 
 /// Reads up to `count` non-empty lines, or fewer holding `MAX_INPUTS_PER_CHUNK` inputs; a
 /// line over `max_line` bytes is skipped unread.
-fn read_chunk(
+pub(super) fn read_chunk(
     input: &mut Input,
     endpoint: &str,
     count: usize,
@@ -252,7 +274,7 @@ fn read_chunk(
 }
 
 /// A result line, for the output file (`true`) or the error file.
-type Written = (bool, Vec<u8>);
+pub(super) type Written = (bool, Vec<u8>);
 
 /// Runs a chunk's lines at once; their result lines, in input order.
 async fn run_chunk(
@@ -260,11 +282,10 @@ async fn run_chunk(
     batch_id: &str,
     chunk: Vec<ReadLine>,
 ) -> Vec<Written> {
-    let suffix = batch_id.trim_start_matches("batch_");
     let started: Vec<_> = chunk
         .into_iter()
         .map(|(number, line)| {
-            let id = format!("batch_req_{suffix}_{number}");
+            let id = line_id(batch_id, number);
             match line {
                 Ok(request) => {
                     let running = runner.run(request.url, request.body);
@@ -304,7 +325,7 @@ async fn run_chunk(
 }
 
 /// A running batch's two result files, appended to and synced a chunk at a time.
-struct Results {
+pub(super) struct Results {
     output: File,
     errors: File,
 }
@@ -312,7 +333,7 @@ struct Results {
 impl Results {
     /// Opens them, cut back to the bytes `progress` recorded: what a crash left past that
     /// was never acknowledged, and is written again.
-    fn open(batches: &Batches, id: &str, progress: &Progress) -> Result<Self, BatchError> {
+    pub fn open(batches: &Batches, id: &str, progress: &Progress) -> Result<Self, BatchError> {
         let open = |kind: &str, bytes: u64| -> Result<File, BatchError> {
             let path = batches.dir.work_path(id, kind);
             let mut file = OpenOptions::new()
@@ -330,7 +351,11 @@ impl Results {
         })
     }
 
-    fn append(&mut self, written: &[Written], progress: &mut Progress) -> Result<(), BatchError> {
+    pub fn append(
+        &mut self,
+        written: &[Written],
+        progress: &mut Progress,
+    ) -> Result<(), BatchError> {
         for (ok, line) in written {
             if *ok {
                 self.output.write_all(line)?;
@@ -399,7 +424,7 @@ impl Batches {
 
     /// Ends a batch in `status`: its result files move among the owner's files and the
     /// batch is over, in one transaction. Safe to repeat after a crash at any point.
-    fn finalize(
+    pub(super) fn finalize(
         &self,
         batch: &BatchObject,
         progress: &Progress,
@@ -449,14 +474,6 @@ impl Batches {
             failed = progress.failed,
             "batch over"
         );
-        Ok(())
-    }
-
-    fn remove_expired_files(&self) -> Result<(), BatchError> {
-        for id in self.store.expired_files(now())? {
-            self.store.delete_expired_file(&id)?;
-            self.dir.remove_file(&id);
-        }
         Ok(())
     }
 

@@ -161,6 +161,19 @@ pub fn refused(id: &str, bad: &BadLine) -> Vec<u8> {
     })
 }
 
+/// The result line of a line the batch's deadline came before.
+pub fn expired(id: &str, custom_id: &str) -> Vec<u8> {
+    to_line(&ResultLine {
+        id,
+        custom_id: Some(custom_id),
+        response: None,
+        error: Some(LineError {
+            code: "batch_expired",
+            message: "This request could not be executed before the completion window expired.",
+        }),
+    })
+}
+
 fn to_line(line: &ResultLine) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(line).unwrap_or_default();
     bytes.push(b'\n');

@@ -5,6 +5,7 @@
 
 mod disk;
 pub mod engine;
+mod expiry;
 pub mod ids;
 mod lines;
 pub mod objects;
@@ -265,7 +266,8 @@ impl Batches {
         if let Some(metadata) = &metadata {
             check_metadata(metadata)?;
         }
-        self.insert_batch(owner, input_file_id, endpoint, metadata, 24 * 3600)
+        let window = self.config.expire_after.as_secs() as i64;
+        self.insert_batch(owner, input_file_id, endpoint, metadata, window)
     }
 
     /// A batch of `/v1/embeddings` requests that never expires: the `batch` subcommand's,

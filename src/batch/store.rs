@@ -82,7 +82,9 @@ impl Store {
         self.0
             .lock()
             .query_row(
-                &format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?1 AND owner = ?2"),
+                &format!(
+                    "SELECT {FILE_COLUMNS} FROM files WHERE id = ?1 AND owner = ?2 AND {UNEXPIRED}"
+                ),
                 params![id, owner],
                 file_row,
             )
@@ -100,7 +102,7 @@ impl Store {
     ) -> Result<Vec<FileObject>> {
         let connection = self.0.lock();
         let mut statement = connection.prepare(&format!(
-            "SELECT {FILE_COLUMNS} FROM files WHERE owner = ?1
+            "SELECT {FILE_COLUMNS} FROM files WHERE owner = ?1 AND {UNEXPIRED}
                AND (?2 IS NULL OR purpose = ?2)
                AND (?3 IS NULL OR id < ?3)
              ORDER BY id DESC LIMIT ?4"
@@ -117,11 +119,14 @@ impl Store {
         Ok(deleted > 0)
     }
 
-    /// Files past their expiry, oldest first.
+    /// Files past their expiry, but for the inputs of batches not over yet (which read
+    /// them to the end).
     pub fn expired_files(&self, now: i64) -> Result<Vec<String>> {
         let connection = self.0.lock();
-        let mut statement = connection
-            .prepare("SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?1")?;
+        let mut statement = connection.prepare(&format!(
+            "SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?1
+               AND id NOT IN (SELECT input_file_id FROM batches WHERE status IN {ACTIVE})"
+        ))?;
         let rows = statement.query_map([now], |row| row.get(0))?;
         rows.collect()
     }
@@ -150,9 +155,11 @@ impl Store {
     /// Bytes held by files and by the results of batches still running.
     pub fn bytes_held(&self) -> Result<u64> {
         self.0.lock().query_row(
-            "SELECT (SELECT COALESCE(SUM(bytes), 0) FROM files)
-                  + (SELECT COALESCE(SUM(output_bytes + error_bytes), 0) FROM batches
-                     WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling'))",
+            &format!(
+                "SELECT (SELECT COALESCE(SUM(bytes), 0) FROM files)
+                      + (SELECT COALESCE(SUM(output_bytes + error_bytes), 0) FROM batches
+                         WHERE status IN {ACTIVE})"
+            ),
             [],
             |row| row.get::<_, i64>(0).map(|b| b as u64),
         )
@@ -218,8 +225,7 @@ impl Store {
             .query_row(
                 &format!(
                     "SELECT {BATCH_COLUMNS} FROM batches
-                     WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
-                     ORDER BY seq LIMIT 1"
+                     WHERE status IN {ACTIVE} ORDER BY seq LIMIT 1"
                 ),
                 [],
                 batch_row,
@@ -230,8 +236,7 @@ impl Store {
     /// Batches not yet over.
     pub fn active_batches(&self) -> Result<usize> {
         self.0.lock().query_row(
-            "SELECT COUNT(*) FROM batches
-             WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')",
+            &format!("SELECT COUNT(*) FROM batches WHERE status IN {ACTIVE}"),
             [],
             |row| row.get::<_, i64>(0).map(|n| n as usize),
         )
@@ -355,6 +360,13 @@ fn insert_file(connection: &Connection, file: &FileObject, owner: &str) -> Resul
     Ok(())
 }
 
+/// A file the API still shows: one past its expiry is gone, even before the engine's sweep
+/// removes its bytes.
+const UNEXPIRED: &str = "(expires_at IS NULL OR expires_at > unixepoch())";
+
+/// The statuses of batches not over yet.
+const ACTIVE: &str = "('validating', 'in_progress', 'finalizing', 'cancelling')";
+
 const FILE_COLUMNS: &str = "id, filename, purpose, bytes, created_at, expires_at";
 
 fn file_row(row: &Row) -> Result<FileObject> {
@@ -412,4 +424,43 @@ fn batch_row(row: &Row) -> Result<(BatchObject, Progress)> {
         ..BatchObject::default()
     };
     Ok((batch, progress))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_file_is_gone_at_once_but_swept_only_once_no_batch_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.sqlite")).unwrap();
+        let file = FileObject {
+            id: "file-input".into(),
+            purpose: "batch".into(),
+            expires_at: Some(1),
+            ..FileObject::default()
+        };
+        store.insert_file(&file, "").unwrap();
+        assert!(store.file("file-input", "").unwrap().is_none());
+        assert!(store.files("", None, None, 10).unwrap().is_empty());
+
+        let batch = BatchObject {
+            id: "batch_reading".into(),
+            input_file_id: "file-input".into(),
+            status: BatchStatus::InProgress,
+            ..BatchObject::default()
+        };
+        store.insert_batch(&batch, "").unwrap();
+        assert!(store.expired_files(2).unwrap().is_empty());
+        let over = store
+            .set_status(
+                "batch_reading",
+                &[BatchStatus::InProgress],
+                BatchStatus::Completed,
+                2,
+            )
+            .unwrap();
+        assert!(over);
+        assert_eq!(store.expired_files(2).unwrap(), ["file-input"]);
+    }
 }

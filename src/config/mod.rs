@@ -153,6 +153,10 @@ pub struct BatchesConfig {
     /// How long files are kept (uploads and results), e.g. "30d".
     #[serde(with = "humantime_serde")]
     pub file_ttl: Duration,
+    /// How long a batch may run before the lines it has not run expire. Clients ask for
+    /// OpenAI's only window, `24h`; this is what the server holds them to.
+    #[serde(with = "humantime_serde")]
+    pub expire_after: Duration,
     /// Batch lines start only once no request has run for this long: batch work takes the
     /// capacity that requests leave.
     #[serde(with = "humantime_serde")]
@@ -170,6 +174,7 @@ impl Default for BatchesConfig {
             max_requests_per_batch: 50_000,
             max_disk_bytes: 10 << 30,
             file_ttl: Duration::from_secs(30 * 24 * 3600),
+            expire_after: Duration::from_secs(24 * 3600),
             idle_gap: Duration::from_millis(20),
             lines_in_flight: 64,
             max_active_batches: 100,

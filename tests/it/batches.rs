@@ -414,3 +414,83 @@ fn a_replicas_ids_carry_its_name_and_another_replicas_are_unavailable_here() {
     let (_, page) = server.get(&format!("/v1/files?after={oldest}"));
     assert_eq!(page["data"], json!([]), "{page}");
 }
+
+/// The lines of a file's content, each parsed.
+fn result_lines(server: &Server, file_id: &str) -> Vec<Value> {
+    let response =
+        reqwest::blocking::get(server.url(&format!("/v1/files/{file_id}/content"))).unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Past `batches.expire_after` a batch is `expired`: what ran is in its output, every line
+/// it did not run is in its error file as `batch_expired` (OpenAI's shape), each line once.
+#[test]
+fn a_batch_past_its_deadline_expires_with_each_line_in_one_of_its_files() {
+    let (server, _files) = configured("[batches]\nexpire_after = \"1s\"\n");
+    let file_id = upload(&server, (0..LINES).map(line).collect());
+    let create = json!({"input_file_id": file_id, "endpoint": "/v1/embeddings",
+                        "completion_window": "24h"});
+    let (status, created) = server.post_json("/v1/batches", &create);
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let batch = batch(&server, id);
+        if batch["status"] != "validating" && batch["status"] != "in_progress" {
+            break batch;
+        }
+        assert!(Instant::now() < deadline, "{batch}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(done["status"], "expired", "{done}");
+    assert!(done["expired_at"].as_i64().is_some(), "{done}");
+    let counts = &done["request_counts"];
+    assert_eq!(counts["total"], LINES as u64, "{done}");
+    assert!(counts["failed"].as_u64().unwrap() > 0, "{done}");
+
+    let mut seen = std::collections::HashSet::new();
+    let ran = match done["output_file_id"].as_str() {
+        Some(output) => result_lines(&server, output),
+        None => Vec::new(),
+    };
+    for result in &ran {
+        assert_eq!(result["response"]["status_code"], 200, "{result}");
+    }
+    let expired = result_lines(&server, done["error_file_id"].as_str().unwrap());
+    for result in &expired {
+        assert_eq!(result["error"]["code"], "batch_expired", "{result}");
+        assert_eq!(result["response"], Value::Null, "{result}");
+    }
+    for result in ran.iter().chain(&expired) {
+        let custom_id = result["custom_id"].as_str().unwrap().to_string();
+        assert!(seen.insert(custom_id.clone()), "{custom_id} twice");
+    }
+    assert_eq!(seen.len(), LINES);
+    assert_eq!(counts["completed"], ran.len() as u64, "{done}");
+    assert_eq!(counts["failed"], expired.len() as u64, "{done}");
+}
+
+/// A file past `batches.file_ttl` is gone from the API at once (its bytes go at the
+/// engine's next sweep).
+#[test]
+fn a_file_past_its_ttl_is_gone() {
+    let (server, _files) = configured("[batches]\nfile_ttl = \"1s\"\n");
+    let file_id = upload(&server, line(0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = server.get(&format!("/v1/files/{file_id}"));
+        if status == 404 {
+            assert_eq!(body["error"]["code"], "file_not_found", "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(Instant::now() < deadline, "{file_id} outlived its ttl");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, page) = server.get("/v1/files");
+    assert_eq!(page["data"], json!([]), "{page}");
+}
