@@ -43,6 +43,7 @@ pub struct Metrics {
     pub batch_jobs: IntGaugeVec,
     pub batch_job_lines: IntCounterVec,
     pub batch_job_lines_queued: IntGauge,
+    pub batch_upload_bytes: IntGauge,
 }
 
 /// Latency buckets from 1 ms to 60 s.
@@ -197,6 +198,12 @@ impl Metrics {
                 batch_job_lines_queued: register_int_gauge_with_registry!(
                     "batch_job_lines_queued",
                     "Lines that validating and running batch jobs have left",
+                    r
+                )?,
+                batch_upload_bytes: register_int_gauge_with_registry!(
+                    "batch_upload_bytes",
+                    "Bytes that Files API uploads still arriving hold against \
+                     batches.max_disk_bytes (announced, or received past that)",
                     r
                 )?,
                 connections_refused: register_int_counter_vec_with_registry!(

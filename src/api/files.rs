@@ -1,13 +1,19 @@
 //! OpenAI's Files API, for batch input and results: `POST /v1/files` (multipart, streamed to
 //! disk, never held in memory), `GET /v1/files`, `GET /v1/files/{file_id}`,
 //! `GET /v1/files/{file_id}/content` and `DELETE /v1/files/{file_id}`.
+//!
+//! An upload may take longer than `server.request_timeout` (200 MB over a slow link): its
+//! time is bounded by its pace instead (`Pace`), and its disk by the quota as it arrives
+//! (`UploadSpace`).
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::multipart::Field;
+use axum::extract::multipart::{Field, MultipartError};
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,15 +24,72 @@ use super::error::ApiError;
 use super::jobs::{List, Owner, Page, blocking, service};
 use super::routing::{ApiRouter, serve};
 use super::state::AppState;
-use crate::batch::FileObject;
+use crate::batch::{FileObject, UploadSpace};
 use crate::echo::clip_to;
 
 pub fn routes() -> ApiRouter {
     ApiRouter::new()
-        // The upload's size is bounded as it is written (`batches.max_file_bytes`).
-        .merge(serve(utoipa_axum::routes!(upload, list), &[]).layer(DefaultBodyLimit::disable()))
+        .merge(serve(utoipa_axum::routes!(list), &[]))
         .merge(serve(utoipa_axum::routes!(retrieve, delete), &[]))
         .merge(serve(utoipa_axum::routes!(content), &[]))
+}
+
+/// `POST /v1/files`, outside `server.request_timeout`; its size is bounded as it is written
+/// (`batches.max_file_bytes`), not by `server.max_body_bytes`.
+pub fn upload_routes() -> ApiRouter {
+    serve(utoipa_axum::routes!(upload), &[]).layer(DefaultBodyLimit::disable())
+}
+
+/// The slowest average an upload may keep once `server.body_timeout` has passed.
+const MIN_UPLOAD_BYTES_PER_SECOND: f64 = 64.0 * 1024.0;
+
+/// How fast an upload arrives: no step of it may stall for `server.body_timeout`, and past
+/// that long it must average `MIN_UPLOAD_BYTES_PER_SECOND`. This, not the request timeout,
+/// bounds how long a slow or stalled sender holds a connection.
+struct Pace {
+    started: Instant,
+    grace: Duration,
+    received: u64,
+}
+
+impl Pace {
+    fn new(grace: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            grace,
+            received: 0,
+        }
+    }
+
+    /// The next part of the body, unless the sender fell behind.
+    async fn next<T>(
+        &self,
+        step: impl Future<Output = Result<T, MultipartError>>,
+    ) -> Result<T, ApiError> {
+        let grace = self.grace;
+        let stalled = || {
+            too_slow(format!(
+                "the upload stalled for {} (server.body_timeout)",
+                humantime::format_duration(grace)
+            ))
+        };
+        let part = tokio::time::timeout(grace, step)
+            .await
+            .map_err(|_| stalled())?
+            .map_err(bad_multipart)?;
+        let late = self.started.elapsed().saturating_sub(grace);
+        if (self.received as f64) < late.as_secs_f64() * MIN_UPLOAD_BYTES_PER_SECOND {
+            return Err(too_slow(format!(
+                "the upload arrived slower than {} KiB/s",
+                MIN_UPLOAD_BYTES_PER_SECOND / 1024.0
+            )));
+        }
+        Ok(part)
+    }
+}
+
+fn too_slow(message: String) -> ApiError {
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, message).code("body_timeout")
 }
 
 /// Removes an upload's temporary file unless it was kept.
@@ -60,22 +123,24 @@ pub async fn upload(
 ) -> Result<Json<FileObject>, ApiError> {
     let batches = service(&state)?;
     let max_bytes = batches.config.max_file_bytes;
+    let room = batches.clone();
+    let mut space = blocking(move || room.upload_space()).await?;
     // Refused before a byte is written when what it announces cannot fit.
     if let Some(announced) = super::body::announced_length(&headers) {
-        let room = batches.clone();
-        blocking(move || room.check_quota(announced.min(max_bytes))).await?;
+        space.grow_to(announced.min(max_bytes))?;
     }
+    let mut pace = Pace::new(state.body.timeout);
     let mut purpose = None;
     let mut upload = Upload(None);
     let mut filename = String::new();
-    while let Some(field) = multipart.next_field().await.map_err(bad_multipart)? {
+    while let Some(field) = pace.next(multipart.next_field()).await? {
         match field.name() {
-            Some("purpose") => purpose = Some(small_text(field).await?),
+            Some("purpose") => purpose = Some(small_text(field, &pace).await?),
             Some("file") if upload.0.is_none() => {
                 filename = clip_to(field.file_name().unwrap_or("upload.jsonl"), 255).into_owned();
                 let path = batches.upload_path();
                 upload.0 = Some(path.clone());
-                write_field(field, &path, max_bytes).await?;
+                write_field(field, &path, max_bytes, &mut space, &mut pace).await?;
             }
             other => {
                 return Err(ApiError::bad_request(
@@ -102,15 +167,16 @@ pub async fn upload(
         return Err(ApiError::bad_request("file", "missing field `file`"));
     };
     let file = blocking(move || batches.add_file(&temp, &filename, "batch", &owner)).await?;
-    // Kept: no longer the upload's to remove.
+    // Kept: no longer the upload's to remove, and counted among the files held.
     upload.0 = None;
+    drop(space);
     Ok(Json(file))
 }
 
 /// A short text field, read up to 256 bytes.
-async fn small_text(mut field: Field<'_>) -> Result<String, ApiError> {
+async fn small_text(mut field: Field<'_>, pace: &Pace) -> Result<String, ApiError> {
     let mut text = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
+    while let Some(chunk) = pace.next(field.chunk()).await? {
         text.extend_from_slice(&chunk);
         if text.len() > 256 {
             return Err(ApiError::bad_request("purpose", "purpose is too long"));
@@ -124,6 +190,8 @@ async fn write_field(
     mut field: Field<'_>,
     path: &std::path::Path,
     max_bytes: u64,
+    space: &mut UploadSpace,
+    pace: &mut Pace,
 ) -> Result<(), ApiError> {
     let storage = |e: std::io::Error| {
         ApiError::new(
@@ -133,8 +201,9 @@ async fn write_field(
     };
     let mut file = tokio::fs::File::create(path).await.map_err(storage)?;
     let mut written = 0u64;
-    while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
+    while let Some(chunk) = pace.next(field.chunk()).await? {
         written += chunk.len() as u64;
+        pace.received = written;
         if written > max_bytes {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -143,6 +212,7 @@ async fn write_field(
             .param("file")
             .code("file_too_large"));
         }
+        space.grow_to(written)?;
         file.write_all(&chunk).await.map_err(storage)?;
     }
     file.flush().await.map_err(storage)?;

@@ -78,7 +78,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::timeout,
-        ));
+        ))
+        .merge(files::upload_routes());
     let mut metrics = ops::metrics_routes();
     if authenticate {
         api = api.route_layer(authenticated());

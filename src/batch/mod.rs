@@ -14,6 +14,7 @@ mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::config::BatchesConfig;
+use crate::metrics::METRICS;
 use disk::DataDir;
 pub use objects::{BatchObject, BatchStatus, FileObject};
 use store::Store;
@@ -124,6 +126,53 @@ pub struct Batches {
     max_line_bytes: usize,
     /// Rung when a batch is created or cancelled: the engine looks again.
     wake: Notify,
+    /// Bytes of uploads still arriving (`UploadSpace`).
+    uploading: AtomicU64,
+}
+
+/// The disk an upload still arriving may take: counted against `batches.max_disk_bytes`
+/// with every other upload in flight, as its bytes are announced or arrive, so that many
+/// uploads at once cannot fill the disk past the quota before any of them is checked.
+pub struct UploadSpace {
+    batches: Arc<Batches>,
+    /// What files and results held when the upload began.
+    held: u64,
+    reserved: u64,
+}
+
+impl UploadSpace {
+    /// Reserves up to `bytes` in all, or refuses the upload over the quota.
+    pub fn grow_to(&mut self, bytes: u64) -> Result<(), BatchError> {
+        if bytes <= self.reserved {
+            return Ok(());
+        }
+        let more = bytes - self.reserved;
+        let uploading = self.batches.uploading.fetch_add(more, Ordering::Relaxed) + more;
+        METRICS.batch_upload_bytes.set(uploading as i64);
+        self.reserved = bytes;
+        let max = self.batches.config.max_disk_bytes;
+        if self.held + uploading > max {
+            return Err(BatchError::Quota(format!(
+                "the data directory holds {} bytes of files and results and {uploading} of \
+                 uploads arriving; this upload would pass its quota of {max} bytes \
+                 (batches.max_disk_bytes): delete files first, or upload later",
+                self.held
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UploadSpace {
+    fn drop(&mut self) {
+        let before = self
+            .batches
+            .uploading
+            .fetch_sub(self.reserved, Ordering::Relaxed);
+        METRICS
+            .batch_upload_bytes
+            .set((before - self.reserved) as i64);
+    }
 }
 
 impl Batches {
@@ -145,6 +194,7 @@ impl Batches {
             replica,
             max_line_bytes,
             wake: Notify::new(),
+            uploading: AtomicU64::new(0),
         };
         batches
             .dir
@@ -165,6 +215,15 @@ impl Batches {
             }
             _ => not_here(id),
         }
+    }
+
+    /// Room for an upload to arrive in, to hold until `add_file` has kept it.
+    pub fn upload_space(self: &Arc<Self>) -> Result<UploadSpace, BatchError> {
+        Ok(UploadSpace {
+            batches: self.clone(),
+            held: self.store.bytes_held()?,
+            reserved: 0,
+        })
     }
 
     /// A fresh path to write an upload to before `add_file` keeps it.

@@ -6,6 +6,8 @@
 use crate::common;
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Server, models_root_arg};
@@ -493,4 +495,70 @@ fn a_file_past_its_ttl_is_gone() {
     }
     let (_, page) = server.get("/v1/files");
     assert_eq!(page["data"], json!([]), "{page}");
+}
+
+/// A raw upload of a file announced at `length` bytes, its first byte sent.
+fn start_upload(server: &Server, length: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+         Content-Length: {length}\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; \
+         filename=\"a.jsonl\"\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+}
+
+fn answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Uploads still arriving hold their announced size against the quota together, so many at
+/// once cannot fill the disk past it before any is checked; one that stalls for
+/// `server.body_timeout` ends with 408 and gives its space back.
+#[test]
+fn uploads_arriving_hold_their_space_and_a_stalled_one_ends() {
+    let (server, _files) =
+        configured("[server]\nbody_timeout = \"1s\"\n[batches]\nmax_disk_bytes = 1000000\n");
+    let mut stalled = start_upload(&server, 700_000);
+    server.wait_for_metric("embedserve_batch_upload_bytes", &[], 700_000.0);
+    // Refused on its announced size, before a byte of it is read.
+    let refused = answer(&mut start_upload(&server, 400_000));
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    assert!(refused.contains("quota_exceeded"), "{refused}");
+    let answer = answer(&mut stalled);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("stalled"), "{answer}");
+    let (status, body) = upload_as(&server, "any", &" ".repeat(400_000));
+    assert_eq!(status, 200, "{body}");
+}
+
+/// An upload that never stalls but trickles (a byte every 100 ms) ends once
+/// `server.body_timeout` has passed, not after `server.request_timeout`.
+#[test]
+fn an_upload_slower_than_the_floor_ends() {
+    let (server, _files) = configured("[server]\nbody_timeout = \"1s\"\n");
+    let mut slow = start_upload(&server, 100_000);
+    let mut trickle = slow.try_clone().unwrap();
+    let started = Instant::now();
+    let sender = std::thread::spawn(move || {
+        while started.elapsed() < Duration::from_secs(20) && trickle.write_all(b"x").is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let answer = answer(&mut slow);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("KiB/s"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    slow.shutdown(std::net::Shutdown::Both).unwrap();
+    sender.join().unwrap();
 }
