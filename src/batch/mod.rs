@@ -153,9 +153,9 @@ impl UploadSpace {
         let max = self.batches.config.max_disk_bytes;
         if self.held + uploading > max {
             return Err(BatchError::Quota(format!(
-                "the data directory holds {} bytes of files and results and {uploading} of \
-                 uploads arriving; this upload would pass its quota of {max} bytes \
-                 (batches.max_disk_bytes): delete files first, or upload later",
+                "the data directory holds {} bytes of files and results; with the uploads \
+                 arriving, this one included ({uploading} bytes), it would pass its quota of \
+                 {max} bytes (batches.max_disk_bytes): delete files first, or upload later",
                 self.held
             )));
         }
