@@ -59,21 +59,22 @@ core.register_task(function()
   end
 end)
 
--- The replica named by the file or batch the request is about: the id in its path, or the
--- input_file_id of a new batch (txn.input_file_id, read from the body by haproxy.cfg).
+-- The replica named by the file or batch the request is about (the id in its path, or the
+-- input_file_id of a new batch: txn.input_file_id, read from the body by haproxy.cfg), or
+-- "" (a fetch's nil would read as "0").
 core.register_fetches("embedserve_owner", function(txn)
   local path = txn.sf:path()
   local id = path:match("^/v1/files/([^/]+)") or path:match("^/v1/batches/([^/]+)")
-  return replica_of(id or txn:get_var("txn.input_file_id"))
+  return replica_of(id or txn:get_var("txn.input_file_id")) or ""
 end)
 
--- The server slot of the replica named txn.owner, when it is up and known.
+-- The server slot of the replica named txn.owner when it is up and known, or "".
 core.register_fetches("embedserve_owner_server", function(txn)
   local owner = txn:get_var("txn.owner")
   for name, server in pairs(core.backends[BACKEND].servers) do
     if names[server:get_addr()] == owner and is_up(server) then return name end
   end
-  return nil
+  return ""
 end)
 
 -- The raw text of each object in a list's "data" array, and whether the list has more: the

@@ -121,17 +121,17 @@ local function in_flight(stats)
   return tonumber(stats.scur) or 0
 end
 
--- The server slot for the request's model, or nothing: the backend's own balancing then
--- picks one.
+-- The server slot for the request's model, or "" (a fetch's nil would read as "0"): the
+-- backend's own balancing then picks one.
 core.register_fetches("embedserve_replica", function(txn)
   local model = txn:get_var("txn.model")
-  if model == nil or model == "" then return nil end
+  if model == nil or model == "" then return "" end
   local t = core.now()
   local now = t.sec + t.usec / 1e6
   last_seen[model] = now
   refresh(now)
   local ranked = placed[model] or place(model)
-  if ranked == nil then return nil end
+  if ranked == nil then return "" end
   -- A hot model spills down its ranking to the first replica below the threshold; when
   -- all are at it, it stays home.
   if #ranked > 1 then
