@@ -102,6 +102,9 @@ def test_lists_merge_every_replica_newest_first(client, jobs):
     file_ids = [f.id for f in client.files.list().data]
     uploads = {upload.id for upload, _ in made}
     assert uploads <= set(file_ids) and file_ids == sorted(file_ids, reverse=True)
+    # A replica's refusal is the list's answer, in its shape.
+    with pytest.raises(openai.BadRequestError, match="limit must be between 1 and 100"):
+        client.batches.list(limit=1000)
 
 
 def test_a_replica_down_is_503_and_back_over_its_disk_serves_its_batches(fleet, client, jobs):
