@@ -48,7 +48,7 @@ pub use state::{AppState, Readiness, RequestLimits};
 use routing::ApiRouter;
 
 /// The response header naming the replica that answered (`server.replica_name`).
-pub const REPLICA_HEADER: &str = "x-embedserve-replica";
+const REPLICA_HEADER: &str = "x-embedserve-replica";
 
 /// The routes and their layers. A layer that would do nothing in this configuration (no API
 /// keys, no CORS origins, compression off) is left out: each costs every request a few µs

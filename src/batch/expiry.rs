@@ -7,7 +7,7 @@ use super::engine::{Input, Results, Written, line_id, read_chunk};
 use super::lines;
 use super::objects::{BatchObject, BatchStatus};
 use super::store::Progress;
-use super::{BatchError, Batches, now};
+use super::{BatchError, Batches};
 
 /// Lines read at a time while expiring the rest of a batch.
 const LINES_PER_CHUNK: usize = 4096;
@@ -55,7 +55,7 @@ impl Batches {
     }
 
     pub(super) fn remove_expired_files(&self) -> Result<(), BatchError> {
-        for id in self.store.expired_files(now())? {
+        for id in self.store.expired_files()? {
             self.store.delete_expired_file(&id)?;
             self.dir.remove_file(&id);
         }
