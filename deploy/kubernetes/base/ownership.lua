@@ -105,18 +105,27 @@ local function list_entries(body)
   end
 end
 
-local function reply(applet, status, body)
+local function reply(applet, status, body, headers)
   applet:set_status(status)
   applet:add_header("content-type", "application/json")
   applet:add_header("content-length", tostring(#body))
+  for name, value in pairs(headers or {}) do applet:add_header(name, value) end
   applet:start_response()
   applet:send(body)
 end
 
+-- 503 in OpenAI's error shape, as a replica answers it for another replica's id: the
+-- client tries again after Retry-After.
 local function unavailable(applet, message)
   reply(applet, 503, '{"error":{"message":"' .. message .. '","type":"server_error",' ..
-    '"param":null,"code":"replica_unavailable"}}')
+    '"param":null,"code":"replica_unavailable"}}', { ["retry-after"] = "5" })
 end
+
+-- A call about a file or batch whose replica (txn.owner) is not up.
+core.register_service("embedserve_owner_unavailable", "http", function(applet)
+  unavailable(applet, "replica " .. applet:get_var("txn.owner") ..
+    " holds this, and cannot be reached now: try again later")
+end)
 
 -- GET /v1/files and GET /v1/batches: each replica's page (the same query: `after` is any
 -- replica's id, since ids sort by creation across replicas), merged newest first and cut to
