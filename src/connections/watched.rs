@@ -28,7 +28,7 @@ pub struct Watched {
     drain_signal: Pin<Box<tokio::sync::futures::OwnedNotified>>,
     shed_signal: Pin<Box<tokio::sync::futures::OwnedNotified>>,
     shed: bool,
-    _registration: Registration,
+    registration: Option<Registration>,
     slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -52,7 +52,7 @@ impl Watched {
             )),
             drain_signal: Box::pin(listener.draining.notify.clone().notified_owned()),
             draining: listener.draining.clone(),
-            _registration: registration,
+            registration: Some(registration),
             slot: Some(slot),
         }
     }
@@ -98,6 +98,11 @@ impl Watched {
 impl Drop for Watched {
     fn drop(&mut self) {
         METRICS.open_connections.dec();
+        // Out of the registry first: the listener sheds only what the registry holds, under
+        // its lock, so from here on this connection cannot be shed. Checked before that, a
+        // shed in between handed its slot on while the slot went back too, one permit more
+        // than max_connections each time.
+        drop(self.registration.take());
         // A shed connection's slot was handed on already.
         if self
             .activity
